@@ -1,0 +1,63 @@
+"""Shared plumbing of the command lines under asrkit/bin: option parsing, logging, error exit."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+import configargparse
+
+from asrkit.errors import DataError
+
+log = logging.getLogger("asrkit")
+
+
+def make_parser(description: str) -> configargparse.ArgumentParser:
+    """A parser whose every option may also come from `--config file.yaml`; --help shows defaults."""
+    parser = configargparse.ArgumentParser(
+        description=description,
+        config_file_parser_class=configargparse.YAMLConfigFileParser,
+        formatter_class=configargparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--config", is_config_file=True, help="YAML file of options (command line wins)")
+    parser.add_argument("--log_file", default=None, help="also write the log to this file")
+    parser.add_argument("--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+def str2bool(value: str) -> bool:
+    """Parse true/false options the way shell scripts pass them."""
+    v = str(value).strip().lower()
+    if v in ("1", "true", "yes", "y", "on"):
+        return True
+    if v in ("0", "false", "no", "n", "off"):
+        return False
+    raise configargparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def setup_logging(log_file: str | None = None, verbose: bool = False, rank: int = 0) -> None:
+    """Console logging (rank 0 only, others warn and above) and an optional log file."""
+    level = logging.DEBUG if verbose else logging.INFO
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file and rank == 0:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+    logging.basicConfig(
+        level=level if rank == 0 else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        handlers=handlers,
+        force=True,
+    )
+
+
+def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> None:
+    """Run a command's main(); a DataError ends it with its message and exit code 2, no traceback."""
+    try:
+        code = main(argv)
+    except DataError as e:
+        log.error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(code or 0)

@@ -1,0 +1,97 @@
+"""Atomic writes and line-oriented text formats (jsonl) with errors that name file and line."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from asrkit.errors import DataError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; it replaces `path` only if the block succeeds.
+
+    A crash or an exception leaves the previous `path` (if any) untouched and no partial file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8"):
+    """Open a file for writing that appears at `path` only when the block ends without error."""
+    if "b" in mode:
+        encoding = None
+    with atomic_path(path) as tmp:
+        with open(tmp, mode, encoding=encoding) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, record) for each non-empty line; a bad line raises DataError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("file not found", str(path), "check the path")
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"not valid UTF-8 ({e.reason} at byte {e.start})", where,
+                                "re-save the file as UTF-8") from None
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"not valid JSON: {e.msg} at column {e.colno}", where,
+                                "each line must be one JSON object") from None
+            if not isinstance(record, dict):
+                raise DataError("a line must be a JSON object {...}", where)
+            yield lineno, record
+
+
+def load_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """All records of a jsonl file."""
+    return [record for _, record in read_jsonl(path)]
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> int:
+    """Write records atomically, one JSON object a line; returns how many were written."""
+    n = 0
+    with atomic_open(path) as f:
+        for record in records:
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write one JSON document atomically, indented for people to read."""
+    with atomic_open(path) as f:
+        json.dump(obj, f, ensure_ascii=False, indent=2)
+        f.write("\n")
+
+
+def resolve_audio_path(audio: str, list_file: str | os.PathLike) -> str:
+    """An utterance's `audio` as an absolute path: relative paths are relative to its list file."""
+    p = Path(audio).expanduser()
+    if not p.is_absolute():
+        p = Path(list_file).resolve().parent / p
+    return str(p)

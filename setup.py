@@ -1,0 +1,45 @@
+"""asrkit: children's speech recognition on frozen self-supervised features."""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+# Every module in asrkit/bin/ is a command line: `python -m asrkit.bin.X` or `asrkit-X`.
+ENTRY_POINTS = sorted(p.stem for p in (HERE / "asrkit" / "bin").glob("[a-z]*.py"))
+README = HERE / "README.md"
+
+setup(
+    name="asrkit",
+    version="0.1.0",
+    description="Children's speech recognition: frozen WavLM features in HDF5, "
+    "light hybrid CTC/attention models, joint CTC/attention decoding.",
+    long_description=README.read_text(encoding="utf-8") if README.exists() else "",
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.9",
+    packages=find_packages(include=["asrkit", "asrkit.*"]),
+    install_requires=[
+        # torchaudio 2.11 is the last release and loads only with torch 2.11: keep them paired.
+        "torch==2.11.*",
+        "torchaudio==2.11.*",
+        "transformers>=4.40",
+        "h5py>=3.8",
+        "jiwer>=3.0",
+        "sentencepiece>=0.2",
+        "numpy>=1.24",
+        "configargparse>=1.7",
+        "soundfile>=0.12",
+        "tqdm>=4.60",
+        "pyyaml>=6.0",
+    ],
+    extras_require={
+        "test": ["pytest>=7", "pytest-timeout>=2"],
+        "plot": ["matplotlib>=3.6"],
+        "demo": ["espeakng-loader>=0.2"],
+    },
+    entry_points={
+        "console_scripts": [
+            f"asrkit-{name}=asrkit.bin.{name}:main" for name in ENTRY_POINTS
+        ]
+    },
+)
