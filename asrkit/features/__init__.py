@@ -1,0 +1,1 @@
+"""Stage 1: feature extraction (WavLM or any HF speech encoder, fbank) into HDF5 stores."""

@@ -1,0 +1,87 @@
+"""The HDF5 store: writer, resumable shards, finalize, reader, compatibility check."""
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+
+from asrkit.errors import DataError
+from asrkit.features.store import (FeatureReader, FeatureWriter, check_compatible, finalize_store,
+                                   speed_key, split_speed_key)
+
+ATTRS = dict(feats_type="wavlm", ssl_model="/some/dir", weights_hash="abc", layers=[6, 9],
+             layer_reduce="stack", dim=4, num_layers=2, sample_rate=16000, frame_rate=50.0,
+             dtype="float16", asrkit_version="0.1.0")
+
+
+def feats(n, seed):
+    return np.random.default_rng(seed).standard_normal((2, n, 4)).astype(np.float16)
+
+
+def test_write_finalize_read(tmp_path):
+    shard = tmp_path / "out.h5.partial" / "shard0.h5"
+    w = FeatureWriter(shard, ATTRS)
+    w.write([("a/1", feats(5, 0)), ("b%c", feats(7, 1))])
+    w.close()
+    stats = finalize_store([shard], tmp_path / "out.h5", ATTRS, [("bad", "cannot read audio")])
+    assert stats["num_utts"] == 2 and stats["total_frames"] == 12 and stats["num_skipped"] == 1
+    r = FeatureReader(tmp_path / "out.h5")
+    assert r.keys() == ["a/1", "b%c"] and r.num_frames("b%c") == 7
+    np.testing.assert_array_equal(r["a/1"], feats(5, 0))
+    assert (r.dim, r.num_layers) == (4, 2) and r.attrs["layers"] == [6, 9]
+    assert r.skipped == [["bad", "cannot read audio"]]
+    r2 = pickle.loads(pickle.dumps(r))  # what a spawned DataLoader worker gets
+    np.testing.assert_array_equal(r2["b%c"], feats(7, 1))
+    with pytest.raises(DataError, match="'zz' is not in the feature store"):
+        r["zz"]
+
+
+def test_merge_shards(tmp_path):
+    shards = []
+    for k in range(2):
+        shards.append(tmp_path / f"shard{k}.h5")
+        w = FeatureWriter(shards[-1], ATTRS)
+        w.write([(f"u{k}", feats(3 + k, k))])
+        w.close()
+    finalize_store(shards, tmp_path / "out.h5", ATTRS, [])
+    r = FeatureReader(tmp_path / "out.h5")
+    assert sorted(r.keys()) == ["u0", "u1"] and r.num_frames("u1") == 4
+    np.testing.assert_array_equal(r["u1"], feats(4, 1))
+
+
+def test_writer_resumes_only_recorded_utterances(tmp_path):
+    shard = tmp_path / "shard0.h5"
+    w = FeatureWriter(shard, ATTRS)
+    w.write([("u0", feats(3, 0))])
+    w.h5["feats"].create_dataset("u1", data=feats(3, 1))  # written, but killed before recorded
+    w.close()
+    w = FeatureWriter(shard, ATTRS)
+    assert w.done == {"u0": 3} and list(w.h5["feats"]) == ["u0"]
+    w.close()
+    w = FeatureWriter(shard, {**ATTRS, "layers": [12]})  # other options: start over
+    assert w.done == {}
+    w.close()
+
+
+def test_check_compatible_names_differences():
+    check_compatible(ATTRS, {**ATTRS, "ssl_model": "other/path", "asrkit_version": "9", "dtype": "float32"})
+    with pytest.raises(DataError, match=r"layers: store has \[6, 9\], model expects \[12\]") as e:
+        check_compatible(ATTRS, {**ATTRS, "layers": [12], "weights_hash": "def"})
+    assert "weights_hash" in str(e.value)
+    with pytest.raises(DataError, match="feats_type: store has 'fbank'"):
+        check_compatible({**ATTRS, "feats_type": "fbank"}, ATTRS)
+
+
+def test_missing_or_unfinished_store(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        FeatureReader(tmp_path / "none.h5")
+    w = FeatureWriter(tmp_path / "partial.h5", ATTRS)
+    w.close()
+    with pytest.raises(DataError, match="not a finished"):
+        FeatureReader(tmp_path / "partial.h5")
+
+
+def test_speed_keys():
+    assert speed_key("u1", 1.0) == "u1" and speed_key("u1", 0.9) == "u1-sp0.9"
+    assert split_speed_key("u1-sp1.1") == ("u1", 1.1) and split_speed_key("u-sp") == ("u-sp", 1.0)
