@@ -6,7 +6,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from asrkit.errors import DataError
 
@@ -42,29 +42,50 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
             os.fsync(f.fileno())
 
 
-def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (line number, record) for each non-empty line; a bad line raises DataError naming it."""
+def read_lines(path: str | os.PathLike,
+               on_error: Callable[[DataError], None] | None = None) -> Iterator[tuple[int, str]]:
+    """Yield (line number, text) of a UTF-8 text file, without the newline.
+
+    A line that is not UTF-8 raises DataError naming it, or, with `on_error`, is passed to it
+    and skipped, so that one bad line does not lose the others.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError("file not found", str(path), "check the path")
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
-            where = f"{path}:{lineno}"
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                raise DataError(f"not valid UTF-8 ({e.reason} at byte {e.start})", where,
-                                "re-save the file as UTF-8") from None
-            if not line.strip():
+                err = DataError(f"not valid UTF-8 ({e.reason} at byte {e.start})", f"{path}:{lineno}",
+                                "re-save the file as UTF-8")
+                if on_error is None:
+                    raise err from None
+                on_error(err)
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"not valid JSON: {e.msg} at column {e.colno}", where,
-                                "each line must be one JSON object") from None
+            yield lineno, line.rstrip("\r\n")
+
+
+def read_jsonl(path: str | os.PathLike,
+               on_error: Callable[[DataError], None] | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield (line number, record) for each non-empty line; a bad line raises DataError naming it,
+    or, with `on_error`, is passed to it and skipped."""
+    for lineno, line in read_lines(path, on_error):
+        if not line.strip():
+            continue
+        where = f"{path}:{lineno}"
+        try:
+            record = json.loads(line)
             if not isinstance(record, dict):
                 raise DataError("a line must be a JSON object {...}", where)
-            yield lineno, record
+        except (json.JSONDecodeError, DataError) as e:
+            err = e if isinstance(e, DataError) else DataError(
+                f"not valid JSON: {e.msg} at column {e.colno}", where, "each line must be one JSON object")
+            if on_error is None:
+                raise err from None
+            on_error(err)
+            continue
+        yield lineno, record
 
 
 def load_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:

@@ -1,0 +1,300 @@
+#!/usr/bin/env bash
+# asrkit recipe driver: data prep -> feature dump -> token list -> training -> decoding -> scoring.
+#
+#   ./run.sh                                   # the offline demo (egs/mini), all stages
+#   ./run.sh --raw_data corpus/manifest.jsonl  # your corpus, all stages
+#   ./run.sh --stage 3 --stop_stage 3          # one stage (rerun it after an interruption to resume)
+#   ./run.sh --help                            # every option with its default
+#
+# Outputs (data/ dump/ exp/) go to the current directory, so a recipe egs/<corpus>/run.sh keeps its
+# own. A finished stage is skipped on rerun unless its inputs or options changed (or --force true).
+set -euo pipefail
+
+asrkit_root=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+# ------------------------------------------------------------------ options: name, default, help
+opt_names=(); opt_helps=()
+opt() { opt_names+=("$1"); opt_helps+=("$3"); printf -v "$1" '%s' "$2"; }
+
+opt stage 0 "first stage to run (0-5)"
+opt stop_stage 5 "last stage to run"
+opt skip_stages "" "stages not to run, e.g. \"1 2\""
+opt force false "rerun stages even when they are up to date"
+opt nj 4 "parallel jobs (audio checks, feature dump)"
+opt ngpu auto "GPUs per node (auto: all visible GPUs; 0: CPU)"
+opt seed 0 "random seed (split, training)"
+opt datadir data "split lists and token lists"
+opt dumpdir dump "feature stores"
+opt expdir exp "experiments and logs"
+# stage 0
+opt raw_data "" "raw corpus: a manifest (.jsonl/.csv/.tsv) or a Kaldi data dir; empty: the offline demo"
+opt local_data "" "command run first in stage 0 as '<command> --out DATADIR/local'; it writes DATADIR/local/manifest.jsonl"
+opt normalizer basic "text normalizer for training text, references and hypotheses (none, basic, child)"
+opt normalizer_opts "" "normalizer rule overrides, e.g. digits_to_words=false"
+opt min_duration 0.1 "drop utterances shorter than this (seconds)"
+opt max_duration 30 "drop utterances longer than this (seconds)"
+opt min_words 1 "drop utterances with fewer words"
+opt split_ratios "0.8,0.1,0.1" "train,valid,test shares of the audio, speaker-disjoint"
+opt split_field "" "take each utterance's split from this manifest field instead"
+opt split_lists "" "name=file,... utterance or speaker id lists per split instead"
+opt prep_args "" "more options for asrkit.bin.prepare_data"
+# stage 1
+opt feats_type wavlm "wavlm (any HF speech encoder) or fbank"
+opt ssl_model microsoft/wavlm-base-plus "HF model id or local dir of the SSL encoder"
+opt ssl_layer 9 "hidden layer(s) to store: N, N,M,..., or all"
+opt speed_perturb "" "speed factors for the training set, e.g. \"0.9 1.0 1.1\""
+opt dump_args "" "more options for asrkit.bin.dump_feats"
+# stage 2
+opt token_type bpe "char, bpe or word"
+opt nbpe 300 "BPE vocabulary size (token_type bpe)"
+opt bpemode unigram "sentencepiece model type: unigram or bpe"
+# stage 3
+opt train_set train "training split"
+opt valid_set valid "validation split"
+opt train_config "$asrkit_root/conf/train_conformer.yaml" "training config (model and optimization)"
+opt train_args "" "more options for asrkit.bin.train, e.g. \"--max_epoch 5\""
+opt tag "" "experiment name (default: from config, features and tokens)"
+opt num_nodes 1 "nodes for multi-node training"
+opt node_rank 0 "this node's rank (multi-node without Slurm)"
+opt master_addr localhost "rendezvous host (multi-node)"
+opt master_port 29500 "rendezvous port (multi-node)"
+opt nproc_per_node "" "training processes per node (default: ngpu, or 1 on CPU)"
+opt launcher local "local (torchrun on this node) or slurm (srun torchrun on every node)"
+# stage 4-5
+opt test_sets "test" "splits to decode and score"
+opt decode_config "$asrkit_root/conf/decode.yaml" "decoding config"
+opt decode_args "" "more options for asrkit.bin.decode"
+opt inference_model model.avg.pth "checkpoint in the exp dir to decode with"
+
+usage() {
+    echo "Usage: $0 [--option value ...]"
+    echo "Stages: 0 data prep | 1 feature dump | 2 token list | 3 training | 4 decoding | 5 scoring"
+    echo "Options (default in brackets):"
+    local i
+    for i in "${!opt_names[@]}"; do
+        printf '  --%-16s %s [%s]\n' "${opt_names[$i]}" "${opt_helps[$i]}" "${!opt_names[$i]}"
+    done
+}
+
+argv=("$@")
+while [ $# -gt 0 ]; do
+    case "$1" in
+        -h|--help) usage; exit 0 ;;
+        --*=*) set -- "${1%%=*}" "${1#*=}" "${@:2}"; continue ;;
+        --*)
+            name=${1#--}; name=${name//-/_}
+            if [[ ! " ${opt_names[*]} " == *" $name "* ]]; then
+                echo "$0: unknown option --$name (see --help)" >&2; exit 2
+            fi
+            [ $# -ge 2 ] || { echo "$0: option --$name needs a value" >&2; exit 2; }
+            printf -v "$name" '%s' "$2"; shift 2 ;;
+        *) echo "$0: unexpected argument '$1' (options are --name value; see --help)" >&2; exit 2 ;;
+    esac
+done
+
+# No corpus given: run the offline demo recipe, which generates its own corpus.
+if [ -z "$raw_data" ] && [ -z "$local_data" ] && [ "$stop_stage" -ge 0 ]; then
+    if [ "${ASRKIT_IN_RECIPE:-}" = 1 ]; then
+        echo "$0: no --raw_data or --local_data given" >&2; exit 2
+    fi
+    echo "No --raw_data given: running the offline demo recipe egs/mini (see README)."
+    cd "$asrkit_root/egs/mini" && exec ./run.sh "${argv[@]}"
+fi
+
+# shellcheck source=path.sh
+. "$asrkit_root/path.sh"
+
+# ------------------------------------------------------------------ derived names
+if [ "$ngpu" = auto ]; then  # torch only where there is a GPU at all: importing it takes seconds
+    ngpu=0
+    if command -v nvidia-smi > /dev/null 2>&1; then
+        ngpu=$(python -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)
+    fi
+fi
+[ -n "$nproc_per_node" ] || nproc_per_node=$(( ngpu > 0 ? ngpu : 1 ))
+if [ "$feats_type" = fbank ]; then
+    feats_tag=fbank
+else
+    feats_tag="$(basename "$ssl_model")_L${ssl_layer//,/-}"
+fi
+[ -z "$speed_perturb" ] || feats_tag+="_sp"
+if [ "$token_type" = bpe ]; then unit="bpe${nbpe}"; else unit=$token_type; fi
+token_dir="$datadir/token_list/$unit"
+if [ -z "$tag" ]; then
+    tag="$(basename "${train_config%.*}")_${feats_tag}_${unit}"
+    tag=${tag#train_}
+fi
+exp="$expdir/$tag"
+dtag="$(basename "${decode_config%.*}")_${inference_model%.pth}"
+logdir="$expdir/logs"
+mkdir -p "$logdir" "$expdir/stamps"
+all_sets="$train_set $valid_set $test_sets"
+
+# The exact command line, so a run can be repeated or resumed from any stage.
+{ printf '# %s in %s\n' "$(date '+%F %T')" "$PWD"; printf '%q ' "$0" "${argv[@]}"; echo; } >> "$logdir/commands.sh"
+
+# ------------------------------------------------------------------ stage bookkeeping
+# fingerprint FILE_OR_DIR...: content hash of small files, size+mtime of big ones (feature stores).
+fingerprint() {
+    local f
+    find "$@" -type f ! -name '.*' 2>/dev/null | LC_ALL=C sort | while read -r f; do
+        if [ "$(stat -c %s "$f")" -lt 50000000 ]; then
+            echo "$f $(md5sum < "$f")"
+        else
+            echo "$f $(stat -c '%s %.9Y' "$f")"
+        fi
+    done
+}
+
+# run_stage N "title" "inputs" "outputs" "option names" command...
+# Skips the stage when its stamp matches its options, command and inputs, and its outputs exist.
+# The command runs in a subshell with errexit; the commands it runs are traced into the stage log.
+run_stage() {
+    local n=$1 title=$2 inputs=$3 outputs=$4 names=$5; shift 5
+    local stamp="$expdir/stamps/stage$n.done" log="$logdir/stage$n.log" sig o name missing=false
+    if [ "$n" -lt "$stage" ] || [ "$n" -gt "$stop_stage" ] || [[ " $skip_stages " == *" $n "* ]]; then
+        return 0
+    fi
+    # shellcheck disable=SC2086
+    sig=$({ for name in $names; do printf '%s=%q\n' "$name" "${!name}"; done
+            printf '%q ' "$@"; echo; fingerprint $inputs; } | md5sum | cut -d' ' -f1)
+    for o in $outputs; do [ -e "$o" ] || missing=true; done
+    if [ "$force" != true ] && ! $missing && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$sig" ]; then
+        echo "[stage $n] $title: up to date, skipped"
+        return 0
+    fi
+    rm -f "$stamp"
+    echo "[stage $n] $title ... (log: $log)"
+    local t0=$SECONDS status
+    printf '# %s\n' "$(date '+%F %T')" > "$log"
+    set +e
+    if [ -t 1 ]; then  # on a terminal, show progress bars as well as logging them
+        ( exec {trace}>>"$log"; BASH_XTRACEFD=$trace; set -ex; "$@" ) 2>&1 | tee -a "$log"
+        status=${PIPESTATUS[0]}
+    else
+        ( exec {trace}>>"$log"; BASH_XTRACEFD=$trace; set -ex; "$@" ) >> "$log" 2>&1
+        status=$?
+    fi
+    set -e
+    if [ "$status" -ne 0 ]; then
+        echo "[stage $n] $title FAILED (exit $status) after $((SECONDS - t0))s. Last lines of $log:" >&2
+        sed 's/.*\r//' "$log" | grep -v '^+' | tail -n 12 >&2
+        echo "Fix the problem and resume with: $0 ${argv[*]} --stage $n" >&2
+        exit "$status"
+    fi
+    echo "$sig" > "$stamp"
+    echo "[stage $n] $title: done in $((SECONDS - t0))s"
+}
+
+need_command() {  # a stage whose command line is not written yet says so, rather than a Python error
+    [ -f "$asrkit_root/asrkit/bin/$1.py" ] && return 0
+    echo "asrkit.bin.$1 is not implemented yet in this version of asrkit" >&2
+    return 3
+}
+
+# ------------------------------------------------------------------ stage 0: data preparation
+stage0() {
+    if [ -n "$local_data" ]; then
+        # shellcheck disable=SC2086
+        $local_data --out "$datadir/local"
+    fi
+    # shellcheck disable=SC2086
+    python -m asrkit.bin.prepare_data --raw_data "$raw_data" --out_dir "$datadir" \
+        --normalizer "$normalizer" --normalizer_opts "$normalizer_opts" \
+        --min_duration "$min_duration" --max_duration "$max_duration" --min_words "$min_words" \
+        --split_ratios "$split_ratios" --split_field "$split_field" --split_lists "$split_lists" \
+        --seed "$seed" --nj "$nj" $prep_args
+}
+[ -n "$raw_data" ] || raw_data="$datadir/local/manifest.jsonl"
+stage0_inputs="$raw_data"
+[ -n "$local_data" ] && stage0_inputs="${local_data%% *}"
+run_stage 0 "data preparation" "$stage0_inputs" "$datadir/$train_set.jsonl" \
+    "raw_data local_data normalizer normalizer_opts min_duration max_duration min_words split_ratios split_field split_lists seed prep_args" \
+    stage0
+
+# ------------------------------------------------------------------ stage 1: feature dump
+stage1() {
+    local s sp
+    need_command dump_feats
+    for s in $all_sets; do
+        sp=""
+        [ "$s" = "$train_set" ] && sp=$speed_perturb  # speed perturbation for training data only
+        # shellcheck disable=SC2086
+        python -m asrkit.bin.dump_feats --data "$datadir/$s.jsonl" --out "$dumpdir/$feats_tag/$s.h5" \
+            --feats_type "$feats_type" --ssl_model "$ssl_model" --ssl_layer "$ssl_layer" \
+            --speed_perturb "$sp" --nj "$nj" --ngpu "$ngpu" $dump_args
+    done
+}
+run_stage 1 "feature dump ($feats_tag)" "$(for s in $all_sets; do echo "$datadir/$s.jsonl"; done)" \
+    "$(for s in $all_sets; do echo "$dumpdir/$feats_tag/$s.h5"; done)" \
+    "feats_type ssl_model ssl_layer speed_perturb dump_args train_set all_sets" stage1
+
+# ------------------------------------------------------------------ stage 2: token list
+stage2() {
+    need_command make_tokens
+    python -m asrkit.bin.make_tokens --data "$datadir/$train_set.jsonl" --token_type "$token_type" \
+        --nbpe "$nbpe" --bpemode "$bpemode" --out "$token_dir"
+}
+run_stage 2 "token list ($unit)" "$datadir/$train_set.jsonl" "$token_dir/tokens.txt" \
+    "token_type nbpe bpemode" stage2
+
+# ------------------------------------------------------------------ stage 3: training
+stage3() {
+    need_command train
+    local launch=(python -m asrkit.bin.train)
+    if [ "$launcher" = slurm ]; then
+        launch=(srun --nodes "$num_nodes" --ntasks-per-node 1 torchrun --nnodes "$num_nodes"
+                --nproc_per_node "$nproc_per_node" --rdzv_backend c10d
+                --rdzv_endpoint "$master_addr:$master_port" --rdzv_id "asrkit-$tag" -m asrkit.bin.train)
+    elif [ "$num_nodes" -gt 1 ]; then
+        launch=(torchrun --nnodes "$num_nodes" --node_rank "$node_rank" --nproc_per_node "$nproc_per_node"
+                --rdzv_backend c10d --rdzv_endpoint "$master_addr:$master_port" --rdzv_id "asrkit-$tag"
+                -m asrkit.bin.train)
+    elif [ "$nproc_per_node" -gt 1 ]; then
+        launch=(torchrun --standalone --nproc_per_node "$nproc_per_node" -m asrkit.bin.train)
+    fi
+    # shellcheck disable=SC2086
+    "${launch[@]}" --config "$train_config" \
+        --train_data "$datadir/$train_set.jsonl" --train_feats "$dumpdir/$feats_tag/$train_set.h5" \
+        --valid_data "$datadir/$valid_set.jsonl" --valid_feats "$dumpdir/$feats_tag/$valid_set.h5" \
+        --token_dir "$token_dir" --exp_dir "$exp" --ngpu "$ngpu" --seed "$seed" $train_args
+}
+run_stage 3 "training ($tag)" \
+    "$train_config $datadir/$train_set.jsonl $datadir/$valid_set.jsonl $dumpdir/$feats_tag/$train_set.h5 $dumpdir/$feats_tag/$valid_set.h5 $token_dir" \
+    "$exp/$inference_model" \
+    "train_args tag seed ngpu nproc_per_node num_nodes launcher" stage3
+
+# ------------------------------------------------------------------ stage 4: decoding
+stage4() {
+    local s
+    need_command decode
+    for s in $test_sets; do
+        # shellcheck disable=SC2086
+        python -m asrkit.bin.decode --config "$decode_config" --model_dir "$exp" \
+            --checkpoint "$inference_model" --data "$datadir/$s.jsonl" --feats "$dumpdir/$feats_tag/$s.h5" \
+            --out "$exp/decode_${s}_${dtag}" --ngpu "$ngpu" $decode_args
+    done
+}
+run_stage 4 "decoding ($test_sets)" \
+    "$decode_config $exp/$inference_model $(for s in $test_sets; do echo "$datadir/$s.jsonl $dumpdir/$feats_tag/$s.h5"; done)" \
+    "$(for s in $test_sets; do echo "$exp/decode_${s}_${dtag}/hyp.jsonl"; done)" \
+    "test_sets decode_args inference_model" stage4
+
+# ------------------------------------------------------------------ stage 5: scoring
+stage5() {
+    local s
+    need_command score
+    for s in $test_sets; do
+        python -m asrkit.bin.score --data "$datadir/$s.jsonl" --hyp "$exp/decode_${s}_${dtag}/hyp.jsonl" \
+            --out "$exp/decode_${s}_${dtag}" --normalizer "$normalizer" --normalizer_opts "$normalizer_opts"
+    done
+    python -m asrkit.bin.score --gather "$exp"
+}
+run_stage 5 "scoring" "$(for s in $test_sets; do echo "$datadir/$s.jsonl $exp/decode_${s}_${dtag}/hyp.jsonl"; done)" \
+    "$exp/RESULTS.md" "test_sets normalizer normalizer_opts" stage5
+
+if [ "$stop_stage" -ge 5 ] && [ -f "$exp/RESULTS.md" ]; then
+    echo
+    echo "Results ($exp/RESULTS.md):"
+    sed -n '/^|/p' "$exp/RESULTS.md"
+fi
