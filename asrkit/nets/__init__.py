@@ -1,0 +1,73 @@
+"""Models on stored features, built from the YAML config (ESPnet-like keys).
+
+    frontend_conf: {weighted_sum, layer_norm, proj_dim, subsample, subsample_dim, dropout_rate}
+    specaug: specaug | null          specaug_conf: {...}          (see nets/specaug.py)
+    encoder: bilstm | conformer      encoder_conf: {...}
+    decoder: transformer | null      decoder_conf: {...}
+    model_conf: {ctc_weight, lsm_weight, length_normalized_loss, ctc_dropout_rate}
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from asrkit.errors import DataError
+from asrkit.nets.bilstm import BiLSTMEncoder
+from asrkit.nets.conformer import ConformerEncoder
+from asrkit.nets.decoder import TransformerDecoder
+from asrkit.nets.frontend import Frontend
+from asrkit.nets.model import IGNORE_ID, ASRModel, LabelSmoothingLoss
+from asrkit.nets.specaug import SpecAugment
+
+ENCODERS = {"bilstm": BiLSTMEncoder, "conformer": ConformerEncoder}
+DECODERS = {"transformer": TransformerDecoder}
+MODEL_KEYS = ("frontend", "frontend_conf", "specaug", "specaug_conf", "encoder", "encoder_conf",
+              "decoder", "decoder_conf", "model_conf")
+
+__all__ = ["build_model", "ASRModel", "LabelSmoothingLoss", "IGNORE_ID", "MODEL_KEYS"]
+
+
+def _make(cls, section: str, conf: dict | None, **fixed):
+    """cls(**fixed, **conf), with an unknown or bad key reported by the config section's name."""
+    conf = dict(conf or {})
+    allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self" and p not in fixed]
+    unknown = sorted(set(conf) - set(allowed))
+    if unknown:
+        raise DataError(f"unknown option(s) {unknown}", section, f"allowed: {', '.join(allowed)}")
+    try:
+        return cls(**fixed, **conf)
+    except ValueError as e:
+        raise DataError(str(e), section) from None
+
+
+def _choice(conf: dict, key: str, table: dict, default: str | None):
+    name = conf.get(key, default)
+    if name is None or name == "none":
+        return None
+    if name not in table:
+        raise DataError(f"unknown {key} {name!r}", key, f"choose one of {sorted(table)}")
+    return table[name]
+
+
+def build_model(conf: dict[str, Any], input_dim: int, input_layers: int, vocab_size: int) -> ASRModel:
+    """The model a config describes, for features of `input_layers` x `input_dim` and a token list."""
+    if conf.get("frontend", "default") != "default":
+        raise DataError(f"unknown frontend {conf['frontend']!r}", "frontend", "use default")
+    enc_cls = _choice(conf, "encoder", ENCODERS, None)
+    if enc_cls is None:
+        raise DataError("no encoder given", "encoder", f"set encoder: one of {sorted(ENCODERS)}")
+    enc_conf = dict(conf.get("encoder_conf") or {})
+    front_conf = dict(conf.get("frontend_conf") or {})
+    front_conf.setdefault("subsample_dim", enc_conf.get("output_size", 256))
+    frontend = _make(Frontend, "frontend_conf", front_conf, input_dim=input_dim, input_layers=input_layers)
+    spec_cls = _choice(conf, "specaug", {"specaug": SpecAugment}, None)
+    specaug = _make(spec_cls, "specaug_conf", conf.get("specaug_conf")) if spec_cls else None
+    encoder = _make(enc_cls, "encoder_conf", enc_conf, input_size=frontend.output_dim)
+    model_conf = dict(conf.get("model_conf") or {})
+    dec_cls = _choice(conf, "decoder", DECODERS, "transformer")
+    if model_conf.get("ctc_weight", 0.3) == 1.0:
+        dec_cls = None  # CTC only: a decoder would get no gradient
+    decoder = (_make(dec_cls, "decoder_conf", conf.get("decoder_conf"), vocab_size=vocab_size,
+                     encoder_output_size=encoder.output_size) if dec_cls else None)
+    return _make(ASRModel, "model_conf", model_conf, frontend=frontend, specaug=specaug, encoder=encoder,
+                 decoder=decoder, vocab_size=vocab_size)

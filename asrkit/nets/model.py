@@ -1,0 +1,116 @@
+"""The hybrid CTC/attention model: frontend -> [SpecAugment] -> encoder -> CTC head + decoder.
+
+loss = ctc_weight * CTC + (1 - ctc_weight) * label-smoothed attention loss (ESPnet's ESPnetASRModel).
+Label tensors are padded with ignore_id (-1); <blank> is 0 and <sos/eos> the last id.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from asrkit.nets.frontend import Frontend
+from asrkit.nets.specaug import SpecAugment
+
+IGNORE_ID = -1
+
+
+class LabelSmoothingLoss(nn.Module):
+    """KL(smoothed one-hot || p) summed over tokens, divided by #tokens or by the batch size."""
+
+    def __init__(self, size: int, smoothing: float, normalize_length: bool = False,
+                 ignore_id: int = IGNORE_ID):
+        super().__init__()
+        self.size, self.smoothing, self.normalize_length, self.ignore_id = size, smoothing, normalize_length, ignore_id
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        batch = logits.size(0)
+        logits, target = logits.reshape(-1, self.size).float(), target.reshape(-1)
+        ignore = target == self.ignore_id
+        target = target.masked_fill(ignore, 0)
+        true_dist = torch.full_like(logits, self.smoothing / (self.size - 1))
+        true_dist.scatter_(1, target[:, None], 1.0 - self.smoothing)
+        kl = F.kl_div(logits.log_softmax(-1), true_dist, reduction="none").sum(-1)
+        denom = (~ignore).sum() if self.normalize_length else batch
+        return kl.masked_fill(ignore, 0.0).sum() / denom
+
+
+def add_sos_eos(ys: torch.Tensor, sos: int, eos: int, ignore_id: int = IGNORE_ID):
+    """ys (B, L) padded with ignore_id -> decoder input [sos, y] (padded with eos), target [y, eos]."""
+    b = ys.size(0)
+    lens = (ys != ignore_id).sum(1)
+    pad = ys.new_full((b, 1), ignore_id)
+    ys_out = torch.cat([ys, pad], 1).scatter(1, lens[:, None], eos)
+    ys_in = torch.cat([ys.new_full((b, 1), sos), ys.masked_fill(ys == ignore_id, eos)], 1)
+    return ys_in, ys_out, lens + 1
+
+
+class ASRModel(nn.Module):
+    def __init__(self, frontend: Frontend, specaug: SpecAugment | None, encoder: nn.Module,
+                 decoder: nn.Module | None, vocab_size: int, ctc_weight: float = 0.3,
+                 lsm_weight: float = 0.1, length_normalized_loss: bool = False, ctc_dropout_rate: float = 0.0):
+        super().__init__()
+        if not 0.0 <= ctc_weight <= 1.0:
+            raise ValueError(f"model_conf.ctc_weight must be in [0, 1], got {ctc_weight}")
+        if decoder is None and ctc_weight < 1.0:
+            raise ValueError("without a decoder the model is CTC only: set model_conf.ctc_weight: 1.0")
+        self.vocab_size, self.ctc_weight = vocab_size, ctc_weight
+        self.blank, self.sos, self.eos, self.ignore_id = 0, vocab_size - 1, vocab_size - 1, IGNORE_ID
+        self.frontend, self.specaug, self.encoder, self.decoder = frontend, specaug, encoder, decoder
+        self.subsampling = frontend.subsampling
+        self.min_frames = frontend.min_frames
+        self.ctc_dropout = nn.Dropout(ctc_dropout_rate)
+        # like ESPnet, a branch with weight 0 is not built (DDP would see unused parameters)
+        self.ctc = nn.Linear(encoder.output_size, vocab_size) if ctc_weight > 0 else None
+        self.criterion_att = LabelSmoothingLoss(vocab_size, lsm_weight, length_normalized_loss)
+
+    def encode(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """feats (B, T, D) or (B, L, T, D) -> (enc (B, T', D'), enc_lens (B,))."""
+        x = self.frontend.combine(feats)
+        if self.specaug is not None and self.training:
+            x = self.specaug(x, feat_lens)
+        x, lens = self.frontend.subsample(x, feat_lens)
+        if int(lens.min()) < 1:
+            raise ValueError(f"an utterance of {int(feat_lens.min())} frames is too short for the "
+                             f"model's subsampling: skip those under {self.min_frames} frames")
+        return self.encoder(x, lens)
+
+    def ctc_log_probs(self, enc: torch.Tensor) -> torch.Tensor:
+        if self.ctc is None:
+            raise ValueError("this model has no CTC head (model_conf.ctc_weight: 0)")
+        return self.ctc(self.ctc_dropout(enc)).float().log_softmax(-1)
+
+    def forward(self, feats, feat_lens, ys, ys_lens) -> dict[str, torch.Tensor]:
+        enc, enc_lens = self.encode(feats, feat_lens)
+        ys = ys[:, : int(ys_lens.max())]
+        zero = enc.new_zeros((), dtype=torch.float32)
+        loss_ctc = loss_att = acc = zero
+        if self.ctc is not None:
+            logp = self.ctc_log_probs(enc).transpose(0, 1)  # (T, B, V)
+            targets = ys.masked_fill(ys == self.ignore_id, 0)
+            loss_ctc = F.ctc_loss(logp, targets, enc_lens, ys_lens, blank=self.blank, reduction="sum",
+                                  zero_infinity=True) / ys.size(0)
+        if self.decoder is not None:
+            ys_in, ys_out, ys_in_lens = add_sos_eos(ys, self.sos, self.eos, self.ignore_id)
+            logits = self.decoder(ys_in, ys_in_lens, enc, enc_lens)
+            loss_att = self.criterion_att(logits, ys_out)
+            mask = ys_out != self.ignore_id
+            acc = ((logits.argmax(-1) == ys_out) & mask).sum().float() / mask.sum().clamp(min=1)
+        loss = self.ctc_weight * loss_ctc + (1.0 - self.ctc_weight) * loss_att
+        return {"loss": loss, "loss_ctc": loss_ctc.detach(), "loss_att": loss_att.detach(), "acc": acc.detach()}
+
+    def _need_decoder(self):
+        if self.decoder is None:
+            raise ValueError("this model has no attention decoder (model_conf.ctc_weight: 1.0); use CTC decoding")
+
+    def decoder_forward(self, ys_in, ys_lens, memory, memory_lens) -> torch.Tensor:
+        """Teacher forcing: log-probabilities (N, L, V) of the token after each prefix position."""
+        self._need_decoder()
+        return self.decoder(ys_in, ys_lens, memory, memory_lens).float().log_softmax(-1)
+
+    def decoder_step(self, ys_in, memory, memory_lens, cache=None):
+        """Log-probabilities (N, V) of the next token after each full prefix ys_in (N, L), and a cache
+        (list of per-layer (N, L, D)) to pass to the next step; reorder its rows with index_select."""
+        self._need_decoder()
+        logits, cache = self.decoder.forward_one_step(ys_in, memory, memory_lens, cache)
+        return logits.float().log_softmax(-1), cache

@@ -1,0 +1,163 @@
+"""Token lists (stage 2): char, word and sentencepiece (bpe/unigram) units.
+
+A token dir holds `tokens.txt` (one token a line, line number = id: `<blank>`=0, `<unk>`=1,
+`<sos/eos>` last), `token_info.json` (the unit and how it was made) and, for bpe, `bpe.model`.
+For bpe, our id is sentencepiece's id + 1: sentencepiece's `<unk>` (its id 0) becomes our 1 and
+`<blank>` takes 0, so the two vocabularies line up without a lookup table.
+"""
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from asrkit.errors import DataError
+from asrkit.fileio import atomic_open, atomic_path, write_json
+
+BLANK, UNK, SOS_EOS, SPACE = "<blank>", "<unk>", "<sos/eos>", "<space>"
+TOKEN_TYPES = ("char", "bpe", "word")
+INFO_FILE, TOKENS_FILE, BPE_FILE = "token_info.json", "tokens.txt", "bpe.model"
+
+
+def _units(text: str, token_type: str) -> list[str]:
+    """Split text into char or word units (the bpe split is sentencepiece's)."""
+    if token_type == "char":
+        return [SPACE if c == " " else c for c in " ".join(text.split())]
+    return text.split()
+
+
+class Tokenizer:
+    """Text <-> ids with the special-token layout of the design contract."""
+
+    def __init__(self, tokens: Sequence[str], token_type: str, sp_model: str | None = None):
+        if token_type not in TOKEN_TYPES:
+            raise ValueError(f"unknown token_type {token_type!r}; choose one of {TOKEN_TYPES}")
+        if len(tokens) < 3 or tokens[0] != BLANK or tokens[1] != UNK or tokens[-1] != SOS_EOS:
+            raise DataError(f"a token list must start with {BLANK}, {UNK} and end with {SOS_EOS}",
+                            hint="rebuild it with asrkit.bin.make_tokens")
+        self.tokens = list(tokens)
+        self.token_type = token_type
+        self.token2id = {t: i for i, t in enumerate(self.tokens)}
+        if len(self.token2id) != len(self.tokens):
+            dup = [t for t, n in Counter(self.tokens).items() if n > 1]
+            raise DataError(f"duplicate tokens {dup[:5]}", hint="rebuild the token list")
+        self.blank, self.unk = 0, 1
+        self.sos = self.eos = len(self.tokens) - 1
+        self.unk_counts: Counter = Counter()  # unknown units seen by encode(), for reports
+        self.sp = None
+        if token_type == "bpe":
+            import sentencepiece as spm
+
+            self.sp = spm.SentencePieceProcessor(model_file=str(sp_model))
+            if self.sp.get_piece_size() + 2 != len(self.tokens):
+                raise DataError(f"bpe.model has {self.sp.get_piece_size()} pieces but tokens.txt "
+                                f"{len(self.tokens)} tokens", str(sp_model), "rebuild the token list")
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.tokens)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @classmethod
+    def load(cls, token_dir: str | Path) -> "Tokenizer":
+        token_dir = Path(token_dir)
+        info_path = token_dir / INFO_FILE
+        if not info_path.is_file():
+            raise DataError("no token list here", str(token_dir),
+                            "run stage 2 (python -m asrkit.bin.make_tokens) first")
+        info = json.loads(info_path.read_text(encoding="utf-8"))
+        tokens = (token_dir / TOKENS_FILE).read_text(encoding="utf-8").split("\n")
+        tokens = [t for t in tokens if t]
+        sp_model = token_dir / BPE_FILE if info["token_type"] == "bpe" else None
+        return cls(tokens, info["token_type"], sp_model)
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of a text; units outside the list become `<unk>` and are counted."""
+        if self.sp is not None:
+            pieces = self.sp.encode(text, out_type=str)  # an unknown piece keeps its surface
+            ids = [self.sp.piece_to_id(p) + 1 for p in pieces]
+            if self.unk in ids:
+                self.unk_counts.update(p for p, i in zip(pieces, ids) if i == self.unk)
+            return ids
+        ids = [self.token2id.get(u, self.unk) for u in _units(text, self.token_type)]
+        if self.unk in ids:
+            self.unk_counts.update(u for u in _units(text, self.token_type) if u not in self.token2id)
+        return ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of token ids; `<blank>`, `<sos/eos>` and padding (-1) are dropped."""
+        ids = [int(i) for i in ids if 0 < int(i) < self.sos]
+        if self.sp is not None:
+            pieces = [self.tokens[i] for i in ids]
+            return "".join(pieces).replace("\u2581", " ").strip()
+        units = [self.tokens[i] for i in ids]
+        if self.token_type == "char":
+            return "".join(" " if u == SPACE else u for u in units).strip()
+        return " ".join(units)
+
+
+def build_token_list(texts: Sequence[str], token_type: str, out_dir: str | Path, nbpe: int = 300,
+                     bpemode: str = "unigram", character_coverage: float = 1.0) -> Tokenizer:
+    """Make a token dir from training texts; every file is written atomically, token_info.json last."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    info = {"token_type": token_type}
+    if token_type == "bpe":
+        pieces = _train_sentencepiece(texts, out_dir / BPE_FILE, nbpe, bpemode, character_coverage)
+        tokens = [BLANK, UNK] + pieces + [SOS_EOS]
+        info.update(nbpe=nbpe, bpemode=bpemode, character_coverage=character_coverage)
+    elif token_type in ("char", "word"):
+        counts = Counter(u for t in texts for u in _units(t, token_type))
+        reserved = [u for u in (BLANK, UNK, SOS_EOS) if u in counts]
+        if reserved:
+            raise DataError(f"the text holds the reserved token(s) {reserved}",
+                            hint="remove them in data prep (stage 0)")
+        # most frequent first, like ESPnet's token lists; ties in a fixed order
+        tokens = [BLANK, UNK] + sorted(counts, key=lambda u: (-counts[u], u)) + [SOS_EOS]
+    else:
+        raise ValueError(f"unknown token_type {token_type!r}; choose one of {TOKEN_TYPES}")
+    with atomic_open(out_dir / TOKENS_FILE) as f:
+        f.write("".join(t + "\n" for t in tokens))
+    info["vocab_size"] = len(tokens)
+    write_json(out_dir / INFO_FILE, info)
+    return Tokenizer.load(out_dir)
+
+
+def _train_sentencepiece(texts: Sequence[str], model_path: Path, nbpe: int, bpemode: str,
+                         character_coverage: float) -> list[str]:
+    """Train a sentencepiece model into `model_path`; returns its pieces after its `<unk>`."""
+    import sentencepiece as spm
+
+    if bpemode not in ("unigram", "bpe"):
+        raise ValueError(f"bpemode must be unigram or bpe, not {bpemode!r}")
+    chars = {c for t in texts for c in t if not c.isspace()}
+    with tempfile.TemporaryDirectory(dir=model_path.parent) as tmp:
+        text_file = Path(tmp) / "text.txt"
+        text_file.write_text("".join(t + "\n" for t in texts), encoding="utf-8")
+        try:
+            spm.SentencePieceTrainer.train(
+                input=str(text_file), model_prefix=str(Path(tmp) / "bpe"), vocab_size=nbpe,
+                model_type=bpemode, character_coverage=character_coverage,
+                normalization_rule_name="identity",  # text is normalized in stage 0: keep it as is
+                unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1, input_sentence_size=100_000_000,
+                minloglevel=2)
+        except RuntimeError as e:
+            too_many = re.search(r"value <= (\d+)", str(e))
+            too_few = re.search(r"required_chars\. \d+ vs (\d+)", str(e))
+            if not (too_many or too_few):
+                raise
+            where = f"--nbpe {nbpe}"
+            if too_many:
+                raise DataError(f"too large for this text ({len(texts)} sentences)", where,
+                                f"set --nbpe {too_many.group(1)} or less") from None
+            raise DataError(f"too small for the {len(chars)} distinct characters of this text", where,
+                            f"set --nbpe {too_few.group(1)} or more, or --token_type char") from None
+        with atomic_path(model_path) as dst:
+            (Path(tmp) / "bpe.model").replace(dst)
+    sp = spm.SentencePieceProcessor(model_file=str(model_path))
+    return [sp.id_to_piece(i) for i in range(1, sp.get_piece_size())]
