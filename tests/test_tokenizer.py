@@ -1,0 +1,114 @@
+"""Stage 2 token lists: layout, round trips for char/word/bpe, <unk> counting, clear errors."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from asrkit.bin import make_tokens
+from asrkit.errors import DataError
+from asrkit.fileio import load_jsonl
+from asrkit.tokenizer import SPACE, Tokenizer
+
+TEXTS = ["the cat sat on the mat", "one two three", "i saw a big dog", "my dog's name is rex",
+         "we went to the zoo", "she likes green apples", "the end"]
+
+
+@pytest.fixture
+def train_list(tmp_path):
+    path = tmp_path / "train.jsonl"
+    recs = [{"utt_id": f"u{i}", "text": t} for i, t in enumerate(TEXTS)] + [{"utt_id": "empty", "text": ""}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs), encoding="utf-8")
+    return path
+
+
+def make(train_list, out, *extra):
+    assert make_tokens.main(["--data", str(train_list), "--out", str(out), *extra]) == 0
+    return Tokenizer.load(out)
+
+
+@pytest.mark.parametrize("unit, extra", [("char", []), ("word", []), ("bpe", ["--nbpe", "30"]),
+                                         ("bpe", ["--nbpe", "40", "--bpemode", "bpe"])])
+def test_layout_and_round_trip(train_list, tmp_path, unit, extra):
+    tok = make(train_list, tmp_path / unit, "--token_type", unit, *extra)
+    lines = (tmp_path / unit / "tokens.txt").read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "<blank>" and lines[1] == "<unk>" and lines[-1] == "<sos/eos>"
+    assert len(lines) == len(set(lines)) == tok.vocab_size
+    assert (tok.blank, tok.unk, tok.sos, tok.eos) == (0, 1, tok.vocab_size - 1, tok.vocab_size - 1)
+    if unit == "bpe":
+        assert tok.vocab_size == int(extra[1]) + 2  # sentencepiece's own <unk> is our id 1
+        assert (tmp_path / unit / "bpe.model").is_file()
+    for text in TEXTS:
+        ids = tok.encode(text)
+        assert ids and all(1 < i < tok.sos for i in ids)
+        assert tok.decode(ids) == text
+    assert sum(tok.unk_counts.values()) == 0
+    # specials and padding are not text
+    assert tok.decode([tok.blank] + tok.encode("the end") + [tok.eos, -1, -1]) == "the end"
+
+
+def test_char_units_and_frequency_order(train_list, tmp_path):
+    tok = make(train_list, tmp_path / "char", "--token_type", "char")
+    assert tok.tokens[2] == SPACE  # the most frequent unit comes first, like ESPnet's lists
+    assert tok.encode("a b")[1] == tok.token2id[SPACE]
+    assert tok.decode(tok.encode("a  b ")) == "a b"  # whitespace collapses to one <space>
+
+
+@pytest.mark.parametrize("unit, extra", [("char", []), ("word", []), ("bpe", ["--nbpe", "30"])])
+def test_unknown_units_map_to_unk_and_are_counted(train_list, tmp_path, unit, extra):
+    tok = make(train_list, tmp_path / unit, "--token_type", unit, *extra)
+    ids = tok.encode("the cat ate über")
+    assert tok.unk in ids
+    assert "ü" in "".join(tok.unk_counts)  # the unknown unit itself is recorded
+    assert "<unk>" in tok.decode(ids) and tok.decode(ids).startswith("the cat")
+    n = sum(tok.unk_counts.values())
+    tok.encode("über über")
+    assert sum(tok.unk_counts.values()) > n
+
+
+def test_make_tokens_reports_unknown_training_units(tmp_path, capfd):
+    # sentencepiece drops the rarest characters when character_coverage < 1: they become <unk>
+    texts = ["aaaa bbbb abab"] * 50 + ["ab q"]
+    path = tmp_path / "t.jsonl"
+    path.write_text("".join(json.dumps({"utt_id": str(i), "text": t}) + "\n" for i, t in enumerate(texts)))
+    make(path, tmp_path / "bpe", "--token_type", "bpe", "--nbpe", "6", "--character_coverage", "0.99")
+    err = capfd.readouterr().err
+    assert "1 unit(s) of the training text map to <unk>" in err and "'q'" in err
+
+
+def test_empty_texts_skipped_and_named(train_list, tmp_path, capfd):
+    make(train_list, tmp_path / "w", "--token_type", "word")
+    err = capfd.readouterr().err
+    assert "skipped 1 utterance" in err and "train.jsonl:8 (empty)" in err
+
+
+def test_nbpe_too_large_or_small_says_what_to_set(train_list, tmp_path):
+    out = tmp_path / "tl"
+    before = make(train_list, out, "--token_type", "char").tokens
+    with pytest.raises(DataError, match=r"--nbpe 5000: too large.*set --nbpe \d+ or less"):
+        make_tokens.main(["--data", str(train_list), "--out", str(out), "--token_type", "bpe", "--nbpe", "5000"])
+    with pytest.raises(DataError, match=r"--nbpe 5: too small.*set --nbpe \d+ or more"):
+        make_tokens.main(["--data", str(train_list), "--out", str(out), "--token_type", "bpe", "--nbpe", "5"])
+    # a failed run leaves the previous list whole and no temporary files
+    assert Tokenizer.load(out).tokens == before
+    assert sorted(p.name for p in out.iterdir()) == ["token_info.json", "tokens.txt"]
+
+
+def test_errors_are_clear(tmp_path):
+    with pytest.raises(DataError, match="run stage 2"):
+        Tokenizer.load(tmp_path / "missing")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"utt_id": "x", "text": "a <unk> b"}) + "\n")
+    with pytest.raises(DataError, match="reserved"):
+        make_tokens.main(["--data", str(bad), "--out", str(tmp_path / "o"), "--token_type", "word"])
+    none = tmp_path / "none.jsonl"
+    none.write_text(json.dumps({"utt_id": "x"}) + "\n")
+    with pytest.raises(DataError, match="no utterance has a non-empty 'text'"):
+        make_tokens.main(["--data", str(none), "--out", str(tmp_path / "o"), "--token_type", "char"])
+
+
+def test_fsdd_round_trip(fsdd, tmp_path):
+    texts = [r["text"] for r in load_jsonl(fsdd / "manifest.jsonl")]
+    tok = make(fsdd / "manifest.jsonl", tmp_path / "bpe", "--token_type", "bpe", "--nbpe", "20")
+    assert all(tok.decode(tok.encode(t)) == t for t in texts)
+    assert sum(tok.unk_counts.values()) == 0
