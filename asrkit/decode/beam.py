@@ -1,0 +1,182 @@
+"""Joint CTC/attention beam search, batched over utterances and beams together.
+
+Score of a hypothesis = sum over its tokens of
+    (1 - ctc_weight) * log p_att(token | prefix) + ctc_weight * (psi(prefix + token) - psi(prefix)) + length_bonus
+where psi is the CTC prefix score (so the CTC part telescopes to log p_ctc of the whole prefix), as in
+ESPnet's BatchBeamSearch with CTCPrefixScorer. ESPnet batches the hypotheses of one utterance; here the
+rows are (utterance, beam slot) pairs for every utterance of the batch. Finished utterances leave the
+batch, and a finished hypothesis frees its slot (its score becomes -inf).
+
+The model needs `decoder_step(ys (N, L), memory, memory_lens, cache) -> (logp (N, V), cache)` whose cache
+rows follow the rows of ys, and `sos`, `eos`, `blank`, `vocab_size` (see docs/INTERNALS.md).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import logging
+
+import torch
+
+from asrkit.decode.ctc import NEG_INF, CTCPrefixScorer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Hyp:
+    tokens: list[int]
+    score: float
+    att: float = 0.0  # sum of decoder log-probs
+    ctc: float = 0.0  # CTC prefix (or full) log-prob
+
+    def asdict(self) -> dict:
+        return {"tokens": self.tokens, "score": self.score, "att": self.att, "ctc": self.ctc}
+
+
+@dataclass
+class SearchOptions:
+    beam: int = 10
+    ctc_weight: float = 0.3
+    length_bonus: float = 0.0
+    maxlenratio: float = 0.0  # 0: up to the number of encoder frames, with end detection; <0: -maxlenratio tokens
+    minlenratio: float = 0.0
+    pre_beam_ratio: float = 1.5
+    nbest: int = 1
+    extra: dict = field(default_factory=dict)
+
+
+def select_rows(cache, index: torch.Tensor):
+    """Reorder a decoder cache (tensors, possibly nested in lists/tuples/dicts) along its first dim."""
+    if cache is None:
+        return None
+    if isinstance(cache, torch.Tensor):
+        return cache.index_select(0, index)
+    if isinstance(cache, dict):
+        return {k: select_rows(v, index) for k, v in cache.items()}
+    return type(cache)(select_rows(c, index) for c in cache)
+
+
+def length_limits(enc_lens: torch.Tensor, opts: SearchOptions) -> tuple[list[int], list[int]]:
+    """Per utterance: the step at which eos is forced (maxlen) and the first step eos is allowed (minlen)."""
+    lens = enc_lens.tolist()
+    if opts.maxlenratio < 0:
+        maxlen = [int(-opts.maxlenratio)] * len(lens)
+    elif opts.maxlenratio == 0:
+        maxlen = lens
+    else:
+        maxlen = [max(1, int(opts.maxlenratio * n)) for n in lens]
+    return maxlen, [int(opts.minlenratio * n) for n in lens]
+
+
+def end_detect(ended: list[Hyp], step: int, m: int = 3, d_end: float = -10.0) -> bool:
+    """ESPnet's end detection: the best hypotheses that ended in each of the last `m` steps are all
+    worse than the best ended one by more than exp(d_end)."""
+    if not ended:
+        return False
+    best = max(h.score for h in ended)
+    for k in range(m):
+        length = step - k  # ESPnet counts sos and eos: len(yseq) = len(tokens) + 2
+        same = [h.score for h in ended if len(h.tokens) + 2 == length]
+        if not same or max(same) - best >= d_end:
+            return False
+    return True
+
+
+@torch.no_grad()
+def beam_search(model, enc: torch.Tensor, enc_lens: torch.Tensor, opts: SearchOptions,
+                ctc_logp: torch.Tensor | None = None) -> list[list[Hyp]]:
+    """Joint (0 < ctc_weight < 1), attention-only (0) or CTC-prefix-only (1) beam search of a batch.
+
+    enc (B, T, D), enc_lens (B,): encoder output. Returns for each utterance its n-best, best first."""
+    B, device, V, K = enc.size(0), enc.device, model.vocab_size, opts.beam
+    sos, eos, blank, w = model.sos, model.eos, model.blank, opts.ctc_weight
+    maxlen, minlen = length_limits(enc_lens, opts)
+    maxlen_t, minlen_t = torch.tensor(maxlen, device=device), torch.tensor(minlen, device=device)
+    use_ctc, use_att = w > 0, w < 1
+    C = V if not use_att else min(V, max(K, int(opts.pre_beam_ratio * K)))
+    ctc = None
+    if use_ctc:
+        ctc = CTCPrefixScorer(model.ctc_log_probs(enc) if ctc_logp is None else ctc_logp, enc_lens, blank, eos)
+
+    active = torch.arange(B, device=device)  # utterances still searching
+    row_utt = active.repeat_interleave(K)  # utterance of each row
+    memory, memory_lens = enc.index_select(0, row_utt), enc_lens.index_select(0, row_utt)
+    ys = torch.full((B * K, 1), sos, dtype=torch.long, device=device)
+    scores = torch.full((B, K), NEG_INF, device=device)
+    scores[:, 0] = 0.0  # one live hypothesis per utterance at the start
+    att_sum = torch.zeros(B * K, device=device)
+    cache, state = None, ctc.init_state(row_utt) if use_ctc else None
+    ended: list[list[Hyp]] = [[] for _ in range(B)]
+
+    for step in range(max(maxlen) + 1):
+        A, N = active.numel(), active.numel() * K
+        full = torch.zeros(N, V, device=device)
+        if use_att:
+            att, cache = model.decoder_step(ys, memory, memory_lens, cache)
+            att = att.float()
+            full += (1 - w) * att
+        full[:, blank] = NEG_INF
+        if sos != eos:
+            full[:, sos] = NEG_INF
+        row_maxlen, row_minlen = maxlen_t[row_utt], minlen_t[row_utt]
+        full[step < row_minlen, eos] = NEG_INF
+        forced = step >= row_maxlen
+        if forced.any():  # last step: only eos
+            keep = full[forced, eos]
+            full[forced] = NEG_INF
+            full[forced, eos] = keep
+        cand = full.topk(C, dim=1).indices if C < V else torch.arange(V, device=device).expand(N, V)
+        cand_score = full.gather(1, cand)
+        if use_ctc:
+            psi, r_new = ctc.score(state, row_utt, cand, step)
+            alive = torch.isfinite(state.psi)[:, None]  # dead rows would give inf - inf
+            cand_score = cand_score + w * torch.where(alive, psi - state.psi[:, None], NEG_INF)
+        cand_score = cand_score + opts.length_bonus + scores.view(N, 1)
+
+        prev = (ys, scores, att_sum, state.psi if use_ctc else att_sum)  # for utterances that die out
+        top_s, top_i = cand_score.view(A, K * C).topk(K, dim=1)  # (A, K)
+        parent = (torch.arange(A, device=device)[:, None] * K + top_i // C).view(-1)
+        j = (top_i % C).view(-1)
+        tok = cand[parent, j]
+        if use_att:
+            att_sum = att_sum[parent] + att[parent, tok]
+            cache = select_rows(cache, parent)
+        if use_ctc:
+            state = CTCPrefixScorer.select(r_new, psi, cand, parent, j)
+        ys = torch.cat([ys[parent], tok[:, None]], dim=1)
+        scores = top_s
+
+        # finished hypotheses leave their slot
+        fin = (tok.view(A, K) == eos) & torch.isfinite(top_s)
+        if fin.any():
+            for a, k in fin.nonzero().tolist():
+                r = a * K + k
+                ended[int(active[a])].append(Hyp(ys[r, 1:-1].tolist(), float(top_s[a, k]), float(att_sum[r]),
+                                                 float(state.psi[r]) if use_ctc else 0.0))
+            scores = scores.masked_fill(fin, NEG_INF)
+
+        # utterances that are done: eos was forced, nothing alive, or (maxlenratio=0) end detection
+        keep = []
+        for a, b in enumerate(active.tolist()):
+            dead = not torch.isfinite(scores[a]).any()
+            if dead and not ended[b]:
+                # every candidate was impossible (e.g. CTC cannot fit it): keep the best unfinished one
+                k = int(prev[1][a].argmax())
+                r = a * K + k
+                ended[b].append(Hyp(prev[0][r, 1:].tolist(), float(prev[1][a, k]), float(prev[2][r]),
+                                    float(prev[3][r]) if use_ctc else 0.0))
+                log.warning("utterance %d: no hypothesis reached eos; keeping the best unfinished one", b)
+            if not (dead or step >= maxlen[b] or (opts.maxlenratio == 0 and end_detect(ended[b], step))):
+                keep.append(a)
+        if len(keep) < A:
+            if not keep:
+                break
+            sel = torch.tensor(keep, device=device)
+            rows = (sel[:, None] * K + torch.arange(K, device=device)).view(-1)
+            active, scores = active[sel], scores[sel]
+            row_utt, memory, memory_lens = row_utt[rows], memory[rows], memory_lens[rows]
+            ys, att_sum, cache = ys[rows], att_sum[rows], select_rows(cache, rows)
+            if use_ctc:
+                state = state.rows(rows)
+    return [sorted(h, key=lambda x: -x.score)[: opts.nbest] for h in ended]

@@ -1,0 +1,132 @@
+"""CTC scoring for decoding: greedy, prefix beam search, and the vectorized prefix scorer used by
+the joint CTC/attention search (Watanabe et al. 2017; ESPnet's CTCPrefixScoreTH), here batched over
+utterances x hypotheses x candidate tokens at once."""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+
+NEG_INF = float("-inf")
+
+
+@dataclass
+class CTCState:
+    """Prefix state of N hypotheses: r (T, 2, N) log-probs of the prefix ending at frame t in a
+    label (0) or a blank (1); psi (N,) the prefix score; last (N,) its last label (-1 if empty)."""
+
+    r: torch.Tensor
+    psi: torch.Tensor
+    last: torch.Tensor
+
+    def rows(self, index: torch.Tensor) -> "CTCState":
+        return CTCState(self.r[:, :, index], self.psi[index], self.last[index])
+
+
+class CTCPrefixScorer:
+    """CTC prefix scores of (hypothesis + candidate) for many hypotheses of many utterances.
+
+    logp (B, T, V) and lens (B,): CTC log-posteriors. Frames past an utterance's end are replaced by a
+    certain blank, which leaves every prefix score unchanged, so padded utterances need no masking.
+    """
+
+    def __init__(self, logp: torch.Tensor, lens: torch.Tensor, blank: int, eos: int):
+        B, T, _ = logp.shape
+        pad = torch.arange(T, device=logp.device)[None] >= lens.to(logp.device)[:, None]
+        logp = logp.float().masked_fill(pad[..., None], NEG_INF)
+        logp[..., blank] = logp[..., blank].masked_fill(pad, 0.0)
+        self.x = logp.transpose(1, 2).contiguous()  # (B, V, T): gathers (N, C, T) cheaply
+        self.lens, self.blank, self.eos, self.T = lens.to(logp.device), blank, eos, T
+
+    def init_state(self, utt: torch.Tensor) -> CTCState:
+        """State of the empty prefix for hypotheses of utterances `utt` (N,)."""
+        rb = torch.cumsum(self.x[utt, self.blank], dim=1).t()  # (T, N): all blanks so far
+        r = torch.stack([torch.full_like(rb, NEG_INF), rb], dim=1)
+        return CTCState(r, torch.zeros(len(utt), device=rb.device), torch.full_like(utt, -1))
+
+    def score(self, state: CTCState, utt: torch.Tensor, cand: torch.Tensor, step: int):
+        """Prefix scores (N, C) of each hypothesis extended by each candidate in cand (N, C), and the
+        new r (T, 2, N, C). All hypotheses have `step` labels (the search is synchronous)."""
+        r_prev, (N, C) = state.r, cand.shape
+        xc = self.x[utt[:, None], cand].permute(2, 0, 1)  # (T, N, C)
+        xb = self.x[utt, self.blank].t()[:, :, None].expand(-1, -1, C)  # (T, N, C)
+        r_sum = torch.logaddexp(r_prev[:, 0], r_prev[:, 1])  # (T, N)
+        # phi: the prefix may emit the candidate next, unless it repeats the last label without a blank
+        log_phi = r_sum[:, :, None].expand(-1, -1, C).clone()
+        same = cand == state.last[:, None]
+        if same.any():
+            log_phi[:, same] = r_prev[:, 1, :, None].expand(-1, -1, C)[:, same]
+        r = torch.full((self.T, 2, N, C), NEG_INF, device=xc.device)
+        if step == 0:
+            r[0, 0] = xc[0]
+        start = max(step, 1)
+        log_phi_x = torch.cat([log_phi[:1], log_phi[:-1]], dim=0) + xc  # phi(t-1) * y_c(t)
+        for t in range(start, self.T):
+            rp = r[t - 1]
+            rr = torch.stack([rp[0], log_phi[t - 1], rp[0], rp[1]]).view(2, 2, N, C)
+            r[t] = torch.logsumexp(rr, 1) + torch.stack([xc[t], xb[t]])
+        psi = torch.logsumexp(torch.cat([log_phi_x[start:], r[start - 1, 0][None]], dim=0), dim=0)
+        # eos: the whole prefix has been emitted by the utterance's last frame
+        end = (self.lens[utt] - 1).clamp(min=0)
+        psi_eos = r_sum.gather(0, end[None]).squeeze(0)  # (N,)
+        psi = torch.where(cand == self.eos, psi_eos[:, None], psi)
+        psi = psi.masked_fill(cand == self.blank, NEG_INF)
+        return psi, r
+
+    @staticmethod
+    def select(r_new: torch.Tensor, psi: torch.Tensor, cand: torch.Tensor, parent: torch.Tensor,
+               j: torch.Tensor) -> CTCState:
+        """New states: hypothesis `parent[k]` extended by its candidate number `j[k]`."""
+        return CTCState(r_new[:, :, parent, j], psi[parent, j], cand[parent, j])
+
+
+def ctc_greedy_search(logp: torch.Tensor, lens: torch.Tensor, blank: int = 0):
+    """Best path per utterance, repeats merged and blanks removed: list of (tokens, score)."""
+    best, idx = logp.max(dim=-1)
+    out = []
+    for b in range(logp.size(0)):
+        n = int(lens[b])
+        path = idx[b, :n].tolist()
+        tokens = [p for k, p in enumerate(path) if p != blank and (k == 0 or p != path[k - 1])]
+        out.append((tokens, float(best[b, :n].sum())))
+    return out
+
+
+def _lse(*xs: float) -> float:
+    m = max(xs)
+    if m == NEG_INF:
+        return NEG_INF
+    return m + math.log(sum(math.exp(x - m) for x in xs))
+
+
+def ctc_prefix_beam_search(logp: torch.Tensor, beam: int = 10, blank: int = 0, token_prune: int | None = None):
+    """Prefix beam search over one utterance's CTC log-posteriors (T, V), as in WeNet.
+
+    Returns up to `beam` (tokens, log-prob) pairs, best first. Per frame only the `token_prune`
+    likeliest tokens (default: beam) are expanded."""
+    k = min(token_prune or beam, logp.size(-1))
+    top_lp, top_id = logp.topk(k, dim=-1)
+    top_lp, top_id = top_lp.tolist(), top_id.tolist()
+    hyps = {(): (0.0, NEG_INF)}  # prefix -> (log p ending in blank, log p ending in a label)
+    for lps, ids in zip(top_lp, top_id):
+        nxt: dict = defaultdict(lambda: (NEG_INF, NEG_INF))
+        for prefix, (pb, pnb) in hyps.items():
+            for lp, c in zip(lps, ids):
+                if c == blank:
+                    b, nb = nxt[prefix]
+                    nxt[prefix] = (_lse(b, pb + lp, pnb + lp), nb)
+                elif prefix and c == prefix[-1]:
+                    b, nb = nxt[prefix]
+                    nxt[prefix] = (b, _lse(nb, pnb + lp))  # repeat collapses
+                    ext = prefix + (c,)
+                    b, nb = nxt[ext]
+                    nxt[ext] = (b, _lse(nb, pb + lp))  # a blank separated the repeat
+                else:
+                    ext = prefix + (c,)
+                    b, nb = nxt[ext]
+                    nxt[ext] = (b, _lse(nb, pb + lp, pnb + lp))
+        live = [kv for kv in nxt.items() if max(kv[1]) > NEG_INF]  # e.g. a repeat with no blank between
+        hyps = dict(sorted(live, key=lambda kv: -_lse(*kv[1]))[:beam])
+    return [(list(p), _lse(*s)) for p, s in hyps.items()]

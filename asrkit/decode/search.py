@@ -1,0 +1,108 @@
+"""One entry point for every decoding mode, on a padded batch of features:
+
+    hyps = decode_batch(model, feats, feat_lens, DecodeOptions(mode="joint", beam=10, ctc_weight=0.3))
+
+modes: ctc_greedy, ctc_prefix_beam, attention, joint (default), attention_rescoring (the CTC n-best
+rescored by the decoder, as WeNet does). A batch that runs out of memory is split in two and retried.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+
+import torch
+
+from asrkit.decode.beam import Hyp, SearchOptions, beam_search
+from asrkit.decode.ctc import ctc_greedy_search, ctc_prefix_beam_search
+
+log = logging.getLogger(__name__)
+MODES = ("ctc_greedy", "ctc_prefix_beam", "attention", "joint", "attention_rescoring")
+
+
+@dataclass
+class DecodeOptions(SearchOptions):
+    mode: str = "joint"
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"unknown decoding mode {self.mode!r}; choose one of {', '.join(MODES)}")
+        if not 0.0 <= self.ctc_weight <= 1.0:
+            raise ValueError(f"ctc_weight must be in [0, 1], got {self.ctc_weight}")
+        if self.beam < 1:
+            raise ValueError(f"beam must be at least 1, got {self.beam}")
+
+
+def _trim(tokens: list[int], model) -> list[int]:
+    return [t for t in tokens if t not in (model.sos, model.eos, model.blank)]
+
+
+@torch.no_grad()
+def attention_rescoring(model, enc, enc_lens, ctc_logp, opts: DecodeOptions) -> list[list[Hyp]]:
+    """CTC prefix beam search, then every candidate scored by the decoder (teacher forcing), all
+    candidates of all utterances in one decoder_forward call."""
+    nbests = [ctc_prefix_beam_search(ctc_logp[b, : int(enc_lens[b])], beam=opts.beam, blank=model.blank)
+              for b in range(enc.size(0))]
+    utt = torch.tensor([b for b, nb in enumerate(nbests) for _ in nb], device=enc.device)
+    cands = [_trim(toks, model) for nb in nbests for toks, _ in nb]
+    lens = torch.tensor([len(c) + 1 for c in cands], device=enc.device)
+    ys_in = torch.full((len(cands), int(lens.max())), model.eos, dtype=torch.long, device=enc.device)
+    ys_out = torch.full_like(ys_in, model.eos)
+    for i, c in enumerate(cands):
+        ys_in[i, 0] = model.sos
+        ys_in[i, 1: len(c) + 1] = torch.tensor(c, dtype=torch.long)
+        ys_out[i, : len(c)] = torch.tensor(c, dtype=torch.long)
+    logp = model.decoder_forward(ys_in, lens, enc[utt], enc_lens[utt]).float()
+    tok_lp = logp.gather(2, ys_out[..., None]).squeeze(2)
+    mask = torch.arange(ys_in.size(1), device=enc.device)[None] < lens[:, None]
+    att = (tok_lp * mask).sum(1).tolist()
+    out, i, w = [], 0, opts.ctc_weight
+    for nb in nbests:
+        hyps = []
+        for toks, ctc_score in nb:
+            c = cands[i]
+            hyps.append(Hyp(c, (1 - w) * att[i] + w * ctc_score + opts.length_bonus * (len(c) + 1), att[i], ctc_score))
+            i += 1
+        out.append(sorted(hyps, key=lambda h: -h.score)[: opts.nbest])
+    return out
+
+
+@torch.no_grad()
+def decode_encoded(model, enc, enc_lens, opts: DecodeOptions) -> list[list[Hyp]]:
+    """Search from encoder output (B, T, D) with lengths (B,)."""
+    if opts.mode == "attention":
+        return beam_search(model, enc, enc_lens, replace(opts, ctc_weight=0.0))
+    if opts.mode == "joint":
+        return beam_search(model, enc, enc_lens, opts)
+    ctc_logp = model.ctc_log_probs(enc).float()
+    if opts.mode == "ctc_greedy":
+        return [[Hyp(_trim(t, model), s, 0.0, s)] for t, s in ctc_greedy_search(ctc_logp, enc_lens, model.blank)]
+    if opts.mode == "ctc_prefix_beam":
+        return [[Hyp(_trim(t, model), s, 0.0, s)
+                 for t, s in ctc_prefix_beam_search(ctc_logp[b, : int(enc_lens[b])], opts.beam, model.blank)[: opts.nbest]]
+                for b in range(enc.size(0))]
+    return attention_rescoring(model, enc, enc_lens, ctc_logp, opts)
+
+
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, (torch.OutOfMemoryError, MemoryError)) or "out of memory" in str(e)
+
+
+@torch.no_grad()
+def decode_batch(model, feats: torch.Tensor, feat_lens: torch.Tensor, opts: DecodeOptions) -> list[list[Hyp]]:
+    """Encode and search a padded batch; on out-of-memory, split the batch in halves and retry."""
+    try:
+        enc, enc_lens = model.encode(feats, feat_lens)
+        return decode_encoded(model, enc, enc_lens, opts)
+    except (RuntimeError, MemoryError) as e:
+        if not _is_oom(e) or feats.size(0) == 1:
+            raise
+    if feats.is_cuda:
+        torch.cuda.empty_cache()
+    half = feats.size(0) // 2
+    log.warning("out of memory on a batch of %d utterances: retrying as %d + %d", feats.size(0), half,
+                feats.size(0) - half)
+    out = []
+    for sl in (slice(0, half), slice(half, None)):
+        lens = feat_lens[sl]
+        out += decode_batch(model, feats[sl, : int(lens.max())], lens, opts)
+    return out

@@ -1,0 +1,62 @@
+"""A tiny random-weight CTC/attention model with the decoding interface of asrkit.nets (see
+docs/INTERNALS.md), small enough for brute-force checks: GRU decoder with a reorderable cache,
+attention over the encoder output masked by its lengths."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class TinyASR(nn.Module):
+    def __init__(self, vocab_size: int = 6, dim: int = 8, input_dim: int = 5, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.vocab_size, self.blank, self.sos, self.eos, self.ignore_id = vocab_size, 0, vocab_size - 1, vocab_size - 1, -1
+        self.enc = nn.Linear(input_dim, dim)
+        self.ctc = nn.Linear(dim, vocab_size)
+        self.emb = nn.Embedding(vocab_size, dim)
+        self.rnn = nn.GRUCell(dim, dim)
+        self.out = nn.Linear(2 * dim, vocab_size)
+        for p in self.parameters():  # peaky enough that searches differ, flat enough that many paths count
+            nn.init.normal_(p, std=1.0)
+
+    def encode(self, feats, feat_lens):
+        return torch.tanh(self.enc(feats)), feat_lens
+
+    def ctc_log_probs(self, enc):
+        return self.ctc(enc).log_softmax(-1)
+
+    def _attend(self, h, memory, memory_lens):
+        att = torch.einsum("nd,ntd->nt", h, memory)
+        mask = torch.arange(memory.size(1), device=memory.device)[None] >= memory_lens[:, None]
+        att = att.masked_fill(mask, float("-inf")).softmax(-1)
+        return torch.einsum("nt,ntd->nd", att, memory)
+
+    def _out(self, h, memory, memory_lens):
+        return self.out(torch.cat([h, self._attend(h, memory, memory_lens)], -1)).log_softmax(-1)
+
+    def decoder_step(self, ys_in, memory, memory_lens, cache=None):
+        if cache is None:  # run over the whole prefix
+            h = torch.zeros(ys_in.size(0), self.rnn.hidden_size, device=ys_in.device)
+            for t in range(ys_in.size(1)):
+                h = self.rnn(self.emb(ys_in[:, t]), h)
+        else:
+            h = self.rnn(self.emb(ys_in[:, -1]), cache[0])
+        return self._out(h, memory, memory_lens), [h]
+
+    def decoder_forward(self, ys_in, ys_lens, memory, memory_lens):
+        h = torch.zeros(ys_in.size(0), self.rnn.hidden_size, device=ys_in.device)
+        out = []
+        for t in range(ys_in.size(1)):
+            h = self.rnn(self.emb(ys_in[:, t]), h)
+            out.append(self._out(h, memory, memory_lens))
+        return torch.stack(out, 1)
+
+
+def random_batch(lengths, input_dim: int = 5, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    feats = torch.randn(len(lengths), max(lengths), input_dim, generator=g)
+    lens = torch.tensor(lengths)
+    for b, n in enumerate(lengths):
+        feats[b, n:] = 0.0
+    return feats, lens

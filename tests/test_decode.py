@@ -1,0 +1,183 @@
+"""Correctness of the searches against brute force on problems small enough to enumerate."""
+from __future__ import annotations
+
+import itertools
+import math
+from collections import defaultdict
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from asrkit.decode import DecodeOptions, decode_batch
+from asrkit.decode.beam import SearchOptions, beam_search
+from asrkit.decode.ctc import CTCPrefixScorer, ctc_greedy_search, ctc_prefix_beam_search
+from decode_fixtures import TinyASR, random_batch
+
+
+def collapsed_probs(logp: torch.Tensor, blank: int = 0) -> dict:
+    """P(label sequence) by summing every alignment path: the definition of CTC."""
+    T, V = logp.shape
+    probs = logp.double().exp()
+    out: dict = defaultdict(float)
+    for path in itertools.product(range(V), repeat=T):
+        p = math.prod(float(probs[t, c]) for t, c in enumerate(path))
+        seq = tuple(c for k, c in enumerate(path) if c != blank and (k == 0 or c != path[k - 1]))
+        out[seq] += p
+    return out
+
+
+def prefix_prob(probs: dict, prefix: tuple) -> float:
+    return sum(p for seq, p in probs.items() if seq[: len(prefix)] == prefix)
+
+
+def test_ctc_prefix_score_equals_brute_force_over_alignments():
+    torch.manual_seed(0)
+    V, lengths = 4, [5, 3]
+    logp = (torch.randn(2, max(lengths), V) * 1.5).log_softmax(-1)
+    lens = torch.tensor(lengths)
+    eos = V - 1
+    scorer = CTCPrefixScorer(logp, lens, blank=0, eos=eos)
+    cand = torch.arange(V).expand(2, V)
+    for path in [(1, 2), (2, 2), (1, 1)]:  # includes a repeated label
+        state, utt = scorer.init_state(torch.arange(2)), torch.arange(2)
+        for step, tok in enumerate(path):
+            psi, r = scorer.score(state, utt, cand, step)
+            for b, T in enumerate(lengths):
+                brute = collapsed_probs(logp[b, :T])
+                prefix = tuple(path[:step])
+                for c in range(1, V):
+                    want = brute.get(prefix, 0.0) if c == eos else prefix_prob(brute, prefix + (c,))
+                    got = math.exp(psi[b, c].item())
+                    assert got == pytest.approx(want, rel=1e-4, abs=1e-12), (b, prefix, c)
+                assert psi[b, 0] == float("-inf")  # blank is never a candidate
+            state = CTCPrefixScorer.select(r, psi, cand, torch.arange(2), torch.tensor([tok, tok]))
+
+
+def brute_force_joint(model, enc, enc_len, tokens, maxlen, w, bonus):
+    """Every label sequence up to maxlen tokens, scored by teacher forcing and by F.ctc_loss."""
+    ctc_logp = model.ctc_log_probs(enc)[0, :enc_len]
+    out = []
+    for n in range(maxlen + 1):
+        for y in itertools.product(tokens, repeat=n):
+            ys_in = torch.tensor([[model.sos, *y]])
+            logp = model.decoder_forward(ys_in, torch.tensor([n + 1]), enc, torch.tensor([enc_len]))[0]
+            att = sum(float(logp[i, t]) for i, t in enumerate([*y, model.eos]))
+            ctc = -float(F.ctc_loss(ctc_logp[:, None], torch.tensor([list(y)]), torch.tensor([enc_len]),
+                                    torch.tensor([n]), blank=0, reduction="sum", zero_infinity=False))
+            out.append((list(y), (1 - w) * att + w * ctc + bonus * (n + 1)))
+    return sorted(out, key=lambda x: -x[1])
+
+
+@pytest.mark.parametrize("w", [0.0, 0.3, 1.0])
+def test_wide_beam_equals_exhaustive_search(w):
+    model = TinyASR(vocab_size=5, seed=3).eval()  # blank 0, tokens 1-3, sos/eos 4
+    feats, lens = random_batch([6], seed=2)
+    enc, enc_lens = model.encode(feats, lens)
+    maxlen, bonus = 3, 0.5
+    opts = SearchOptions(beam=40, ctc_weight=w, length_bonus=bonus, maxlenratio=-maxlen, pre_beam_ratio=10, nbest=100)
+    with torch.no_grad():
+        hyps = beam_search(model, enc, enc_lens, opts)[0]
+        brute = brute_force_joint(model, enc, 6, [1, 2, 3], maxlen, w, bonus)
+    assert len(hyps) == len(brute) == 1 + 3 + 9 + 27
+    assert hyps[0].tokens == brute[0][0]
+    got = sorted(h.score for h in hyps)
+    want = sorted(s for _, s in brute)
+    assert got == pytest.approx(want, abs=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["joint", "attention", "ctc_greedy", "ctc_prefix_beam", "attention_rescoring"])
+def test_batch_equals_one_at_a_time_and_batch_size_does_not_matter(mode):
+    model = TinyASR(vocab_size=9, seed=1).eval()
+    lengths = [12, 4, 9, 20, 7]  # very different lengths in one batch
+    feats, lens = random_batch(lengths, seed=4)
+    opts = DecodeOptions(mode=mode, beam=4, ctc_weight=0.3, nbest=3)
+    full = decode_batch(model, feats, lens, opts)
+    alone = [decode_batch(model, feats[b: b + 1, :n], lens[b: b + 1], opts)[0] for b, n in enumerate(lengths)]
+    pairs = decode_batch(model, feats[:2, :12], lens[:2], opts) + decode_batch(model, feats[2:4], lens[2:4], opts) \
+        + decode_batch(model, feats[4:, :7], lens[4:], opts)
+    for other in (alone, pairs):
+        for a, b in zip(full, other):
+            assert [h.tokens for h in a] == [h.tokens for h in b]
+            assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-4)
+    assert any(h[0].tokens for h in full)
+
+
+def test_joint_hypothesis_scores_add_up_to_weighted_attention_and_ctc():
+    model = TinyASR(vocab_size=7, seed=5).eval()
+    feats, lens = random_batch([10, 6], seed=5)
+    enc, enc_lens = model.encode(feats, lens)
+    opts = SearchOptions(beam=5, ctc_weight=0.4, length_bonus=0.2, nbest=5)
+    with torch.no_grad():
+        res = beam_search(model, enc, enc_lens, opts)
+        for b, hyps in enumerate(res):
+            assert len(hyps) == 5 and [h.score for h in hyps] == sorted((h.score for h in hyps), reverse=True)
+            T = int(enc_lens[b])
+            for h in hyps:
+                ctc = -float(F.ctc_loss(model.ctc_log_probs(enc[b: b + 1, :T])[0][:, None], torch.tensor([h.tokens]),
+                                        torch.tensor([T]), torch.tensor([len(h.tokens)]), reduction="sum"))
+                assert h.ctc == pytest.approx(ctc, abs=1e-4)
+                assert h.score == pytest.approx(0.6 * h.att + 0.4 * h.ctc + 0.2 * (len(h.tokens) + 1), abs=1e-4)
+
+
+def test_length_limits():
+    model = TinyASR(vocab_size=7, seed=6).eval()
+    feats, lens = random_batch([6, 6], seed=6)
+    enc, enc_lens = model.encode(feats, lens)
+    with torch.no_grad():
+        res = beam_search(model, enc, enc_lens, SearchOptions(beam=6, ctc_weight=0.3, maxlenratio=-2, nbest=50))
+        assert all(len(h.tokens) <= 2 for hyps in res for h in hyps)
+        assert any(len(h.tokens) == 2 for hyps in res for h in hyps)
+        res = beam_search(model, enc, enc_lens, SearchOptions(beam=6, ctc_weight=0.3, minlenratio=0.5, nbest=50))
+        assert all(len(h.tokens) >= 3 for hyps in res for h in hyps)
+
+
+def test_ctc_prefix_beam_search_and_greedy_match_brute_force():
+    torch.manual_seed(2)
+    logp = (torch.randn(5, 4) * 2).log_softmax(-1)
+    brute = sorted(collapsed_probs(logp).items(), key=lambda kv: -kv[1])
+    nbest = ctc_prefix_beam_search(logp, beam=1000, blank=0, token_prune=4)
+    assert len(nbest) == len(brute)
+    for (toks, lp), (seq, p) in zip(nbest[:10], brute[:10]):
+        assert tuple(toks) == seq and math.exp(lp) == pytest.approx(p, rel=1e-6)
+    (toks, score), = ctc_greedy_search(logp[None], torch.tensor([5]))
+    best_path = logp.argmax(-1).tolist()
+    assert toks == [c for k, c in enumerate(best_path) if c != 0 and (k == 0 or c != best_path[k - 1])]
+    assert score == pytest.approx(float(logp.max(-1).values.sum()))
+
+
+def test_attention_rescoring_scores_candidates_with_the_decoder():
+    model = TinyASR(vocab_size=6, seed=7).eval()
+    feats, lens = random_batch([8], seed=8)
+    opts = DecodeOptions(mode="attention_rescoring", beam=4, ctc_weight=0.5, nbest=4)
+    hyps = decode_batch(model, feats, lens, opts)[0]
+    enc, enc_lens = model.encode(feats, lens)
+    with torch.no_grad():
+        for h in hyps:  # decoder score recomputed step by step through decoder_step
+            ys, att = torch.tensor([[model.sos]]), 0.0
+            for t in [*h.tokens, model.eos]:
+                logp, _ = model.decoder_step(ys, enc, enc_lens)
+                att += float(logp[0, t])
+                ys = torch.cat([ys, torch.tensor([[t]])], 1)
+            assert h.att == pytest.approx(att, abs=1e-4)
+            assert h.score == pytest.approx(0.5 * att + 0.5 * h.ctc, abs=1e-4)
+
+
+class OOMOnBigBatches(TinyASR):
+    """Fails like a full GPU when more than 8 hypotheses are scored at once."""
+
+    def decoder_step(self, ys_in, memory, memory_lens, cache=None):
+        if ys_in.size(0) > 8:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().decoder_step(ys_in, memory, memory_lens, cache)
+
+
+def test_out_of_memory_splits_the_batch_and_retries(caplog):
+    feats, lens = random_batch([5, 9, 7, 3], seed=9)
+    opts = DecodeOptions(beam=3, ctc_weight=0.3)
+    want = decode_batch(TinyASR(vocab_size=6, seed=9).eval(), feats, lens, opts)
+    got = decode_batch(OOMOnBigBatches(vocab_size=6, seed=9).eval(), feats, lens, opts)
+    assert [h[0].tokens for h in got] == [h[0].tokens for h in want]
+    assert "out of memory" in caplog.text
+    with pytest.raises(torch.OutOfMemoryError):  # one utterance that does not fit is not retried forever
+        decode_batch(OOMOnBigBatches(vocab_size=6, seed=9).eval(), feats[:1], lens[:1], DecodeOptions(beam=9))
