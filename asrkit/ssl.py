@@ -35,3 +35,101 @@ def save_random_wavlm(out_dir: str | Path, preset: str = "tiny", seed: int = 0) 
     Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,
                              do_normalize=False, return_attention_mask=False).save_pretrained(out_dir)
     return out_dir
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading any HF speech encoder with hidden states (WavLM, wav2vec2, HuBERT) and choosing layers.
+
+def load_ssl_model(name_or_dir: str, device: str = "cpu"):
+    """(model in eval mode on `device`, do_normalize) for an HF model id or a local dir.
+
+    `do_normalize`: whether the checkpoint expects each waveform scaled to zero mean and unit
+    variance (its feature extractor's setting; WavLM Base(+) does not, the Large models do).
+    """
+    from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
+    from transformers.utils import logging as hf_logging
+
+    from asrkit.errors import DataError
+
+    hf_logging.disable_progress_bar()
+    looks_local = Path(name_or_dir).expanduser().exists() or name_or_dir.startswith((".", "/", "~"))
+    if looks_local and not (Path(name_or_dir).expanduser() / "config.json").is_file():
+        raise DataError("not a HuggingFace model dir (no config.json)", name_or_dir,
+                        "pass a dir written by save_pretrained, or a model id such as microsoft/wavlm-base-plus")
+    src = str(Path(name_or_dir).expanduser()) if looks_local else name_or_dir
+    try:
+        config = AutoConfig.from_pretrained(src)
+        model = AutoModel.from_pretrained(src)
+    except OSError as e:
+        raise DataError(f"cannot load the SSL model: {str(e).splitlines()[0]}", name_or_dir,
+                        "check the model id, or download it on a machine with internet "
+                        "(huggingface-cli download ID) and pass its local dir") from None
+    if not hasattr(model, "feature_extractor") or not hasattr(model, "encoder"):
+        raise DataError(f"{type(model).__name__} is not a speech encoder with a convolutional front end",
+                        name_or_dir, "use a WavLM, wav2vec2 or HuBERT checkpoint")
+    try:
+        do_normalize = bool(getattr(AutoFeatureExtractor.from_pretrained(src), "do_normalize", False))
+    except (OSError, ValueError):  # no preprocessor_config.json: the Large ("layer" norm) models normalize
+        do_normalize = getattr(config, "feat_extract_norm", "group") == "layer"
+    return model.eval().requires_grad_(False).to(device), do_normalize
+
+
+def weights_hash(model) -> str:
+    """A short sha256 of a model's weights (names and bytes), independent of where it was loaded from."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def conv_geometry(config) -> tuple[int, int]:
+    """(receptive field, stride) in samples of a model's convolutional front end (400, 320 for WavLM)."""
+    field, stride = 1, 1
+    for k, s in zip(config.conv_kernel, config.conv_stride):
+        field += (k - 1) * stride
+        stride *= s
+    return field, stride
+
+
+def num_frames(num_samples: int, config) -> int:
+    """Frames the front end makes from `num_samples` samples: 1 + (n - field) // stride, 0 if too short."""
+    field, stride = conv_geometry(config)
+    return 0 if num_samples < field else 1 + (num_samples - field) // stride
+
+
+LAYER_SPEC_HELP = ("hidden layer(s) to keep, 0 being the transformer's input and N its last layer: "
+                   "'9' one layer; '6,9,12' or '6-12' several, stored stacked (layers, frames, dim) "
+                   "for a learned weighted sum; 'all' every layer 0..N stacked; "
+                   "'mean:6-12' (or 'mean:6,9,12') their average, stored as one layer")
+
+
+def parse_layers(spec: str, num_layers: int) -> tuple[list[int], str]:
+    """(layer indices, reduce) of a --ssl_layer spec; reduce is 'none' (one layer), 'stack' or 'mean'."""
+    from asrkit.errors import DataError
+
+    spec = str(spec).strip().lower()
+    reduce = "stack"
+    if spec.startswith("mean:"):
+        reduce, spec = "mean", spec[5:]
+    try:
+        if spec == "all":
+            layers = list(range(num_layers + 1))
+        else:
+            layers = []
+            for part in spec.split(","):
+                lo, _, hi = part.strip().partition("-")
+                layers += list(range(int(lo), int(hi) + 1)) if hi else [int(lo)]
+    except ValueError:
+        raise DataError(f"bad layer spec {spec!r}", "--ssl_layer", LAYER_SPEC_HELP) from None
+    bad = [i for i in layers if not 0 <= i <= num_layers]
+    if not layers or bad:
+        raise DataError(f"layer(s) {bad or spec} do not exist: the model has layers 0-{num_layers}",
+                        "--ssl_layer", "choose layers within that range")
+    if len(set(layers)) != len(layers):
+        raise DataError(f"layer spec {spec!r} names a layer twice", "--ssl_layer")
+    return layers, ("none" if len(layers) == 1 else reduce)

@@ -1,0 +1,56 @@
+"""Stage 1: extract features of a split list into an HDF5 store (resumable, batched, multi-GPU).
+
+    python -m asrkit.bin.dump_feats --data data/train.jsonl --out dump/wavlm_l9/train.h5 \
+        --feats_type wavlm --ssl_model microsoft/wavlm-base-plus --ssl_layer 9 \
+        --speed_perturb "0.9 1.0 1.1" --nj 4 --ngpu 1
+
+A killed run continues where it stopped when rerun; a finished store that matches the options is
+verified and left alone. Unreadable utterances are skipped and listed in <out>.skipped.tsv.
+"""
+from __future__ import annotations
+
+from asrkit.cli import make_parser, run_main, setup_logging, str2bool
+from asrkit.features.dump import dump
+from asrkit.ssl import LAYER_SPEC_HELP
+
+
+def get_parser():
+    p = make_parser(__doc__)
+    p.add_argument("--data", required=True, help="split list (jsonl: utt_id, audio, [duration, start, end])")
+    p.add_argument("--out", required=True, help="the HDF5 store to write")
+    p.add_argument("--feats_type", default="wavlm", choices=["wavlm", "fbank"],
+                   help="wavlm: hidden states of an HF speech encoder (WavLM, wav2vec2, HuBERT), 50 frames/s; "
+                        "fbank: 80-dim Kaldi-compatible log-mel filterbank, 25 ms windows every 10 ms (100 frames/s)")
+    p.add_argument("--ssl_model", default="microsoft/wavlm-base-plus", help="HF model id or local dir")
+    p.add_argument("--ssl_layer", default="9",
+                   help=LAYER_SPEC_HELP + ". Default 9: layer-wise studies of Base-size WavLM/HuBERT (Pasad et "
+                        "al. 2023; SUPERB ASR weights) find phone and word content peaking in the upper-middle "
+                        "layers and falling off in the last ones, and one layer keeps the store small")
+    p.add_argument("--speed_perturb", default="",
+                   help='speed factors, e.g. "0.9 1.0 1.1": copies stored as <utt_id>-sp0.9 (training split only)')
+    p.add_argument("--nj", type=int, default=2, help="DataLoader workers reading audio (and computing fbank)")
+    p.add_argument("--ngpu", type=int, default=0, help="GPUs (0: CPU); batches are dealt out among them")
+    p.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="storage dtype")
+    p.add_argument("--compute_dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
+                   help="model compute dtype (autocast); auto: float16 on GPU, float32 on CPU")
+    p.add_argument("--batch_seconds", type=float, default=0.0,
+                   help="padded audio per batch in seconds; 0: 200 on GPU, 20 on CPU")
+    p.add_argument("--max_seconds", type=float, default=60.0,
+                   help="longer utterances are run in overlapping windows of this length (bounds memory)")
+    p.add_argument("--n_mels", type=int, default=80, help="fbank bins")
+    p.add_argument("--force", type=str2bool, default=False, help="redo a finished store")
+    return p
+
+
+def main(argv=None) -> int:
+    args = get_parser().parse_args(argv)
+    setup_logging(args.log_file, args.verbose)
+    dump(args.data, args.out, feats_type=args.feats_type, ssl_model=args.ssl_model, ssl_layer=args.ssl_layer,
+         speed_perturb=args.speed_perturb, nj=args.nj, ngpu=args.ngpu, dtype=args.dtype,
+         compute_dtype=args.compute_dtype, batch_seconds=args.batch_seconds, max_seconds=args.max_seconds,
+         n_mels=args.n_mels, force=args.force)
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

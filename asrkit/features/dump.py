@@ -1,0 +1,258 @@
+"""The batched, resumable feature dumper behind `asrkit.bin.dump_feats`.
+
+Utterances (and their speed-perturbed copies) are sorted by length and cut into batches of at
+most `batch_samples` padded samples; DataLoader workers read, resample and perturb the audio
+(and compute fbank), the main process runs the model and appends each batch to a partial shard
+(store.FeatureWriter). With several GPUs, batch i goes to GPU i % ngpu, each with its own shard.
+A rerun skips what the shards already hold; the finished store is renamed (or merged) into place.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from asrkit.audio import SAMPLE_RATE, audio_info, load_audio, resample
+from asrkit.errors import DataError
+from asrkit.features.store import (FeatureReader, FeatureWriter, check_compatible, finalize_store,
+                                   read_attrs, read_done, speed_key)
+from asrkit.fileio import atomic_open, read_jsonl, resolve_audio_path
+
+log = logging.getLogger("asrkit.dump")
+
+
+@dataclass
+class Item:
+    key: str
+    audio: str
+    start: float | None
+    end: float | None
+    speed: float
+    samples: int  # expected model input length (16 kHz, after speed perturbation)
+
+
+def plan_items(data: str | os.PathLike, speeds: list[float]) -> tuple[list[Item], list[tuple[str, str]]]:
+    """Items to extract for a split list (one per utterance and speed), and records that are unusable."""
+    items, bad, seen = [], [], set()
+    for lineno, rec in read_jsonl(data):
+        utt = rec.get("utt_id")
+        if not utt or "audio" not in rec:
+            raise DataError("record has no utt_id or no audio", f"{data}:{lineno}",
+                            "every line needs at least utt_id and audio")
+        if utt in seen:
+            raise DataError(f"utt_id {utt!r} appears twice", f"{data}:{lineno}", "utt_ids must be unique")
+        seen.add(utt)
+        path = resolve_audio_path(rec["audio"], data)
+        start, end = rec.get("start"), rec.get("end")
+        if start is not None and end is not None:
+            seconds = float(end) - float(start)
+        elif rec.get("duration") is not None:
+            seconds = float(rec["duration"])
+        else:  # the length only sorts batches: the header is enough
+            try:
+                sr, frames, _ = audio_info(path)
+            except DataError as e:
+                bad.append((utt, str(e)))
+                continue
+            seconds = frames / sr - float(start or 0)
+        for speed in speeds:
+            items.append(Item(speed_key(utt, speed), path, start, end, speed,
+                              max(0, int(seconds * SAMPLE_RATE / speed))))
+    return items, bad
+
+
+def make_batches(items: list[Item], batch_samples: int) -> list[list[Item]]:
+    """Longest first (an out-of-memory shows at once), each batch at most batch_samples padded."""
+    batches, cur = [], []
+    for item in sorted(items, key=lambda it: (-it.samples, it.key)):
+        if cur and (len(cur) + 1) * cur[0].samples > batch_samples:
+            batches.append(cur)
+            cur = []
+        cur.append(item)
+    return batches + [cur] if cur else batches
+
+
+class _BatchAudio(torch.utils.data.Dataset):
+    """Batch i: [(key, prepared array or None, input samples, error reason)]; never raises."""
+
+    def __init__(self, batches: list[list[Item]], extractor):
+        self.batches, self.extractor = batches, extractor
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __getitem__(self, i):
+        out = []
+        for it in self.batches[i]:
+            try:
+                wav = load_audio(it.audio, it.start, it.end)
+                if it.speed != 1.0:  # sox-style speed: resample as if recorded at sr * speed
+                    wav = resample(wav, int(round(SAMPLE_RATE * it.speed)), SAMPLE_RATE)
+                if self.extractor.num_frames(len(wav)) < 1:
+                    raise DataError(f"too short: {len(wav) / SAMPLE_RATE * 1000:.1f} ms gives no frame", it.audio)
+                out.append((it.key, self.extractor.prepare(wav), len(wav), ""))
+            except Exception as e:  # any unreadable file is reported, never fatal
+                out.append((it.key, None, 0, str(e) if isinstance(e, DataError) else f"{it.audio}: {e!r}"))
+        return out
+
+
+def build_extractor(feats_type: str, ssl_model: str, ssl_layer: str, device: str, dtype: str,
+                    compute_dtype: str = "auto", n_mels: int = 80):
+    from asrkit.features.extractors import FbankExtractor, SSLExtractor
+
+    if feats_type == "fbank":
+        return FbankExtractor(n_mels=n_mels, dtype=dtype)
+    return SSLExtractor(ssl_model, ssl_layer, device=device, dtype=dtype, compute_dtype=compute_dtype)
+
+
+def extract_shard(extractor, batches: list[list[Item]], shard: Path, nj: int,
+                  max_samples: int, progress: bool = True) -> list[tuple[str, str]]:
+    """Extract `batches` into a partial shard; returns (key, reason) of the skipped utterances."""
+    writer = FeatureWriter(shard, extractor.attrs)
+    skipped = []
+    loader = torch.utils.data.DataLoader(_BatchAudio(batches, extractor), batch_size=None, shuffle=False,
+                                         num_workers=nj, collate_fn=lambda b: b,
+                                         prefetch_factor=4 if nj > 0 else None)
+    seconds = sum(it.samples for b in batches for it in b) / SAMPLE_RATE
+    bar = tqdm(total=round(seconds), unit="s audio", disable=not progress, dynamic_ncols=True)
+    try:
+        for batch in loader:
+            skipped += [(key, reason) for key, arr, _, reason in batch if arr is None]
+            ok = [(key, arr, n) for key, arr, n, _ in batch if arr is not None]
+            writer.write(_extract(extractor, ok, max_samples, skipped))
+            bar.update(round(sum(n for _, _, n in ok) / SAMPLE_RATE))
+    finally:
+        bar.close()
+        writer.close()
+    for key, reason in skipped:
+        log.warning("skipped %s: %s", key, reason)
+    return skipped
+
+
+def _extract(extractor, ok, max_samples, skipped):
+    """Features of one batch; a batch that fails (out of memory) is retried one utterance at a time."""
+    if not ok:
+        return []
+    if hasattr(extractor, "extract_long") and any(n > max_samples for _, _, n in ok):
+        return [(k, extractor.extract_long(a, max_samples)) for k, a, n in ok if n > max_samples] + \
+            _extract(extractor, [x for x in ok if x[2] <= max_samples], max_samples, skipped)
+    try:
+        feats = extractor([a for _, a, _ in ok])
+    except (RuntimeError, MemoryError) as e:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if len(ok) == 1:
+            skipped.append((ok[0][0], f"extraction failed: {e}"))
+            return []
+        return [r for x in ok for r in _extract(extractor, [x], max_samples, skipped)]
+    for (key, _, n), f in zip(ok, feats):
+        assert f.shape[-2] == extractor.num_frames(n), (key, f.shape, n)
+    return [(key, f) for (key, _, _), f in zip(ok, feats)]
+
+
+def verify_store(out: Path, attrs: dict, items: list[Item], extractor) -> str:
+    """'' if the finished store at `out` holds every item from the same extractor, else why not."""
+    try:
+        reader = FeatureReader(out)
+        check_compatible(reader.attrs, attrs)
+    except DataError as e:
+        return str(e)
+    if reader.attrs.get("dtype") != attrs["dtype"]:
+        return f"its dtype is {reader.attrs.get('dtype')}, not {attrs['dtype']}"
+    skipped = {k for k, _ in reader.skipped}
+    for it in items:
+        if it.key in skipped:
+            continue
+        if it.key not in reader:
+            return f"utterance {it.key} is missing"
+        expected = extractor.num_frames(it.samples)
+        if abs(reader.num_frames(it.key) - expected) > 2:  # `samples` comes from the listed duration
+            return f"utterance {it.key} has {reader.num_frames(it.key)} frames, its duration gives {expected}"
+    return ""
+
+
+def dump(data: str, out: str, feats_type: str = "wavlm", ssl_model: str = "microsoft/wavlm-base-plus",
+         ssl_layer: str = "9", speed_perturb: str = "", nj: int = 2, ngpu: int = 0, dtype: str = "float16",
+         compute_dtype: str = "auto", batch_seconds: float = 0.0, max_seconds: float = 60.0,
+         n_mels: int = 80, force: bool = False, progress: bool = True) -> dict:
+    """Dump the features of split list `data` into the store `out`; returns the store's statistics."""
+    out = Path(out)
+    speeds = [float(s) for s in speed_perturb.replace(",", " ").split()] or [1.0]
+    if any(s <= 0 for s in speeds):
+        raise DataError(f"speed factors must be positive, got {speed_perturb!r}", "--speed_perturb")
+    device = "cuda:0" if ngpu > 0 else "cpu"
+    if ngpu > 0 and not torch.cuda.is_available():
+        raise DataError(f"--ngpu {ngpu} but no GPU is visible", "--ngpu", "use --ngpu 0 to run on CPU")
+    extractor = build_extractor(feats_type, ssl_model, ssl_layer, device, dtype, compute_dtype, n_mels)
+    attrs = extractor.attrs
+    items, bad = plan_items(data, speeds)
+    if out.exists() and not force:
+        why = verify_store(out, attrs, items, extractor)
+        if not why:
+            log.info("%s is complete and matches the options: nothing to do (--force to redo)", out)
+            return FeatureReader(out).attrs
+        log.info("redoing %s: %s", out, why)
+
+    partial = Path(f"{out}.partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    done = set()
+    for shard in sorted(partial.glob("shard*.h5")):
+        try:
+            with h5py.File(shard, "r") as f:
+                same = read_attrs(f) == attrs
+        except OSError:
+            same = False
+        if same:
+            done |= set(read_done(shard))
+        else:
+            log.info("discarding %s: damaged or made with other options", shard)
+            shard.unlink()
+            Path(f"{shard}.done").unlink(missing_ok=True)
+    todo = [it for it in items if it.key not in done]
+    if done:
+        log.info("resuming %s: %d of %d utterances already done", out, len(items) - len(todo), len(items))
+    if not batch_seconds:
+        batch_seconds = 200.0 if ngpu > 0 else 20.0
+    batches = make_batches(todo, int(batch_seconds * SAMPLE_RATE))
+    max_samples = int(max_seconds * SAMPLE_RATE)
+    ranks = max(1, ngpu)
+    if ranks == 1:
+        skipped = extract_shard(extractor, batches, partial / "shard0.h5", nj, max_samples, progress)
+    else:
+        del extractor
+        torch.multiprocessing.spawn(_gpu_worker, nprocs=ranks, args=(
+            ranks, batches, partial, nj, max_samples, progress,
+            (feats_type, ssl_model, ssl_layer, dtype, compute_dtype, n_mels)))
+        skipped = []
+        for r in range(ranks):
+            skipped += [tuple(line.split("\t", 1)) for line in
+                        (partial / f"shard{r}.skipped").read_text(encoding="utf-8").splitlines()]
+    skipped = bad + skipped
+    shards = sorted(partial.glob("shard*.h5"))
+    stats = finalize_store(shards, out, attrs, skipped)
+    with atomic_open(f"{out}.skipped.tsv") as f:
+        f.writelines(f"{k}\t{r}\n" for k, r in skipped)
+    shutil.rmtree(partial)
+    gb, hours = out.stat().st_size / 1e9, stats["total_seconds"] / 3600
+    log.info("wrote %s: %d utterances, %.2f h, %.3f GB (%.3f GB per hour of audio); %d skipped%s",
+             out, stats["num_utts"], hours, gb, gb / hours if hours else math.nan, len(skipped),
+             f", listed in {out}.skipped.tsv" if skipped else "")
+    return {**attrs, **stats}
+
+
+def _gpu_worker(rank, ranks, batches, partial, nj, max_samples, progress, ext_args):
+    feats_type, ssl_model, ssl_layer, dtype, compute_dtype, n_mels = ext_args
+    torch.cuda.set_device(rank)
+    extractor = build_extractor(feats_type, ssl_model, ssl_layer, f"cuda:{rank}", dtype, compute_dtype, n_mels)
+    skipped = extract_shard(extractor, batches[rank::ranks], partial / f"shard{rank}.h5", nj, max_samples,
+                            progress and rank == 0)
+    with atomic_open(partial / f"shard{rank}.skipped") as f:
+        f.writelines(f"{k}\t{r}\n" for k, r in skipped)

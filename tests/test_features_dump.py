@@ -1,0 +1,195 @@
+"""Stage 1 feature dump: exact batching, resume, refusal of foreign stores, bad and odd audio."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from asrkit.audio import load_audio, resample
+from asrkit.errors import DataError
+from asrkit.features import dump as dump_mod
+from asrkit.features.dump import dump
+from asrkit.features.extractors import SSLExtractor
+from asrkit.features.store import FeatureReader, check_compatible
+from asrkit.ssl import parse_layers
+from tests.conftest import write_manifest, write_tone
+
+
+def read_store(path):
+    r = FeatureReader(path)
+    return r, {k: r[k] for k in r.keys()}
+
+
+def test_batched_equals_one_by_one(tiny_wavlm):
+    from transformers import AutoModel
+
+    rng = np.random.default_rng(0)
+    wavs = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (16000, 9000, 1600, 12345, 4000)]
+    ext = SSLExtractor(str(tiny_wavlm), "all", dtype="float32")
+    batched = ext(wavs)
+    ref_model = AutoModel.from_pretrained(tiny_wavlm).eval()  # unmodified HF model, one at a time
+    with torch.inference_mode():
+        refs = [torch.stack(ref_model(torch.from_numpy(w)[None], output_hidden_states=True).hidden_states)[:, 0]
+                for w in wavs]
+        padded = torch.stack([torch.nn.functional.pad(torch.from_numpy(w), (0, 16000 - len(w))) for w in wavs])
+        naive = torch.stack(ref_model(padded, output_hidden_states=True).hidden_states)
+    for i, (b, ref) in enumerate(zip(batched, refs)):
+        assert b.shape == tuple(ref.shape) == (3, ext.num_frames(len(wavs[i])), 64)
+        np.testing.assert_allclose(b, ref.numpy(), atol=2e-3, rtol=1e-3)  # fp16 storage tolerance
+    # the test can fail: zero-padding without our masking changes the short utterances
+    assert (naive[:, 2, :4] - refs[2]).abs().max() > 0.05
+
+
+def test_layer_specs(tiny_wavlm):
+    assert parse_layers("6,9,12", 12) == ([6, 9, 12], "stack")
+    assert parse_layers("mean:6-8", 12) == ([6, 7, 8], "mean")
+    assert parse_layers("all", 2) == ([0, 1, 2], "stack") and parse_layers("9", 12) == ([9], "none")
+    with pytest.raises(DataError, match="layers 0-2"):
+        parse_layers("9", 2)
+    with pytest.raises(DataError, match="bad layer spec"):
+        parse_layers("x", 2)
+    wav = [(0.1 * np.random.default_rng(1).standard_normal(8000)).astype(np.float32)]
+    stacked = SSLExtractor(str(tiny_wavlm), "1,2", dtype="float32")(wav)[0]
+    mean = SSLExtractor(str(tiny_wavlm), "mean:1-2", dtype="float32")(wav)[0]
+    one = SSLExtractor(str(tiny_wavlm), "2", dtype="float32")(wav)[0]
+    assert stacked.shape == (2, 24, 64) and mean.shape == one.shape == (24, 64)
+    np.testing.assert_allclose(mean, stacked.mean(0), atol=1e-5)
+    np.testing.assert_allclose(one, stacked[1], atol=1e-5)
+
+
+def test_dump_speed_perturb_and_verify(tiny_corpus, tiny_wavlm, caplog):
+    out = tiny_corpus.parent / "dump" / "train.h5"
+    dump(str(tiny_corpus), str(out), ssl_model=str(tiny_wavlm), ssl_layer="2", speed_perturb="0.9 1.0 1.1",
+         nj=2, batch_seconds=3, progress=False)
+    r, feats = read_store(out)
+    assert len(r) == 72 and r.attrs["layers"] == [2] and r.attrs["frame_rate"] == 50.0
+    assert r.attrs["dtype"] == "float16" and r.attrs["ssl_model"] == str(tiny_wavlm)
+    assert not (tiny_corpus.parent / "dump" / "train.h5.partial").exists()
+    ext = SSLExtractor(str(tiny_wavlm), "2", dtype="float16")
+    wav = load_audio(str(tiny_corpus.parent / "wav/spk1/u3.wav"))
+    for factor, key in [(1.0, "spk1_u3"), (0.9, "spk1_u3-sp0.9"), (1.1, "spk1_u3-sp1.1")]:
+        w = wav if factor == 1.0 else resample(wav, int(16000 * factor), 16000)
+        assert r.num_frames(key) == ext.num_frames(len(w)) == int((1.25 / factor * 16000 - 400) // 320 + 1)
+        np.testing.assert_allclose(feats[key], ext([w])[0], atol=2e-2)
+    mtime = out.stat().st_mtime_ns
+    caplog.set_level(logging.INFO, logger="asrkit")
+    dump(str(tiny_corpus), str(out), ssl_model=str(tiny_wavlm), ssl_layer="2", speed_perturb="0.9 1.0 1.1",
+         nj=0, progress=False)
+    assert out.stat().st_mtime_ns == mtime and "nothing to do" in caplog.text
+    dump(str(tiny_corpus), str(out), ssl_model=str(tiny_wavlm), ssl_layer="1", nj=0, progress=False)
+    r = FeatureReader(out)
+    assert len(r) == 24 and r.attrs["layers"] == [1]  # other options: redone
+
+
+@pytest.mark.parametrize("feats_type", ["wavlm", "fbank"])
+def test_kill_and_resume_gives_the_same_store(tiny_corpus, tiny_wavlm, monkeypatch, feats_type):
+    kw = dict(feats_type=feats_type, ssl_model=str(tiny_wavlm), ssl_layer="1,2", speed_perturb="1.0 1.1",
+              nj=0, batch_seconds=4, progress=False)
+    ref_out = tiny_corpus.parent / "ref.h5"
+    dump(str(tiny_corpus), str(ref_out), **kw)
+    _, ref = read_store(ref_out)
+
+    real_write, calls = dump_mod.FeatureWriter.write, []
+
+    def dying_write(self, items):
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        calls.append(1)
+        real_write(self, items)
+
+    out = tiny_corpus.parent / "out.h5"
+    monkeypatch.setattr(dump_mod.FeatureWriter, "write", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        dump(str(tiny_corpus), str(out), **kw)
+    assert not out.exists() and (tiny_corpus.parent / "out.h5.partial").is_dir()
+    monkeypatch.setattr(dump_mod.FeatureWriter, "write", real_write)
+    done_before = len(dump_mod.read_done(tiny_corpus.parent / "out.h5.partial" / "shard0.h5"))
+    assert 0 < done_before < 48
+    seen = []
+    monkeypatch.setattr(dump_mod.FeatureWriter, "write",
+                        lambda self, items: seen.extend(k for k, _ in items) or real_write(self, items))
+    dump(str(tiny_corpus), str(out), **kw)
+    assert len(seen) == 48 - done_before  # only the rest was extracted
+    r, got = read_store(out)
+    assert sorted(got) == sorted(ref) and r.attrs == FeatureReader(ref_out).attrs
+    for k in ref:
+        np.testing.assert_array_equal(got[k], ref[k])
+
+
+def test_foreign_store_is_refused(tiny_corpus, tiny_wavlm, tmp_path):
+    from asrkit.ssl import save_random_wavlm
+
+    other = save_random_wavlm(tmp_path / "other", preset="tiny", seed=1)
+    stores = {}
+    for name, kw in [("a", dict(ssl_model=str(tiny_wavlm))), ("b", dict(ssl_model=str(other))),
+                     ("fb", dict(feats_type="fbank"))]:
+        dump(str(tiny_corpus), str(tmp_path / f"{name}.h5"), ssl_layer="2", nj=0, progress=False, **kw)
+        stores[name] = FeatureReader(tmp_path / f"{name}.h5").attrs
+    check_compatible(stores["a"], {**stores["a"], "ssl_model": "/moved/elsewhere"})
+    with pytest.raises(DataError, match="weights_hash: store has"):
+        check_compatible(stores["b"], stores["a"])
+    with pytest.raises(DataError, match="feats_type: store has 'fbank', model expects 'wavlm'.*dim"):
+        check_compatible(stores["fb"], stores["a"])
+
+
+def test_bad_and_odd_audio(tmp_path, tiny_wavlm):
+    d = tmp_path / "c"
+    write_tone(d / "sr8k.wav", seconds=1.0, sr=8000)
+    write_tone(d / "sr44k.wav", seconds=1.0, sr=44100)
+    write_tone(d / "stereo.wav", seconds=1.0, channels=2)
+    write_tone(d / "short.wav", seconds=0.1)
+    write_tone(d / "long.wav", seconds=2.0, seed=3)
+    write_tone(d / "tiny.wav", seconds=0.01)
+    (d / "garbage.wav").write_bytes(b"RIFF not really a wave file" * 10)
+    recs = [dict(utt_id=n, audio=f"{n}.wav") for n in ("sr8k", "sr44k", "stereo", "short", "tiny", "garbage")]
+    recs += [dict(utt_id="missing", audio="nope.wav", duration=1.0),
+             dict(utt_id="seg", audio="long.wav", start=0.5, end=1.25)]
+    data = write_manifest(d / "list.jsonl", recs)
+    for feats_type, rate, frames in [("wavlm", 50, lambda n: (n - 400) // 320 + 1),
+                                     ("fbank", 100, lambda n: (n - 400) // 160 + 1)]:
+        out = tmp_path / f"{feats_type}.h5"
+        dump(str(data), str(out), feats_type=feats_type, ssl_model=str(tiny_wavlm), ssl_layer="2", nj=0,
+             progress=False)
+        r, feats = read_store(out)
+        assert sorted(r.keys()) == ["seg", "short", "sr44k", "sr8k", "stereo"]
+        assert r.attrs["frame_rate"] == rate
+        for k in ("sr8k", "sr44k", "stereo"):
+            assert r.num_frames(k) == frames(16000)
+        assert r.num_frames("short") == frames(1600) and r.num_frames("seg") == frames(12000)
+        listed = dict(line.split("\t", 1) for line in
+                      (tmp_path / f"{feats_type}.h5.skipped.tsv").read_text().splitlines())
+        assert sorted(listed) == ["garbage", "missing", "tiny"] and "too short" in listed["tiny"]
+        assert "nope.wav" in listed["missing"] and "cannot read audio" in listed["garbage"]
+        assert sorted(k for k, _ in r.skipped) == sorted(listed)
+        assert np.isfinite(feats["sr44k"].astype(np.float32)).all()
+    # the segment is the cut of the file, not its beginning
+    ext = SSLExtractor(str(tiny_wavlm), "2")
+    cut = load_audio(str(d / "long.wav"))[8000:20000]
+    seg = FeatureReader(tmp_path / "wavlm.h5")["seg"]
+    assert seg.shape == ((12000 - 400) // 320 + 1, 64)
+    np.testing.assert_allclose(seg, ext([cut])[0], atol=2e-2)
+
+
+def test_long_utterance_windows(tiny_wavlm):
+    ext = SSLExtractor(str(tiny_wavlm), "2", dtype="float32")
+    wav = (0.1 * np.random.default_rng(2).standard_normal(5 * 16000 + 77)).astype(np.float32)
+    long = ext.extract_long(wav, 16000)
+    assert long.shape == ext([wav])[0].shape  # windows line up with the whole file's frames
+    # first window: 49 frames (15680 samples) + 80 samples of overlap, the longest that fits 16000
+    np.testing.assert_allclose(long[:49], ext([wav[:15760]])[0], atol=1e-4)
+    assert np.abs(long[49:60] - ext([wav[15680:15680 + 15760]])[0][:11]).max() < 1e-4
+
+
+def test_cli_and_bad_list(tmp_path, tiny_corpus, tiny_wavlm):
+    from asrkit.bin.dump_feats import main
+
+    out = tmp_path / "cli.h5"
+    main(["--data", str(tiny_corpus), "--out", str(out), "--feats_type", "fbank", "--nj", "0"])
+    r = FeatureReader(out)
+    assert len(r) == 24 and r.dim == 80 and r.attrs["feats_type"] == "fbank"
+    bad = write_manifest(tmp_path / "bad.jsonl", [{"utt_id": "a", "audio": "x.wav"}, {"utt_id": "a", "audio": "y"}])
+    with pytest.raises(DataError, match=r"bad.jsonl:2: utt_id 'a' appears twice"):
+        main(["--data", str(bad), "--out", str(tmp_path / "b.h5"), "--feats_type", "fbank"])
