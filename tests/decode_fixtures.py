@@ -60,3 +60,30 @@ def random_batch(lengths, input_dim: int = 5, seed: int = 1):
     for b, n in enumerate(lengths):
         feats[b, n:] = 0.0
     return feats, lens
+
+
+def make_exp_dir(root, n_test: int = 7, seed: int = 0, epochs: int = 0):
+    """An experiment dir with a tiny random-weight model of asrkit.nets (as stage 3 leaves it), and a
+    test split with its feature store: (exp_dir, data, feats, tokenizer)."""
+    from pathlib import Path
+
+    import yaml
+
+    from asrkit.model_io import build_from_config, save_exp_files
+    from asrkit.tokenizer import Tokenizer
+    from train_fixtures import ATTRS, DIM, TINY_MODEL, make_experiment, write_split
+
+    root = Path(root)
+    paths = make_experiment(root, n_train=8, n_valid=2)
+    data, feats = write_split(root, "test", n_test, seed=3)
+    tok = Tokenizer.load(paths["token_dir"])
+    config = {**yaml.safe_load(paths["config"].read_text()), "input_dim": DIM, "input_layers": 1,
+              "vocab_size": tok.vocab_size, "best_model_criterion": "acc"}
+    exp = root / "exp" / "tiny"
+    save_exp_files(exp, config, paths["token_dir"], ATTRS)
+    torch.manual_seed(seed)
+    torch.save(build_from_config(config).state_dict(), exp / "model.avg.pth")
+    for e in range(1, epochs + 1):
+        torch.manual_seed(seed + e)
+        torch.save(build_from_config(config).state_dict(), exp / f"epoch{e}.pth")
+    return exp, data, feats, tok

@@ -181,3 +181,22 @@ def test_out_of_memory_splits_the_batch_and_retries(caplog):
     assert "out of memory" in caplog.text
     with pytest.raises(torch.OutOfMemoryError):  # one utterance that does not fit is not retried forever
         decode_batch(OOMOnBigBatches(vocab_size=6, seed=9).eval(), feats[:1], lens[:1], DecodeOptions(beam=9))
+
+
+def test_real_transformer_decoder_with_cache_batched_equals_alone():
+    """The same check on asrkit.nets' Transformer decoder, whose cache the search reorders."""
+    from asrkit.nets import build_model
+    from train_fixtures import TINY_MODEL
+
+    torch.manual_seed(0)
+    model = build_model(TINY_MODEL, 8, 1, 12).eval()
+    lengths = [9, 4, 13]
+    enc = torch.randn(3, 13, 16)
+    enc_lens = torch.tensor(lengths)
+    opts = SearchOptions(beam=4, ctc_weight=0.3, nbest=2)
+    with torch.no_grad():
+        both = beam_search(model, enc, enc_lens, opts)
+        for b, n in enumerate(lengths):
+            alone = beam_search(model, enc[b: b + 1, :n], enc_lens[b: b + 1], opts)[0]
+            assert [h.tokens for h in alone] == [h.tokens for h in both[b]]
+            assert [h.score for h in alone] == pytest.approx([h.score for h in both[b]], abs=1e-4)

@@ -106,3 +106,14 @@ def decode_batch(model, feats: torch.Tensor, feat_lens: torch.Tensor, opts: Deco
         lens = feat_lens[sl]
         out += decode_batch(model, feats[sl, : int(lens.max())], lens, opts)
     return out
+
+
+def hyp_record(utt_id: str, nbest: list[Hyp], tokenizer) -> dict:
+    """One line of hyp.jsonl: the best hypothesis's text, tokens and score, and the n-best list."""
+    def one(h: Hyp) -> dict:
+        return {"text": tokenizer.decode(h.tokens), "tokens": [tokenizer.tokens[t] for t in h.tokens],
+                "token_ids": h.tokens, "score": h.score, "att": h.att, "ctc": h.ctc}
+
+    items = [one(h) for h in nbest]
+    best = items[0] if items else {"text": "", "tokens": [], "token_ids": [], "score": None}
+    return {"utt_id": utt_id, **best, "nbest": items}

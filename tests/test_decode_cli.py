@@ -1,0 +1,76 @@
+"""asrkit.bin.decode end to end on a tiny asrkit.nets model and a real feature store."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from asrkit.bin import decode
+from asrkit.decode import DecodeOptions
+from asrkit.fileio import load_jsonl, write_jsonl
+from decode_fixtures import make_exp_dir
+
+
+def run(exp, data, feats, out, *extra):
+    decode.main([f"--model_dir={exp}", f"--data={data}", f"--feats={feats}", f"--out={out}",
+                 "--config=conf/decode.yaml", "--beam=3", *extra])
+    return {r["utt_id"]: r for r in load_jsonl(out / "hyp.jsonl")}
+
+
+def test_decode_writes_nbest_and_does_not_depend_on_batch_size(tmp_path, capsys):
+    exp, data, feats, tok = make_exp_dir(tmp_path)
+    records = load_jsonl(data)
+    write_jsonl(data, records + [{"utt_id": "ghost", "audio": "x.wav", "text": "one"}])  # not in the store
+    a = run(exp, data, feats, tmp_path / "a", "--batch_size=4", "--nbest=2")
+    assert "RTF" in capsys.readouterr().out
+    b = run(exp, data, feats, tmp_path / "b", "--batch_size=1", "--nbest=2")
+    assert sorted(a) == sorted(r["utt_id"] for r in records)
+    for utt, r in a.items():
+        assert r["text"] == b[utt]["text"] and r["score"] == pytest.approx(b[utt]["score"], abs=1e-4)
+        assert len(r["nbest"]) == 2 and r["nbest"][0]["score"] >= r["nbest"][1]["score"]
+        assert r["text"] == tok.decode(r["token_ids"]) and len(r["tokens"]) == len(r["token_ids"])
+    assert (tmp_path / "a" / "skipped.txt").read_text().startswith("ghost\t")
+    info = json.loads((tmp_path / "a" / "decode_info.json").read_text())
+    assert info["utterances"] == len(records) and info["beam"] == 3 and info["rtf"] > 0
+
+
+def test_resume_keeps_decoded_utterances(tmp_path):
+    exp, data, feats, _ = make_exp_dir(tmp_path)
+    full = run(exp, data, feats, tmp_path / "full", "--mode=ctc_greedy")
+    out = tmp_path / "resumed"
+    out.mkdir()
+    # an earlier run with the same options had decoded one utterance (marked as such) when killed
+    first = dict(next(iter(full.values())), text="FROM THE FIRST RUN")
+    stamp = decode.run_stamp(DecodeOptions(mode="ctc_greedy", beam=3), "model.avg.pth", data, feats)
+    (out / ".partial.options.json").write_text(json.dumps(stamp))
+    write_jsonl(out / ".partial.jsonl", [first])
+    resumed = run(exp, data, feats, out, "--mode=ctc_greedy")
+    assert resumed[first["utt_id"]]["text"] == "FROM THE FIRST RUN"
+    assert {u: r["text"] for u, r in resumed.items() if u != first["utt_id"]} == \
+        {u: r["text"] for u, r in full.items() if u != first["utt_id"]}
+    assert not (out / ".partial.jsonl").exists()
+
+
+def test_average_nbest_averages_the_best_epochs(tmp_path):
+    exp, data, feats, _ = make_exp_dir(tmp_path, epochs=3)
+    write_jsonl(exp / "train_log.jsonl", [{"kind": "epoch", "epoch": e, "valid": {"acc": acc}}
+                                          for e, acc in [(1, 0.5), (2, 0.9), (3, 0.7)]])
+    run(exp, data, feats, tmp_path / "d", "--average_nbest=2", "--mode=ctc_greedy")
+    avg = torch.load(exp / "model.avg2.pth")
+    e2, e3 = torch.load(exp / "epoch2.pth"), torch.load(exp / "epoch3.pth")
+    key = next(k for k, v in avg.items() if v.is_floating_point())
+    assert torch.allclose(avg[key], (e2[key] + e3[key]) / 2)
+    assert json.loads((tmp_path / "d" / "decode_info.json").read_text())["checkpoint"] == "model.avg2.pth"
+
+
+def test_bad_options_and_mismatched_store_are_clear_errors(tmp_path):
+    from asrkit.errors import DataError
+
+    exp, data, feats, _ = make_exp_dir(tmp_path)
+    with pytest.raises(DataError, match="ctc_weight"):
+        run(exp, data, feats, tmp_path / "x", "--ctc_weight=1.5")
+    attrs = json.loads((exp / "feats_attrs.json").read_text())
+    (exp / "feats_attrs.json").write_text(json.dumps({**attrs, "feats_type": "wavlm"}))
+    with pytest.raises(DataError, match="feats_type"):
+        run(exp, data, feats, tmp_path / "y")
