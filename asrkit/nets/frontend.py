@@ -75,11 +75,12 @@ class Frontend(nn.Module):
 
     def combine(self, feats: torch.Tensor) -> torch.Tensor:
         """(B, T, D) or (B, L, T, D) -> (B, T, D') float32."""
+        shape = tuple(feats.shape)
         if feats.dim() == 3:
             feats = feats.unsqueeze(1)
-        if feats.size(1) != self.input_layers or feats.size(-1) != self.input_dim:
+        if feats.dim() != 4 or feats.size(1) != self.input_layers or feats.size(-1) != self.input_dim:
             raise ValueError(f"the model takes {self.input_layers} layer(s) of {self.input_dim}-dim "
-                             f"features, got a batch of shape {tuple(feats.shape)}")
+                             f"features, got a batch of shape {shape}")
         x = feats.float()
         if self.layer_norm:
             x = F.layer_norm(x, x.shape[-1:])

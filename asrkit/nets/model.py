@@ -67,12 +67,12 @@ class ASRModel(nn.Module):
     def encode(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """feats (B, T, D) or (B, L, T, D) -> (enc (B, T', D'), enc_lens (B,))."""
         x = self.frontend.combine(feats)
+        if int(feat_lens.min()) < self.min_frames:
+            raise ValueError(f"an utterance of {int(feat_lens.min())} frames is too short for the "
+                             f"model's subsampling: skip those under {self.min_frames} frames")
         if self.specaug is not None and self.training:
             x = self.specaug(x, feat_lens)
         x, lens = self.frontend.subsample(x, feat_lens)
-        if int(lens.min()) < 1:
-            raise ValueError(f"an utterance of {int(feat_lens.min())} frames is too short for the "
-                             f"model's subsampling: skip those under {self.min_frames} frames")
         return self.encoder(x, lens)
 
     def ctc_log_probs(self, enc: torch.Tensor) -> torch.Tensor:
