@@ -39,6 +39,7 @@ def main(argv=None) -> int:
         raise DataError("no usable utterance found", args.myst_root,
                         f"check the layout data/<partition>/<student>/<session>/*.flac with .trn files; {dict(counts)}")
     with atomic_open(out / "dropped.tsv") as f:
+        f.write("utt_id\twhere\treason\n")
         f.writelines(f"{u}\t{where}\t{reason}\n" for u, where, reason in dropped)
     with atomic_open(out / "test_filtered.ids") as f:
         f.writelines(r["utt_id"] + "\n" for r in records if r.get("test_filtered"))

@@ -78,7 +78,7 @@ def scan_myst(root: str | Path, min_words: int = 3, max_duration: float = 30.0,
             text = read_transcript(trn)
             sr, frames, _ = audio_info(str(audio))
         except DataError as e:
-            drop(f"{e.what} ({e.where})")
+            drop(f"unreadable: {e.where}: {e.what}")
             continue
         duration, words = frames / sr, len(count_words(text).split())
         tag = DROP_TAGS.search(text)
