@@ -1,0 +1,1 @@
+"""Stage 3 training: DDP setup, optimizers/schedules, checkpoints, logging, the training loop."""

@@ -1,0 +1,340 @@
+"""The training loop: DDP, gradient accumulation, AMP, clipping, validation, checkpoints, resume.
+
+Resume state lives in exp_dir/checkpoint.pth (model, optimizer, scheduler, scaler, position in the
+epoch, per-rank RNG states, epoch history), written atomically every `save_interval_steps` updates
+and at the end of each epoch; a rerun continues from it, mid-epoch included, and reproduces the
+uninterrupted run. Rank 0 alone writes files; every rank runs the same number of steps.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torchaudio.functional as AF
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from asrkit.data import BucketBatchSampler, SpeechDataset, collate
+from asrkit.errors import DataError
+from asrkit.train import checkpoint as ckpt
+from asrkit.train.distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier
+from asrkit.train.optim import build_optimizer, build_scheduler
+from asrkit.train.reporter import Reporter
+
+log = logging.getLogger(__name__)
+TRAIN_KEYS = ("loss", "loss_ctc", "loss_att", "acc")
+
+
+@dataclass
+class State:
+    """Where training stands; saved in checkpoint.pth."""
+    epoch: int = 1  # the epoch in progress (1-based)
+    batches_done: int = 0  # of this rank's batches in `epoch`
+    step: int = 0  # optimizer updates so far (skipped ones included)
+    history: list = field(default_factory=list)  # one record per finished epoch
+    sums: list = field(default_factory=lambda: [0.0] * (len(TRAIN_KEYS) + 2))  # running train sums
+    stopped_early: bool = False
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """bf16 where the GPU supports it, else fp16 (with a gradient scaler); no autocast on CPU."""
+    if amp == "none" or device.type != "cuda":
+        return None
+    if amp == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def greedy_ctc(logp: torch.Tensor, lens: torch.Tensor, blank: int = 0) -> list[list[int]]:
+    """Best path: argmax per frame, repeats merged, blanks dropped."""
+    out = []
+    for ids, n in zip(logp.argmax(-1).tolist(), lens.tolist()):
+        seq = torch.unique_consecutive(torch.tensor(ids[:n])).tolist()
+        out.append([t for t in seq if t != blank])
+    return out
+
+
+class Trainer:
+    def __init__(self, args, config: dict, model: torch.nn.Module, train_set: SpeechDataset,
+                 valid_set: SpeechDataset, tokenizer, dist: DistInfo):
+        self.args, self.config, self.dist, self.tokenizer = args, config, dist, tokenizer
+        self.exp_dir = Path(args.exp_dir)
+        self.device = dist.device
+        self.module = model.to(self.device)
+        self.model = (DistributedDataParallel(self.module, device_ids=[self.device] if self.device.type == "cuda"
+                                              else None, find_unused_parameters=args.ddp_find_unused_parameters)
+                      if dist.distributed else self.module)
+        self.train_set, self.valid_set = train_set, valid_set
+        kw = dict(num_replicas=dist.world_size, rank=dist.rank)
+        self.train_sampler = BucketBatchSampler(train_set.lengths, args.batch_bins, shuffle=True,
+                                                seed=args.seed, **kw)
+        self.valid_sampler = BucketBatchSampler(valid_set.lengths, args.valid_batch_bins or args.batch_bins,
+                                                shuffle=False, **kw)
+        self.train_loader = self._loader(train_set, self.train_sampler)
+        self.valid_loader = self._loader(valid_set, self.valid_sampler)
+        self.epoch_len = len(self.train_sampler)
+        updates = math.ceil(self.epoch_len / args.accum_grad) * args.max_epoch
+        self.optimizer = build_optimizer(args.optim, self.module.parameters(), args.optim_conf)
+        self.scheduler = build_scheduler(args.scheduler, self.optimizer, args.scheduler_conf, updates)
+        self.amp = amp_dtype(args.amp, self.device)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
+        self.state = State()
+        self.last_batch = None
+        self.reporter = None
+
+    def _loader(self, dataset, sampler) -> DataLoader:
+        workers = self.args.num_workers
+        # its own generator: starting an epoch's iterator must not draw from the global RNG, or a
+        # resumed run would see other dropout/SpecAugment draws than an uninterrupted one
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
+                          pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
+                          prefetch_factor=4 if workers > 0 else None, generator=torch.Generator())
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def save(self) -> None:
+        rng = all_gather_objects(ckpt.rng_state())  # a collective: every rank calls save()
+        if self.dist.is_main:
+            ckpt.save_atomic({
+                "model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "state": vars(self.state), "rng": rng, "world_size": self.dist.world_size,
+            }, self.exp_dir / "checkpoint.pth")
+
+    def resume(self) -> bool:
+        path = self.exp_dir / "checkpoint.pth"
+        if not (self.args.resume and path.is_file()):
+            return False
+        c = torch.load(path, map_location="cpu", weights_only=False)
+        self.module.load_state_dict(c["model"])
+        self.optimizer.load_state_dict(c["optimizer"])
+        self.scheduler.load_state_dict(c["scheduler"])
+        self.scaler.load_state_dict(c["scaler"])
+        self.state = State(**c["state"])
+        if c["world_size"] == self.dist.world_size:
+            ckpt.set_rng_state(c["rng"][self.dist.rank])
+        else:
+            log.warning("checkpoint was written by %d processes, now %d: RNG states reseeded and the "
+                        "epoch restarted", c["world_size"], self.dist.world_size)
+            torch.manual_seed(self.args.seed + self.dist.rank + self.state.step)
+            self.state.batches_done = 0
+        log.info("resumed from %s: epoch %d, batch %d of %d, update %d", path, self.state.epoch,
+                 self.state.batches_done, self.epoch_len, self.state.step)
+        return True
+
+    # ---- steps -------------------------------------------------------------------------------
+    def buffers(self) -> dict[str, torch.Tensor]:
+        """A copy of the buffers (BatchNorm statistics and counts), to undo a forward pass."""
+        return {k: v.clone() for k, v in self.module.named_buffers()}
+
+    @torch.no_grad()
+    def restore_buffers(self, saved: dict[str, torch.Tensor]) -> None:
+        for k, v in self.module.named_buffers():
+            if k in saved:
+                v.copy_(saved[k])
+
+    def _to_device(self, batch: dict) -> tuple[torch.Tensor, ...]:
+        d = self.device
+        return (batch["feats"].to(d, non_blocking=True).float(), batch["feat_lens"].to(d, non_blocking=True),
+                batch["ys"].to(d, non_blocking=True), batch["ys_lens"].to(d, non_blocking=True))
+
+    def autocast(self):
+        return torch.autocast(self.device.type, self.amp) if self.amp else contextlib.nullcontext()
+
+    def forward(self, batch: dict, model: torch.nn.Module | None = None) -> dict:
+        with self.autocast():
+            return (model or self.model)(*self._to_device(batch))
+
+    def backward(self, batch: dict, sync: bool, weight: float = 1.0) -> dict:
+        """Forward and backward of one micro-batch; without `sync`, DDP skips its all-reduce."""
+        no_sync = self.model.no_sync() if (self.dist.distributed and not sync) else contextlib.nullcontext()
+        with no_sync:
+            out = self.forward(batch)
+            self.scaler.scale(out["loss"] * (weight / self.args.accum_grad)).backward()
+        return out
+
+    def update(self) -> tuple[float, bool]:
+        """Clip and step; a non-finite gradient norm skips the update (the same on every rank)."""
+        self.scaler.unscale_(self.optimizer)
+        clip = self.args.grad_clip if self.args.grad_clip > 0 else float("inf")
+        norm = float(torch.nn.utils.clip_grad_norm_(self.module.parameters(), clip))
+        ok = math.isfinite(norm)
+        if self.scaler.is_enabled():
+            self.scaler.step(self.optimizer)  # skips the step itself when gradients overflowed
+        elif ok:
+            self.optimizer.step()
+        self.scaler.update()
+        if ok:
+            self.scheduler.step()
+        else:
+            scale = f" (fp16 loss scale now {self.scaler.get_scale():g})" if self.scaler.is_enabled() else ""
+            log.warning("update %d: gradient norm is %s, update skipped%s", self.state.step + 1, norm, scale)
+        self.optimizer.zero_grad(set_to_none=True)
+        return norm, ok
+
+    # ---- epochs ------------------------------------------------------------------------------
+    def preflight(self) -> None:
+        """Forward/backward of this rank's largest batches, so an out-of-memory shows at once.
+
+        Leaves no trace: gradients, buffers (BatchNorm statistics) and RNG states are restored.
+        """
+        batches = self.train_sampler.largest(self.args.preflight_batches)
+        if not batches:
+            return
+        rng, buffers = ckpt.rng_state(), self.buffers()
+        self.model.train()
+        t0 = time.time()
+        for idx in batches:
+            batch = collate([self.train_set[i] for i in idx])
+            if batch is None:
+                continue
+            try:
+                self.scaler.scale(self.forward(batch)["loss"]).backward()
+            except torch.OutOfMemoryError:
+                raise DataError(f"out of memory on a batch of {len(idx)} utterances, "
+                                f"{self.train_sampler.padded_frames(idx)} padded frames", "--batch_bins",
+                                "lower --batch_bins (or raise --accum_grad to keep the effective batch)") from None
+            self.last_batch = batch
+        self.optimizer.zero_grad(set_to_none=True)
+        self.restore_buffers(buffers)
+        ckpt.set_rng_state(rng)
+        mem = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if self.device.type == "cuda" else ""
+        log.info("pre-flight: %d largest batches (up to %d padded frames) ran in %.1fs%s", len(batches),
+                 self.train_sampler.padded_frames(batches[0]), time.time() - t0, mem)
+
+    def train_epoch(self) -> bool:
+        """Train the rest of the current epoch; False when max_steps stopped it early."""
+        st, args = self.state, self.args
+        self.model.train()
+        self.train_sampler.set_epoch(st.epoch, st.batches_done)
+        bar = tqdm(total=self.epoch_len, initial=st.batches_done, desc=f"epoch {st.epoch}", unit="batch",
+                   disable=not self.dist.is_main, dynamic_ncols=True, leave=False)
+        window = torch.zeros(len(TRAIN_KEYS) + 2, dtype=torch.float64, device=self.device)
+        t_last = time.time()
+        saved = self.buffers()
+        for batch in self.train_loader:
+            st.batches_done += 1
+            weight = 1.0
+            if batch is None:  # every utterance of this batch unreadable: keep ranks in step, learn nothing
+                batch, weight = self.last_batch, 0.0
+            self.last_batch = batch
+            sync = st.batches_done % args.accum_grad == 0 or st.batches_done == self.epoch_len
+            out = self.backward(batch, sync, weight)
+            n = len(batch["utt_ids"]) * weight
+            frames = batch["feat_lens"].sum().to(self.device) * weight
+            # loss sums x utterances, utterances, frames; on the device, read once per update
+            window += torch.cat([torch.stack([out[k].detach() for k in TRAIN_KEYS]) * n,
+                                 torch.stack([frames.new_tensor(n), frames])]).double()
+            bar.update(1)
+            if not sync:
+                continue
+            norm, ok = self.update()
+            if not ok:  # the bad batch also went through BatchNorm: undo its running statistics
+                self.restore_buffers(saved)
+            saved = self.buffers()
+            st.step += 1
+            win = window.tolist()
+            st.sums = [a + b for a, b in zip(st.sums, win)]
+            now = time.time()
+            rate = self.dist.world_size / max(now - t_last, 1e-9)  # all ranks, estimated from rank 0
+            rec = {k: win[i] / max(win[-2], 1) for i, k in enumerate(TRAIN_KEYS)}
+            rec.update(epoch=st.epoch, lr=self.scheduler.get_last_lr()[0], grad_norm=norm, skipped=not ok,
+                       frames_per_s=win[-1] * rate, utts_per_s=win[-2] * rate)
+            if self.device.type == "cuda":
+                rec["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
+            if self.reporter:
+                self.reporter.record("step", st.step, **rec)
+                bar.set_postfix(loss=f"{rec['loss']:.3f}", fps=f"{rec['frames_per_s']:.0f}", refresh=False)
+                if st.step % args.log_interval == 0:
+                    log.info("epoch %d update %d: %s", st.epoch, st.step,
+                             " ".join(f"{k}={v:.4g}" for k, v in rec.items() if isinstance(v, float)))
+            window.zero_()
+            t_last = now
+            if args.max_steps and st.step >= args.max_steps:
+                bar.close()
+                return False
+            if args.save_interval_steps and st.step % args.save_interval_steps == 0:
+                self.save()
+        bar.close()
+        return True
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Loss, attention accuracy and greedy CTC CER over the validation set (all ranks together)."""
+        self.module.eval()
+        sums = torch.zeros(5, dtype=torch.float64)  # loss x utts, acc x tokens, utts, tokens, char edits
+        chars = 0
+        has_ctc = getattr(self.module, "ctc", None) is not None
+        for batch in self.valid_loader:
+            if batch is None:
+                continue
+            out = self.forward(batch, self.module)
+            n, tokens = len(batch["utt_ids"]), int(batch["ys_lens"].sum()) + len(batch["utt_ids"])  # + <eos>
+            sums[:4] += torch.tensor([float(out["loss"]) * n, float(out["acc"]) * tokens, n, tokens])
+            if has_ctc:
+                feats, lens, _, _ = self._to_device(batch)
+                with self.autocast():
+                    enc, enc_lens = self.module.encode(feats, lens)
+                    hyps = greedy_ctc(self.module.ctc_log_probs(enc), enc_lens, self.module.blank)
+                for hyp, ys, ylen in zip(hyps, batch["ys"], batch["ys_lens"]):
+                    ref = self.tokenizer.decode(ys[:ylen].tolist())
+                    sums[4] += AF.edit_distance(list(ref), list(self.tokenizer.decode(hyp)))
+                    chars += len(ref)
+        sums = all_reduce_sum(torch.cat([sums, torch.tensor([chars], dtype=torch.float64)]).to(self.device)).cpu()
+        res = {"loss": float(sums[0] / sums[2]), "acc": float(sums[1] / sums[3])}
+        if has_ctc:
+            res["cer"] = float(sums[4] / max(sums[5], 1))
+        return res
+
+    def end_epoch(self, valid: dict, seconds: float) -> bool:
+        """Record the epoch, keep the best/last weights, checkpoint; True to go on training."""
+        st, args = self.state, self.args
+        sums = all_reduce_sum(torch.tensor(st.sums, dtype=torch.float64, device=self.device)).cpu().tolist()
+        train = {k: sums[i] / max(sums[-2], 1) for i, k in enumerate(TRAIN_KEYS)}
+        record = {"epoch": st.epoch, "step": st.step, "train": train, "valid": valid, "time_s": seconds,
+                  "lr": self.scheduler.get_last_lr()[0]}
+        st.history.append(record)
+        best = ckpt.best_epochs(st.history, args.best_model_criterion, 1)
+        since_best = st.epoch - best[0] if best else 0
+        log.info("epoch %d: train loss %.4f acc %.4f | valid %s | %.0fs", st.epoch, train["loss"], train["acc"],
+                 " ".join(f"{k} {v:.4f}" for k, v in valid.items()), seconds)
+        if self.dist.is_main:
+            ckpt.save_atomic(self.module.state_dict(), self.exp_dir / f"epoch{st.epoch}.pth")
+            ckpt.prune_epochs(self.exp_dir, st.history, args.best_model_criterion, args.keep_nbest_models,
+                              args.keep_last_models)
+            self.reporter.record("epoch", st.step, **{k: v for k, v in record.items() if k != "step"})
+            self.reporter.plot()
+        early = bool(args.patience) and since_best >= args.patience
+        if early:
+            log.info("early stop: valid %s has not improved for %d epochs (best: epoch %d)",
+                     args.best_model_criterion, since_best, best[0])
+        st.epoch, st.batches_done, st.sums = st.epoch + 1, 0, [0.0] * len(st.sums)
+        st.stopped_early = early
+        self.save()
+        return not early and st.epoch <= args.max_epoch
+
+    def run(self) -> None:
+        self.resume()
+        if self.dist.is_main:
+            self.reporter = Reporter(self.exp_dir, self.args.tensorboard, self.state.step, self.state.epoch)
+        st = self.state
+        if not st.stopped_early and st.epoch <= self.args.max_epoch:
+            self.preflight()
+            while True:
+                t0 = time.time()
+                if not self.train_epoch():
+                    log.info("stopped at update %d (--max_steps); rerun to continue", st.step)
+                    self.save()
+                    break
+                if not self.end_epoch(self.validate(), time.time() - t0):
+                    break
+        if self.dist.is_main:
+            ckpt.average_best(self.exp_dir, st.history, self.args.best_model_criterion, self.args.keep_nbest_models)
+            self.reporter.plot()
+            self.reporter.close()
+        barrier()
