@@ -27,6 +27,8 @@ TINY = {
     "bilstm": dict(frontend_conf=dict(proj_dim=12, subsample="conv1d"),
                    encoder="bilstm", decoder_conf=dict(DEC, attention_dim=8), model_conf=dict(ctc_weight=0.3),
                    encoder_conf=dict(hidden_size=10, num_layers=2, output_size=16, dropout_rate=0.0)),
+    "bilstmp": dict(frontend_conf=dict(subsample="conv2d"), encoder="bilstm", decoder_conf=DEC,
+                    encoder_conf=dict(hidden_size=10, num_layers=3, output_size=16, use_projection=True)),
 }
 
 
@@ -72,7 +74,7 @@ def test_shipped_config_builds_and_trains(path):
     assert [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0] == []
 
 
-@pytest.mark.parametrize("encoder", ["conformer", "bilstm"])
+@pytest.mark.parametrize("encoder", ["conformer", "bilstm", "bilstmp"])
 @pytest.mark.parametrize("layers", [1, 3])
 def test_padding_does_not_leak(encoder, layers):
     """An utterance's outputs and losses are the same alone and batched with a longer one."""
