@@ -12,7 +12,7 @@ rows follow the rows of ys, and `sos`, `eos`, `blank`, `vocab_size` (see docs/IN
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import logging
 
@@ -43,7 +43,6 @@ class SearchOptions:
     minlenratio: float = 0.0
     pre_beam_ratio: float = 1.5
     nbest: int = 1
-    extra: dict = field(default_factory=dict)
 
 
 def select_rows(cache, index: torch.Tensor):

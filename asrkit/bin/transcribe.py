@@ -1,0 +1,44 @@
+"""Transcribe audio files with a trained experiment dir (same feature extractor as in training).
+
+    python -m asrkit.bin.transcribe --model_dir exp/<tag> a.flac b.wav [--json]
+
+Prints one line per file, `<file>\\t<text>`; with --json one JSON object per file, with word timings
+from CTC forced alignment. A file that cannot be read is reported and the others go on (exit code 1).
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+from asrkit.bin.decode import add_search_options, pick_device, search_options
+from asrkit.cli import make_parser, run_main, setup_logging
+
+
+def main(argv=None) -> int:
+    parser = make_parser(__doc__)
+    parser.add_argument("audio", nargs="+", help="audio files (any format soundfile reads; resampled to 16 kHz)")
+    parser.add_argument("--model_dir", required=True, help="experiment dir (exp/<tag>)")
+    parser.add_argument("--checkpoint", default="model.avg.pth", help="weights file in --model_dir")
+    parser.add_argument("--json", action="store_true", help="JSON lines with score and word timings")
+    parser.add_argument("--ngpu", type=int, default=0, help="1: run on the GPU")
+    add_search_options(parser)
+    args = parser.parse_args(argv)
+    setup_logging(args.log_file, args.verbose)
+    from asrkit.transcribe import Transcriber
+
+    opts = search_options(args)
+    asr = Transcriber(args.model_dir, args.checkpoint, str(pick_device(args.ngpu)), **vars(opts))
+    failed = 0
+    for rec in asr.transcribe(args.audio, timings=args.json):
+        failed += "error" in rec
+        if args.json:
+            print(json.dumps(rec, ensure_ascii=False))
+        elif "error" in rec:
+            print(f"error: {rec['error']}", file=sys.stderr)
+        else:
+            print(f"{rec['file']}\t{rec['text']}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,117 @@
+"""Transcribe new audio with an experiment dir: the feature extractor the model was trained on (from
+its feats_attrs.json), then the decoder; optional word timings from CTC forced alignment.
+
+    from asrkit.transcribe import Transcriber
+    asr = Transcriber("exp/<tag>")                      # joint CTC/attention, beam 10, on CPU
+    asr.transcribe(["a.flac", "b.wav"], timings=True)   # [{"file", "text", "score", "words": [...]}]
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from asrkit.audio import SAMPLE_RATE, load_audio
+from asrkit.decode.search import DecodeOptions, decode_batch
+from asrkit.errors import DataError
+
+log = logging.getLogger(__name__)
+LONG_SAMPLES = 30 * SAMPLE_RATE  # longer files are extracted in overlapping windows
+
+
+def extractor_from_attrs(attrs: dict, device: str | torch.device = "cpu"):
+    """Rebuild the stage-1 extractor that a model's features came from, and check it is the same."""
+    from asrkit.features.dump import build_extractor
+    from asrkit.features.store import check_compatible
+
+    if attrs.get("feats_type") == "fbank":
+        ext = build_extractor("fbank", "", "", str(device), attrs.get("dtype", "float16"), n_mels=int(attrs["n_mels"]))
+    else:
+        spec = ("mean:" if attrs.get("layer_reduce") == "mean" else "") + ",".join(str(i) for i in attrs["layers"])
+        ext = build_extractor(attrs.get("feats_type", "wavlm"), attrs["ssl_model"], spec, str(device),
+                              attrs.get("dtype", "float16"), attrs.get("compute_dtype", "auto"))
+    check_compatible(ext.attrs, attrs, "feature extractor of the model dir")
+    return ext
+
+
+def word_timings(ctc_logp: torch.Tensor, token_ids: list[int], token_strs: list[str], token_type: str,
+                 frame_s: float, blank: int = 0) -> list[dict]:
+    """Words with start/end seconds and mean log-prob from the CTC forced alignment of the tokens."""
+    import torchaudio.functional as AF
+
+    if not token_ids or ctc_logp.size(0) < len(token_ids):
+        return []
+    path, scores = AF.forced_align(ctc_logp[None].float().cpu(), torch.tensor([token_ids]), blank=blank)
+    spans = AF.merge_tokens(path[0], scores[0].exp())
+    words: list[dict] = []
+    for tok, span in zip(token_strs, spans):
+        new_word = token_type == "word" or not words or (token_type == "bpe" and tok.startswith("\u2581"))
+        if token_type == "char" and tok == "<space>":
+            words.append(None)  # boundary marker, removed below
+            continue
+        piece = tok.lstrip("\u2581") if token_type == "bpe" else tok
+        if new_word or words[-1] is None:
+            words.append({"word": piece, "start": span.start * frame_s, "end": span.end * frame_s,
+                          "_p": [span.score]})
+        else:
+            w = words[-1]
+            w["word"] += ("" if token_type != "word" else " ") + piece
+            w["end"] = span.end * frame_s
+            w["_p"].append(span.score)
+    out = []
+    for w in filter(None, words):
+        p = w.pop("_p")
+        out.append({**w, "start": round(w["start"], 3), "end": round(w["end"], 3),
+                    "confidence": round(float(np.mean(p)), 4)})
+    return out
+
+
+class Transcriber:
+    """A model dir ready to transcribe files; search options as in asrkit.bin.decode."""
+
+    def __init__(self, model_dir, checkpoint: str = "model.avg.pth", device: str = "cpu", **search):
+        from asrkit.model_io import load_model
+
+        self.device = torch.device(device)
+        self.model, self.tokenizer, self.config, self.attrs = load_model(model_dir, checkpoint, self.device)
+        self.extractor = extractor_from_attrs(self.attrs, self.device)
+        self.opts = DecodeOptions(**search)
+        self.frame_s = self.model.subsampling / float(self.attrs["frame_rate"])
+
+    def features(self, path: str) -> torch.Tensor:
+        wav = self.extractor.prepare(load_audio(path, sample_rate=SAMPLE_RATE))
+        if self.extractor.num_frames(len(wav)) < self.model.min_frames:
+            raise DataError(f"too short ({len(wav) / SAMPLE_RATE:.2f} s) for this model", str(path))
+        if len(wav) > LONG_SAMPLES and hasattr(self.extractor, "extract_long"):
+            feats = self.extractor.extract_long(wav, LONG_SAMPLES)
+        else:
+            feats = self.extractor([wav])[0]
+        return torch.from_numpy(np.asarray(feats, dtype=np.float32))
+
+    @torch.no_grad()
+    def transcribe(self, paths, timings: bool = False) -> list[dict]:
+        """One record per file; a file that cannot be read gets {"file", "error"} instead of text."""
+        out = []
+        for path in map(str, paths):
+            try:
+                feats = self.features(path)
+            except DataError as e:
+                log.warning("%s", e)
+                out.append({"file": path, "error": str(e)})
+                continue
+            lens = torch.tensor([feats.shape[-2]], device=self.device)
+            x = feats[None].to(self.device)
+            best = decode_batch(self.model, x, lens, self.opts)[0]
+            h = best[0] if best else None
+            rec = {"file": path, "text": self.tokenizer.decode(h.tokens) if h else "",
+                   "score": h.score if h else None}
+            if timings and h:
+                enc, enc_lens = self.model.encode(x, lens)
+                logp = self.model.ctc_log_probs(enc)[0, : int(enc_lens[0])]
+                strs = [self.tokenizer.tokens[t] for t in h.tokens]
+                rec["words"] = word_timings(logp, h.tokens, strs, self.tokenizer.token_type, self.frame_s,
+                                            self.model.blank)
+            out.append(rec)
+        return out

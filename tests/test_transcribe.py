@@ -1,0 +1,84 @@
+"""Transcribing new audio runs the model's own feature extractor: the same text as decoding stage 1's store."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from asrkit.bin import decode, transcribe
+from asrkit.fileio import load_jsonl, write_jsonl
+from asrkit.transcribe import word_timings
+from conftest import write_tone
+
+
+@pytest.fixture
+def wavlm_exp(tmp_path, tiny_corpus, tiny_wavlm):
+    """A tiny random model trained (so to speak) on stacked layers 1-2 of a tiny WavLM, with the store."""
+    from asrkit.features.dump import dump
+    from asrkit.model_io import build_from_config, save_exp_files
+    from asrkit.tokenizer import Tokenizer, build_token_list
+    from train_fixtures import TINY_MODEL
+
+    data = tmp_path / "test.jsonl"
+    write_jsonl(data, [dict(r, audio=str(tiny_corpus.parent / r["audio"])) for r in load_jsonl(tiny_corpus)[:3]])
+    store = tmp_path / "test.h5"
+    dump(str(data), str(store), feats_type="wavlm", ssl_model=str(tiny_wavlm), ssl_layer="1,2", nj=0,
+         dtype="float32", progress=False)
+    tok_dir = tmp_path / "tokens"
+    build_token_list(["one two three four five six seven eight nine zero"], "char", tok_dir)
+    tok = Tokenizer.load(tok_dir)
+    from asrkit.features.store import FeatureReader
+
+    attrs = FeatureReader(store).attrs
+    config = {**TINY_MODEL, "input_dim": 64, "input_layers": 2, "vocab_size": tok.vocab_size}
+    exp = tmp_path / "exp"
+    save_exp_files(exp, config, tok_dir, attrs)
+    torch.manual_seed(0)
+    torch.save(build_from_config(config).state_dict(), exp / "model.avg.pth")
+    return exp, data, store
+
+
+def test_transcribe_matches_decoding_the_store_and_handles_new_and_bad_files(wavlm_exp, tmp_path, capsys):
+    exp, data, store = wavlm_exp
+    decode.main([f"--model_dir={exp}", f"--data={data}", f"--feats={store}", f"--out={tmp_path / 'dec'}", "--beam=3"])
+    hyps = {r["utt_id"]: r for r in load_jsonl(tmp_path / "dec" / "hyp.jsonl")}
+    capsys.readouterr()
+    records = load_jsonl(data)
+    new = write_tone(tmp_path / "never_seen.wav", seconds=1.3, freq=333.0, seed=99)
+    code = transcribe.main([f"--model_dir={exp}", "--beam=3", "--json", *(r["audio"] for r in records),
+                            str(new), str(tmp_path / "missing.wav")])
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 1 and len(out) == len(records) + 2
+    for r, o in zip(records, out):
+        assert o["text"] == hyps[r["utt_id"]]["text"]
+        assert o["score"] == pytest.approx(hyps[r["utt_id"]]["score"], abs=1e-3)
+    fresh = out[len(records)]
+    assert fresh["file"] == str(new) and "text" in fresh
+    ends = [w["end"] for w in fresh["words"]]
+    assert [w["word"] for w in fresh["words"]] == fresh["text"].split()
+    assert all(0 <= w["start"] < w["end"] <= 1.3 + 1e-6 for w in fresh["words"]) and ends == sorted(ends)
+    assert "missing.wav" in out[-1]["error"]
+
+
+def test_transcribe_refuses_a_different_extractor(wavlm_exp, tmp_path):
+    from asrkit.errors import DataError
+
+    exp = wavlm_exp[0]
+    attrs = json.loads((exp / "feats_attrs.json").read_text())
+    (exp / "feats_attrs.json").write_text(json.dumps({**attrs, "layers": [2]}))
+    with pytest.raises(DataError, match="layers"):
+        transcribe.main([f"--model_dir={exp}", str(tmp_path / "x.wav")])
+
+
+def test_word_timings_from_forced_alignment():
+    # frames: a a _ b _ <space> _ c c _ ; 40 ms per frame
+    tokens = ["<blank>", "a", "b", "<space>", "c"]
+    path = [1, 1, 0, 2, 0, 3, 0, 4, 4, 0]
+    logp = torch.full((10, 5), -8.0)
+    logp[torch.arange(10), torch.tensor(path)] = -0.01
+    ids = [1, 2, 3, 4]
+    words = word_timings(logp.log_softmax(-1), ids, [tokens[i] for i in ids], "char", 0.04)
+    assert [w["word"] for w in words] == ["ab", "c"]
+    assert [(w["start"], w["end"]) for w in words] == [(0.0, 0.16), (0.28, 0.36)]
