@@ -7,15 +7,17 @@ For bpe, our id is sentencepiece's id + 1: sentencepiece's `<unk>` (its id 0) be
 """
 from __future__ import annotations
 
+import io
 import json
+import os
 import re
+import shutil
 import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from asrkit.errors import DataError
-from asrkit.fileio import atomic_open, atomic_path, write_json
 
 BLANK, UNK, SOS_EOS, SPACE = "<blank>", "<unk>", "<sos/eos>", "<space>"
 TOKEN_TYPES = ("char", "bpe", "word")
@@ -94,22 +96,25 @@ class Tokenizer:
         ids = [int(i) for i in ids if 0 < int(i) < self.sos]
         if self.sp is not None:
             pieces = [self.tokens[i] for i in ids]
-            return "".join(pieces).replace("\u2581", " ").strip()
+            return " ".join("".join(pieces).replace("\u2581", " ").split())
         units = [self.tokens[i] for i in ids]
         if self.token_type == "char":
-            return "".join(" " if u == SPACE else u for u in units).strip()
+            return " ".join("".join(" " if u == SPACE else u for u in units).split())
         return " ".join(units)
 
 
 def build_token_list(texts: Sequence[str], token_type: str, out_dir: str | Path, nbpe: int = 300,
                      bpemode: str = "unigram", character_coverage: float = 1.0) -> Tokenizer:
-    """Make a token dir from training texts; every file is written atomically, token_info.json last."""
+    """Make a token dir from training texts. The dir is built beside `out_dir` and swapped in whole,
+    so a failure or a kill leaves either the previous list or none, never a mix."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     info = {"token_type": token_type}
     if token_type == "bpe":
-        pieces = _train_sentencepiece(texts, out_dir / BPE_FILE, nbpe, bpemode, character_coverage)
-        tokens = [BLANK, UNK] + pieces + [SOS_EOS]
+        model = _train_sentencepiece(texts, nbpe, bpemode, character_coverage)
+        import sentencepiece as spm
+
+        sp = spm.SentencePieceProcessor(model_proto=model)
+        tokens = [BLANK, UNK] + [sp.id_to_piece(i) for i in range(1, sp.get_piece_size())] + [SOS_EOS]
         info.update(nbpe=nbpe, bpemode=bpemode, character_coverage=character_coverage)
     elif token_type in ("char", "word"):
         counts = Counter(u for t in texts for u in _units(t, token_type))
@@ -121,43 +126,49 @@ def build_token_list(texts: Sequence[str], token_type: str, out_dir: str | Path,
         tokens = [BLANK, UNK] + sorted(counts, key=lambda u: (-counts[u], u)) + [SOS_EOS]
     else:
         raise ValueError(f"unknown token_type {token_type!r}; choose one of {TOKEN_TYPES}")
-    with atomic_open(out_dir / TOKENS_FILE) as f:
-        f.write("".join(t + "\n" for t in tokens))
     info["vocab_size"] = len(tokens)
-    write_json(out_dir / INFO_FILE, info)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        (tmp / TOKENS_FILE).write_text("".join(t + "\n" for t in tokens), encoding="utf-8")
+        if token_type == "bpe":
+            (tmp / BPE_FILE).write_bytes(model)
+        (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+        if out_dir.exists():
+            old = tmp.with_suffix(".old")
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return Tokenizer.load(out_dir)
 
 
-def _train_sentencepiece(texts: Sequence[str], model_path: Path, nbpe: int, bpemode: str,
-                         character_coverage: float) -> list[str]:
-    """Train a sentencepiece model into `model_path`; returns its pieces after its `<unk>`."""
+def _train_sentencepiece(texts: Sequence[str], nbpe: int, bpemode: str, character_coverage: float) -> bytes:
+    """A trained sentencepiece model (serialized); its piece 0 is <unk>, no <s>, </s> or padding."""
     import sentencepiece as spm
 
     if bpemode not in ("unigram", "bpe"):
         raise ValueError(f"bpemode must be unigram or bpe, not {bpemode!r}")
     chars = {c for t in texts for c in t if not c.isspace()}
-    with tempfile.TemporaryDirectory(dir=model_path.parent) as tmp:
-        text_file = Path(tmp) / "text.txt"
-        text_file.write_text("".join(t + "\n" for t in texts), encoding="utf-8")
-        try:
-            spm.SentencePieceTrainer.train(
-                input=str(text_file), model_prefix=str(Path(tmp) / "bpe"), vocab_size=nbpe,
-                model_type=bpemode, character_coverage=character_coverage,
-                normalization_rule_name="identity",  # text is normalized in stage 0: keep it as is
-                unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1, input_sentence_size=100_000_000,
-                minloglevel=2)
-        except RuntimeError as e:
-            too_many = re.search(r"value <= (\d+)", str(e))
-            too_few = re.search(r"required_chars\. \d+ vs (\d+)", str(e))
-            if not (too_many or too_few):
-                raise
-            where = f"--nbpe {nbpe}"
-            if too_many:
-                raise DataError(f"too large for this text ({len(texts)} sentences)", where,
-                                f"set --nbpe {too_many.group(1)} or less") from None
-            raise DataError(f"too small for the {len(chars)} distinct characters of this text", where,
-                            f"set --nbpe {too_few.group(1)} or more, or --token_type char") from None
-        with atomic_path(model_path) as dst:
-            (Path(tmp) / "bpe.model").replace(dst)
-    sp = spm.SentencePieceProcessor(model_file=str(model_path))
-    return [sp.id_to_piece(i) for i in range(1, sp.get_piece_size())]
+    model = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(texts), model_writer=model, vocab_size=nbpe, model_type=bpemode,
+            character_coverage=character_coverage,
+            normalization_rule_name="identity",  # text is normalized in stage 0: keep it as is
+            unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1, input_sentence_size=100_000_000, minloglevel=2)
+    except RuntimeError as e:
+        too_many = re.search(r"value <= (\d+)", str(e))
+        too_few = re.search(r"required_chars\. \d+ vs (\d+)", str(e))
+        if not (too_many or too_few):
+            raise
+        where = f"--nbpe {nbpe}"
+        if too_many:
+            raise DataError(f"too large for this text ({len(texts)} sentences)", where,
+                            f"set --nbpe {too_many.group(1)} or less") from None
+        raise DataError(f"too small for the {len(chars)} distinct characters of this text", where,
+                        f"set --nbpe {too_few.group(1)} or more, or --token_type char") from None
+    return model.getvalue()

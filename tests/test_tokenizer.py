@@ -92,6 +92,15 @@ def test_nbpe_too_large_or_small_says_what_to_set(train_list, tmp_path):
     # a failed run leaves the previous list whole and no temporary files
     assert Tokenizer.load(out).tokens == before
     assert sorted(p.name for p in out.iterdir()) == ["token_info.json", "tokens.txt"]
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == ["tl"]
+
+
+def test_rebuild_replaces_the_whole_dir(train_list, tmp_path):
+    out = tmp_path / "lists" / "tl"
+    make(train_list, out, "--token_type", "bpe", "--nbpe", "30")
+    tok = make(train_list, out, "--token_type", "char")  # no stale bpe.model may survive
+    assert tok.token_type == "char" and sorted(p.name for p in out.iterdir()) == ["token_info.json", "tokens.txt"]
+    assert [p.name for p in out.parent.iterdir()] == ["tl"]
 
 
 def test_errors_are_clear(tmp_path):
