@@ -73,10 +73,13 @@ class Tokenizer:
             raise DataError("no token list here", str(token_dir),
                             "run stage 2 (python -m asrkit.bin.make_tokens) first")
         info = json.loads(info_path.read_text(encoding="utf-8"))
-        tokens = (token_dir / TOKENS_FILE).read_text(encoding="utf-8").split("\n")
-        tokens = [t for t in tokens if t]
-        sp_model = token_dir / BPE_FILE if info["token_type"] == "bpe" else None
-        return cls(tokens, info["token_type"], sp_model)
+        needed = [TOKENS_FILE] + ([BPE_FILE] if info["token_type"] == "bpe" else [])
+        missing = [name for name in needed if not (token_dir / name).is_file()]
+        if missing:
+            raise DataError(f"incomplete token list: no {', '.join(missing)}", str(token_dir),
+                            "rerun stage 2 (python -m asrkit.bin.make_tokens)")
+        tokens = [t for t in (token_dir / TOKENS_FILE).read_text(encoding="utf-8").split("\n") if t]
+        return cls(tokens, info["token_type"], token_dir / BPE_FILE if BPE_FILE in needed else None)
 
     def encode(self, text: str) -> list[int]:
         """Token ids of a text; units outside the list become `<unk>` and are counted."""

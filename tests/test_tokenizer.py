@@ -8,7 +8,7 @@ import pytest
 from asrkit.bin import make_tokens
 from asrkit.errors import DataError
 from asrkit.fileio import load_jsonl
-from asrkit.tokenizer import SPACE, Tokenizer
+from asrkit.tokenizer import SPACE, Tokenizer, build_token_list
 
 TEXTS = ["the cat sat on the mat", "one two three", "i saw a big dog", "my dog's name is rex",
          "we went to the zoo", "she likes green apples", "the end"]
@@ -106,6 +106,10 @@ def test_rebuild_replaces_the_whole_dir(train_list, tmp_path):
 def test_errors_are_clear(tmp_path):
     with pytest.raises(DataError, match="run stage 2"):
         Tokenizer.load(tmp_path / "missing")
+    build_token_list(["a b"], "bpe", tmp_path / "tl", nbpe=4)
+    (tmp_path / "tl" / "bpe.model").unlink()
+    with pytest.raises(DataError, match="incomplete token list: no bpe.model"):
+        Tokenizer.load(tmp_path / "tl")
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"utt_id": "x", "text": "a <unk> b"}) + "\n")
     with pytest.raises(DataError, match="reserved"):
