@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -88,6 +89,28 @@ def make_experiment(root: Path, n_train: int = 24, n_valid: int = 6, **train) ->
 def train_argv(paths: dict, exp_dir: Path, *extra: str) -> list[str]:
     argv = [f"--{k}={v}" for k, v in paths.items()] + [f"--exp_dir={exp_dir}", "--ngpu=0"]
     return argv + list(extra)
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants (torchrun starts its workers in new sessions,
+    so killing torchrun's process group alone would leave them running)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    todo, tree = [pid], []
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += children.get(p, [])
+    for p in tree:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def torchrun(nproc: int, args: list[str], timeout: float = 120, **popen) -> subprocess.Popen:
