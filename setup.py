@@ -31,6 +31,7 @@ setup(
         "soundfile>=0.12",
         "tqdm>=4.60",
         "pyyaml>=6.0",
+        "tensorboard>=2.10",  # training curves (torch.utils.tensorboard)
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-timeout>=2"],
