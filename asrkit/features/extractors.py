@@ -146,11 +146,14 @@ class _MaskedGroupNormConv(nn.Module):
         n = ((self.lengths - k) // s + 1).clamp(min=1)
         b, c, t = x.shape
         g = self.norm.num_groups
-        mask = (torch.arange(t, device=x.device)[None] < n[:, None])[:, None, None, :].float()
-        xf = x.float().view(b, g, c // g, t)
+        pad = (torch.arange(t, device=x.device)[None] >= n[:, None])[:, None, None, :]  # (b, 1, 1, t)
+        xf = x.float().view(b, g, c // g, t).masked_fill(pad, 0.0)
         count = n.float()[:, None] * (c // g)
-        mean = (xf * mask).sum((2, 3)) / count
-        var = (((xf - mean[..., None, None]) * mask) ** 2).sum((2, 3)) / count
-        y = (xf - mean[..., None, None]) * torch.rsqrt(var[..., None, None] + self.norm.eps)
-        y = y.view(b, c, t) * self.norm.weight[:, None] + self.norm.bias[:, None]
+        mean = xf.sum((2, 3)) / count
+        dev = (xf - mean[..., None, None]).masked_fill_(pad, 0.0)
+        var = torch.linalg.vector_norm(dev.view(b, g, -1), dim=-1) ** 2 / count
+        # y = (x - mean) * rstd * weight + bias, as one multiply-add per element
+        scale = (torch.rsqrt(var + self.norm.eps)[:, :, None] * self.norm.weight.view(g, c // g)).view(b, c)
+        shift = self.norm.bias - mean.repeat_interleave(c // g, dim=1) * scale
+        y = torch.addcmul(shift[..., None], x.float(), scale[..., None])
         return self.activation(y.to(x.dtype))
