@@ -200,3 +200,27 @@ def test_real_transformer_decoder_with_cache_batched_equals_alone():
             alone = beam_search(model, enc[b: b + 1, :n], enc_lens[b: b + 1], opts)[0]
             assert [h.tokens for h in alone] == [h.tokens for h in both[b]]
             assert [h.score for h in alone] == pytest.approx([h.score for h in both[b]], abs=1e-4)
+
+
+def test_fast_transformer_stepper_equals_decoder_step():
+    """The shared cross-attention fast path gives decoder_step's log-probs, through cache reordering."""
+    from asrkit.decode.stepper import GenericStepper, TransformerStepper
+    from asrkit.nets import build_model
+    from train_fixtures import TINY_MODEL
+
+    torch.manual_seed(1)
+    model = build_model(TINY_MODEL, 8, 1, 12).eval()
+    K, enc, enc_lens = 3, torch.randn(2, 7, 16), torch.tensor([7, 4])
+    fast, slow = TransformerStepper(model, enc, enc_lens, K), GenericStepper(model, enc, enc_lens, K)
+    ys, cf, cs = torch.full((2 * K, 1), model.sos), None, None
+    with torch.no_grad():
+        for step in range(4):
+            (lf, cf), (ls, cs) = fast.step(ys, cf), slow.step(ys, cs)
+            assert torch.allclose(lf, ls, atol=1e-5)
+            perm = torch.tensor([2, 0, 0, 4, 5, 3])  # beams swap rows within their utterance
+            cf, cs = [c[perm] for c in cf], [c[perm] for c in cs]
+            ys = torch.cat([ys[perm], torch.randint(1, 11, (2 * K, 1))], 1)
+        fast.keep(torch.tensor([1]))
+        slow.keep(torch.tensor([1]))
+        rows = torch.arange(K, 2 * K)
+        assert torch.allclose(fast.step(ys[rows], [c[rows] for c in cf])[0], slow.step(ys[rows], [c[rows] for c in cs])[0], atol=1e-5)

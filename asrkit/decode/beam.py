@@ -19,6 +19,7 @@ import logging
 import torch
 
 from asrkit.decode.ctc import NEG_INF, CTCPrefixScorer
+from asrkit.decode.stepper import make_stepper
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +101,7 @@ def beam_search(model, enc: torch.Tensor, enc_lens: torch.Tensor, opts: SearchOp
 
     active = torch.arange(B, device=device)  # utterances still searching
     row_utt = active.repeat_interleave(K)  # utterance of each row
-    memory, memory_lens = enc.index_select(0, row_utt), enc_lens.index_select(0, row_utt)
+    stepper = make_stepper(model, enc, enc_lens, K) if use_att else None
     ys = torch.full((B * K, 1), sos, dtype=torch.long, device=device)
     scores = torch.full((B, K), NEG_INF, device=device)
     scores[:, 0] = 0.0  # one live hypothesis per utterance at the start
@@ -112,7 +113,7 @@ def beam_search(model, enc: torch.Tensor, enc_lens: torch.Tensor, opts: SearchOp
         A, N = active.numel(), active.numel() * K
         full = torch.zeros(N, V, device=device)
         if use_att:
-            att, cache = model.decoder_step(ys, memory, memory_lens, cache)
+            att, cache = stepper.step(ys, cache)
             att = att.float()
             full += (1 - w) * att
         full[:, blank] = NEG_INF
@@ -174,8 +175,9 @@ def beam_search(model, enc: torch.Tensor, enc_lens: torch.Tensor, opts: SearchOp
             sel = torch.tensor(keep, device=device)
             rows = (sel[:, None] * K + torch.arange(K, device=device)).view(-1)
             active, scores = active[sel], scores[sel]
-            row_utt, memory, memory_lens = row_utt[rows], memory[rows], memory_lens[rows]
-            ys, att_sum, cache = ys[rows], att_sum[rows], select_rows(cache, rows)
+            row_utt, ys, att_sum, cache = row_utt[rows], ys[rows], att_sum[rows], select_rows(cache, rows)
+            if use_att:
+                stepper.keep(sel)
             if use_ctc:
                 state = state.rows(rows)
     return [sorted(h, key=lambda x: -x.score)[: opts.nbest] for h in ended]

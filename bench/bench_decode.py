@@ -1,0 +1,133 @@
+"""Speed of the joint CTC/attention search: batched over utterances x beams vs one utterance at a time
+(same model, beam, inputs), and against ESPnet's BatchBeamSearch + CTCPrefixScorer when an environment
+with `espnet` is given (--espnet_python), all measured in this one run.
+
+    tools/venv/bin/python bench/bench_decode.py [--quick] [--espnet_python /tmp/espnet-venv/bin/python]
+
+The model has real sizes (Transformer decoder 6 x 256, 4 heads, 2048 units, BPE-sized vocabulary)
+and random weights; the search itself is what is measured, on encoder outputs made so that the CTC
+posteriors are peaky like a trained model's (a token every few frames, blank between). ESPnet gets the
+same weights (the decoder architecture is the same), so both searches should also agree on the results.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from asrkit.decode.beam import SearchOptions, beam_search  # noqa: E402
+from asrkit.nets import build_model  # noqa: E402
+
+
+def make_model(a):
+    conf = {"encoder": "bilstm", "encoder_conf": {"output_size": a.dim, "hidden_size": 8, "num_layers": 1},
+            "decoder": "transformer", "decoder_conf": {"attention_heads": a.heads, "linear_units": a.linear_units,
+                                                       "num_blocks": a.num_blocks, "dropout_rate": 0.0},
+            "model_conf": {"ctc_weight": 0.3}}
+    torch.manual_seed(0)
+    return build_model(conf, 16, 1, a.vocab).eval()  # the encoder is not used: inputs are encoder outputs
+
+
+def make_inputs(model, a):
+    """Encoder outputs whose CTC posteriors spike on a random token every ~4 frames."""
+    g = torch.Generator().manual_seed(1)
+    emb = torch.nn.functional.normalize(torch.randn(a.vocab, a.dim, generator=g), dim=-1)
+    with torch.no_grad():
+        model.ctc.weight.copy_(6.0 * emb)
+        model.ctc.bias.zero_()
+    encs = []
+    for _ in range(a.num_utts):
+        T = int(torch.randint(a.min_frames, a.max_frames + 1, (1,), generator=g))
+        labels = torch.zeros(T, dtype=torch.long)
+        spikes = torch.arange(2, T, 4)
+        labels[spikes] = torch.randint(1, a.vocab - 1, (len(spikes),), generator=g)
+        encs.append(emb[labels] + 0.3 * torch.randn(T, a.dim, generator=g) / a.dim ** 0.5)
+    return encs
+
+
+def ours(model, encs, opts, batch_size):
+    order = sorted(range(len(encs)), key=lambda i: -len(encs[i]))
+    out = [None] * len(encs)
+    t0 = time.perf_counter()
+    for s in range(0, len(order), batch_size):
+        idx = order[s: s + batch_size]
+        lens = torch.tensor([len(encs[i]) for i in idx])
+        enc = torch.zeros(len(idx), int(lens.max()), encs[0].size(1))
+        for j, i in enumerate(idx):
+            enc[j, : len(encs[i])] = encs[i]
+        for i, hyps in zip(idx, beam_search(model, enc, lens, opts)):
+            out[i] = hyps[0]
+    return time.perf_counter() - t0, out
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="fewer, shorter utterances")
+    p.add_argument("--num_utts", type=int, default=32)
+    p.add_argument("--min_frames", type=int, default=50, help="encoder frames (25/s after subsampling)")
+    p.add_argument("--max_frames", type=int, default=200)
+    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--beam", type=int, default=10)
+    p.add_argument("--ctc_weight", type=float, default=0.3)
+    p.add_argument("--vocab", type=int, default=500)
+    p.add_argument("--dim", type=int, default=256)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--linear_units", type=int, default=2048)
+    p.add_argument("--num_blocks", type=int, default=6)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--espnet_python", default="", help="python of an environment with espnet installed")
+    a = p.parse_args()
+    if a.quick:
+        a.num_utts, a.min_frames, a.max_frames = 12, 40, 100
+    torch.set_num_threads(a.threads)
+    model = make_model(a)
+    encs = make_inputs(model, a)
+    frame_s = 0.04
+    audio_s = sum(len(e) for e in encs) * frame_s
+    opts = SearchOptions(beam=a.beam, ctc_weight=a.ctc_weight)
+    ours(model, encs[:1], opts, 1)  # warm-up
+    t_batch, h_batch = ours(model, encs, opts, a.batch_size)
+    t_one, h_one = ours(model, encs, opts, 1)
+    same = sum(x.tokens == y.tokens for x, y in zip(h_batch, h_one))
+    n = len(encs)
+    mean_len = sum(len(h.tokens) for h in h_batch) / n
+    print(f"{n} utterances, {audio_s:.0f} s of audio (at 25 encoder frames/s), beam {a.beam}, ctc_weight "
+          f"{a.ctc_weight}, vocab {a.vocab}, decoder {a.num_blocks}x{a.dim}, {a.threads} thread(s); "
+          f"mean hypothesis length {mean_len:.1f} tokens")
+    rows = [("asrkit batched", t_batch), ("asrkit one at a time", t_one)]
+    print(f"batched vs one at a time: same hypotheses for {same}/{n}")
+    if a.espnet_python:
+        with tempfile.TemporaryDirectory() as tmp:
+            inp, res = Path(tmp) / "in.pt", Path(tmp) / "out.json"
+            state = {k: v for k, v in model.state_dict().items() if k.startswith(("decoder.", "ctc."))}
+            conf = {k: getattr(a, k) for k in ("vocab", "dim", "heads", "linear_units", "num_blocks", "beam",
+                                               "ctc_weight", "threads")}
+            torch.save({"enc": encs, "state": state,
+                        "conf": {**conf, "length_bonus": 0.0, "maxlenratio": 0.0}}, inp)
+            cmd = [a.espnet_python, str(Path(__file__).with_name("espnet_search.py")), str(inp), str(res)]
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode:
+                print("ESPnet run failed:\n" + r.stderr[-3000:])
+            else:
+                e = json.loads(res.read_text())
+                rows.append((f"ESPnet BatchBeamSearch (torch {e['torch']})", e["seconds"]))
+                agree = sum(h.tokens == x["tokens"] for h, x in zip(h_batch, e["hyps"]))
+                diff = max(abs(h.score - x["score"]) for h, x in zip(h_batch, e["hyps"]) if h.tokens == x["tokens"]) \
+                    if agree else float("nan")
+                print(f"asrkit vs ESPnet: same hypotheses for {agree}/{n} (max score difference {diff:.2e})")
+    print(f"\n| search | utt/s | RTF | vs one at a time | vs ESPnet |\n|---|---|---|---|---|")
+    esp = rows[2][1] if len(rows) > 2 else None
+    for name, t in rows:
+        vs_esp = f"{esp / t:.2f}x" if esp else "n/a"
+        print(f"| {name} | {n / t:.2f} | {t / audio_s:.4f} | {t_one / t:.2f}x | {vs_esp} |")
+
+
+if __name__ == "__main__":
+    main()
