@@ -25,6 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from asrkit.decode.beam import SearchOptions, beam_search  # noqa: E402
 from asrkit.nets import build_model  # noqa: E402
 
+HOT = 10
+
 
 def make_model(a):
     conf = {"encoder": "bilstm", "encoder_conf": {"output_size": a.dim, "hidden_size": 8, "num_layers": 1},
@@ -36,18 +38,22 @@ def make_model(a):
 
 
 def make_inputs(model, a):
-    """Encoder outputs whose CTC posteriors spike on a random token every ~4 frames."""
+    """Encoder outputs whose CTC posteriors spike on a token every ~4 frames, blank between. The spoken
+    tokens come from a set of `HOT` that the decoder's output layer favours, so that (as with a trained
+    model) the decoder's pre-beam holds the token the CTC wants and hypotheses end near the right length."""
     g = torch.Generator().manual_seed(1)
     emb = torch.nn.functional.normalize(torch.randn(a.vocab, a.dim, generator=g), dim=-1)
     with torch.no_grad():
         model.ctc.weight.copy_(6.0 * emb)
         model.ctc.bias.zero_()
+        model.decoder.output_layer.bias[1: HOT + 1] += 6.0
+        model.decoder.output_layer.bias[-1] += 6.0  # eos
     encs = []
     for _ in range(a.num_utts):
         T = int(torch.randint(a.min_frames, a.max_frames + 1, (1,), generator=g))
         labels = torch.zeros(T, dtype=torch.long)
         spikes = torch.arange(2, T, 4)
-        labels[spikes] = torch.randint(1, a.vocab - 1, (len(spikes),), generator=g)
+        labels[spikes] = torch.randint(1, HOT + 1, (len(spikes),), generator=g)
         encs.append(emb[labels] + 0.3 * torch.randn(T, a.dim, generator=g) / a.dim ** 0.5)
     return encs
 

@@ -218,7 +218,7 @@ def test_fast_transformer_stepper_equals_decoder_step():
             (lf, cf), (ls, cs) = fast.step(ys, cf), slow.step(ys, cs)
             assert torch.allclose(lf, ls, atol=1e-5)
             perm = torch.tensor([2, 0, 0, 4, 5, 3])  # beams swap rows within their utterance
-            cf, cs = [c[perm] for c in cf], [c[perm] for c in cs]
+            cf, cs = [c[perm] for c in cf], [c[perm] for c in cs]  # caches differ in kind, rows alike
             ys = torch.cat([ys[perm], torch.randint(1, 11, (2 * K, 1))], 1)
         fast.keep(torch.tensor([1]))
         slow.keep(torch.tensor([1]))

@@ -2,8 +2,9 @@
 
 `GenericStepper` calls the model's `decoder_step` with the encoder output repeated for every row, as
 ESPnet does. `TransformerStepper` is the fast path for asrkit's TransformerDecoder: the cross-attention
-keys and values of each utterance are computed once (not once per step and hypothesis), and the K
-hypotheses of an utterance attend to them together as K query positions, so memory is never copied.
+keys and values of each utterance are computed once (not once per step and hypothesis), the K
+hypotheses of an utterance attend to them together as K query positions (memory is never copied), and
+the self-attention keys/values of earlier positions are cached.
 Both give the same log-probabilities (tests/test_decode.py checks it).
 """
 from __future__ import annotations
@@ -41,24 +42,28 @@ class TransformerStepper:
         self.mask = self.mask[utts]
 
     def step(self, ys: torch.Tensor, cache):
-        """Same contract as decoder_step: cache = per layer its outputs at the earlier positions."""
+        """Log-probs (N, V) of the token after each prefix ys (N, L). The cache holds, per layer, the
+        self-attention keys and values (N, heads, L-1, d_k) of the earlier positions, so a step costs
+        the same at every length (ESPnet's cache of layer outputs recomputes them for the whole prefix)."""
         dec, (N, L) = self.dec, ys.shape
         if (cache is None) != (L == 1):
             raise ValueError("TransformerStepper steps one position at a time from <sos>")
         A = N // self.K
-        x = dec.pos_enc(dec.embed(ys))  # (N, L, D): layer 0's input at every position
+        x = dec.pos_enc(dec.embed(ys[:, -1:]) if L == 1 else dec.embed(ys))[:, -1:]  # (N, 1, D)
         self_mask = torch.ones(N, 1, L, dtype=torch.bool, device=ys.device)
         new_cache = []
         for i, layer in enumerate(dec.decoders):
+            sa, src = layer.self_attn, layer.src_attn
             xn = layer.norm1(x)
-            h = x[:, -1:] + layer.self_attn(xn[:, -1:], xn, xn, self_mask)
-            src = layer.src_attn
+            k, v = sa.split(xn, sa.linear_k), sa.split(xn, sa.linear_v)
+            if cache is not None:
+                k, v = torch.cat([cache[2 * i], k], 2), torch.cat([cache[2 * i + 1], v], 2)
+            new_cache += [k, v]
+            h = x + sa.attend(sa.split(xn, sa.linear_q), k, v, self_mask)
             q = src.split(layer.norm2(h), src.linear_q).view(A, self.K, src.h, src.d_k).transpose(1, 2)
             h = h + src.attend(q, *self.kv[i], self.mask).reshape(N, 1, -1)  # (A, K, D) -> (N, 1, D)
-            h = h + layer.feed_forward(layer.norm3(h))
-            x = h if cache is None else torch.cat([cache[i], h], dim=1)
-            new_cache.append(x)
-        return dec.output_layer(dec.after_norm(x[:, -1])).float().log_softmax(-1), new_cache
+            x = h + layer.feed_forward(layer.norm3(h))
+        return dec.output_layer(dec.after_norm(x[:, 0])).float().log_softmax(-1), new_cache
 
 
 def make_stepper(model, enc, enc_lens, beam):
