@@ -1,7 +1,7 @@
 """Feature dump throughput: the batched dumper against a naive one-utterance-at-a-time fp32 loop.
 
 Both run the same random-weight WavLM over the same audio (FSDD recordings concatenated into
-1-12 s utterances, or speech-like tones where FSDD is absent) and write the same HDF5 layout.
+1-12 s utterances by default, or speech-like tones where FSDD is absent) and write the same HDF5 layout.
 Figures are seconds of audio per second of wall time (x real time), then where the batched
 dumper's time goes: reading audio, model compute (with host<->device copies), HDF5 writes.
 
@@ -32,8 +32,8 @@ from asrkit.ssl import save_random_wavlm  # noqa: E402
 FSDD = Path(os.environ.get("ASRKIT_FSDD", Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd"))
 
 
-def make_corpus(out: Path, seconds: float, seed: int = 0) -> tuple[Path, str]:
-    """Utterances of 1-12 s (16 kHz wav) adding up to `seconds`, and where their audio came from."""
+def make_corpus(out: Path, seconds: float, lo: float, hi: float, seed: int = 0) -> tuple[Path, str]:
+    """Utterances of lo-hi s (16 kHz wav; 0 0: single recordings) adding up to `seconds`, and their source."""
     rng = np.random.default_rng(seed)
     pool, source = [], "synthetic tones"
     if (FSDD / "manifest.jsonl").is_file():
@@ -47,9 +47,9 @@ def make_corpus(out: Path, seconds: float, seed: int = 0) -> tuple[Path, str]:
                 for f in rng.uniform(100, 400, 50)]
     records, total, i = [], 0.0, 0
     while total < seconds:
-        target = rng.uniform(1, 12) * SAMPLE_RATE
+        target = rng.uniform(lo, hi) * SAMPLE_RATE
         parts, n = [], 0
-        while n < target:
+        while not parts or n < target:
             parts.append(pool[rng.integers(len(pool))])
             n += len(parts[-1])
         wav = np.concatenate(parts)
@@ -93,6 +93,8 @@ def main():
     p.add_argument("--nj", type=int, default=1, help="DataLoader workers of the batched dumper")
     p.add_argument("--batch_seconds", type=float, default=0.0, help="0: 200 on GPU, 20 on CPU")
     p.add_argument("--layer", default="", help="layer spec (default: the last layer)")
+    p.add_argument("--utt_seconds", default="1 12",
+                   help="range of utterance lengths (FSDD recordings concatenated); '0 0': single recordings")
     p.add_argument("--rounds", type=int, default=2, help="alternating runs of each; the best counts")
     p.add_argument("--quick", action="store_true", help="1 minute of audio")
     args = p.parse_args()
@@ -101,7 +103,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "wav").mkdir()
-        data, source = make_corpus(tmp / "wav", minutes * 60)
+        data, source = make_corpus(tmp / "wav", minutes * 60, *map(float, args.utt_seconds.split()))
         model_dir = str(save_random_wavlm(tmp / "model", args.preset))
         gpu = args.device.startswith("cuda")
         batch_seconds = args.batch_seconds or (200.0 if gpu else 20.0)
