@@ -18,13 +18,13 @@ def run(exp, data, feats, out, *extra):
     return {r["utt_id"]: r for r in load_jsonl(out / "hyp.jsonl")}
 
 
-def test_decode_writes_nbest_and_does_not_depend_on_batch_size(tmp_path, capsys):
+def test_decode_writes_nbest_and_does_not_depend_on_batch_size_or_processes(tmp_path, capsys):
     exp, data, feats, tok = make_exp_dir(tmp_path)
     records = load_jsonl(data)
     write_jsonl(data, records + [{"utt_id": "ghost", "audio": "x.wav", "text": "one"}])  # not in the store
     a = run(exp, data, feats, tmp_path / "a", "--batch_size=4", "--nbest=2")
     assert "RTF" in capsys.readouterr().out
-    b = run(exp, data, feats, tmp_path / "b", "--batch_size=1", "--nbest=2")
+    b = run(exp, data, feats, tmp_path / "b", "--batch_size=1", "--nbest=2", "--nj=2")  # two processes
     assert sorted(a) == sorted(r["utt_id"] for r in records)
     for utt, r in a.items():
         assert r["text"] == b[utt]["text"] and r["score"] == pytest.approx(b[utt]["score"], abs=1e-4)

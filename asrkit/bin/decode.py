@@ -4,8 +4,9 @@
         --data data/test.jsonl --feats dump/<feats_tag>/test.h5 --out exp/<tag>/decode_test_<dtag>
 
 Utterances are decoded longest first in batches of --batch_size (utterances x beam hypotheses searched
-together). Finished batches are appended to <out>/.partial.jsonl, so an interrupted run resumes where
-it stopped; hyp.jsonl appears atomically at the end. Utterances missing from the store, too short for
+together), by --nj processes (one per GPU with --ngpu N). Finished batches are appended to
+<out>/.partial*.jsonl, so an interrupted run resumes where it stopped; hyp.jsonl appears atomically at
+the end. Utterances missing from the store, too short for
 the model, or failing to decode are skipped and listed in <out>/skipped.txt.
 """
 from __future__ import annotations
@@ -104,12 +105,13 @@ def load_feats(reader, utts: list[dict], device) -> tuple[torch.Tensor, torch.Te
     return feats.to(device), lens.to(device)
 
 
-def decode_all(model, tokenizer, reader, todo, opts, batch_size, device, partial: Path, skipped) -> float:
+def decode_all(model, tokenizer, reader, todo, opts, batch_size, device, partial: Path, skipped,
+               progress: bool = True) -> float:
     """Decode `todo` in batches, appending records to `partial`; returns the seconds spent searching."""
     spent = 0.0
     batches = [todo[i: i + batch_size] for i in range(0, len(todo), batch_size)]
     with open(partial, "a", encoding="utf-8") as out:
-        for batch in tqdm(batches, desc="decode", unit="batch", dynamic_ncols=True):
+        for batch in tqdm(batches, desc="decode", unit="batch", dynamic_ncols=True, disable=not progress):
             t0 = time.perf_counter()
             try:
                 feats, lens = load_feats(reader, batch, device)
@@ -120,8 +122,7 @@ def decode_all(model, tokenizer, reader, todo, opts, batch_size, device, partial
                     log.warning("%s: decoding failed: %r", batch[0]["utt_id"], e)
                     continue
                 log.warning("a batch failed (%r): decoding its %d utterances one by one", e, len(batch))
-                spent += decode_all(model, tokenizer, reader, batch, opts, 1, device,
-                                    partial, skipped)
+                spent += decode_all(model, tokenizer, reader, batch, opts, 1, device, partial, skipped, False)
                 continue
             if device.type == "cuda":
                 torch.cuda.synchronize()
@@ -138,6 +139,40 @@ def run_stamp(opts: DecodeOptions, checkpoint: str, data, feats) -> dict:
             "data": str(Path(data).resolve()), "feats": str(Path(feats).resolve())}
 
 
+def read_partials(out: Path) -> dict[str, dict]:
+    """Records of earlier (possibly killed) runs: every complete line of every partial file."""
+    done = {}
+    for p in sorted(out.glob(".partial*.jsonl")):
+        for line in p.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+                done[rec["utt_id"]] = rec
+            except (json.JSONDecodeError, KeyError, TypeError):
+                pass  # a line cut by a kill: that utterance is decoded again
+    return done
+
+
+def _load(args, device):
+    from asrkit.model_io import load_model
+
+    model, tokenizer, _, feats_attrs = load_model(args.model_dir, args.checkpoint, device)
+    return model, tokenizer, feats_attrs
+
+
+def _worker(rank: int, args, todo: list[dict], opts: DecodeOptions) -> tuple[float, list]:
+    """One of --nj processes: decode its share into its own partial file."""
+    from asrkit.features.store import FeatureReader
+
+    setup_logging(None, args.verbose, rank=rank)
+    torch.set_num_threads(max(1, (args.num_threads or torch.get_num_threads()) // args.nj))
+    device = torch.device(f"cuda:{rank % args.ngpu}") if args.ngpu else torch.device("cpu")
+    model, tokenizer, _ = _load(args, device)
+    skipped: list = []
+    spent = decode_all(model, tokenizer, FeatureReader(args.feats), todo, opts, args.batch_size, device,
+                       Path(args.out) / f".partial.{rank}.jsonl", skipped, progress=rank == 0)
+    return spent, skipped
+
+
 def main(argv=None) -> int:
     parser = make_parser(__doc__)
     parser.add_argument("--model_dir", required=True, help="experiment dir (exp/<tag>)")
@@ -147,9 +182,10 @@ def main(argv=None) -> int:
     parser.add_argument("--data", required=True, help="split list (data/<split>.jsonl)")
     parser.add_argument("--feats", required=True, help="feature store (dump/<feats_tag>/<split>.h5)")
     parser.add_argument("--out", required=True, help="output dir (exp/<tag>/decode_<split>_<dtag>)")
-    parser.add_argument("--ngpu", type=int, default=0, help="0: CPU, 1: decode on the GPU")
+    parser.add_argument("--ngpu", type=int, default=0, help="GPUs to decode on (0: CPU)")
+    parser.add_argument("--nj", type=int, default=0, help="decoding processes (0: one per GPU, or 1 on CPU)")
     parser.add_argument("--batch_size", type=int, default=16, help="utterances searched together")
-    parser.add_argument("--num_threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--num_threads", type=int, default=0, help="torch CPU threads in all (0: torch's default)")
     add_search_options(parser)
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -159,14 +195,22 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.num_threads)
     opts = search_options(args)
     device = pick_device(args.ngpu)
+    if args.ngpu > torch.cuda.device_count():
+        raise DataError(f"--ngpu {args.ngpu} but {torch.cuda.device_count()} GPU(s) visible", "--ngpu")
+    args.nj = args.nj or max(1, args.ngpu)
 
     from asrkit.features.store import FeatureReader, check_compatible
-    from asrkit.model_io import load_model
 
     model_dir = Path(args.model_dir)
-    checkpoint = average_checkpoints(model_dir, args.average_nbest) if args.average_nbest else args.checkpoint
-    model, tokenizer, config, feats_attrs = load_model(model_dir, checkpoint, device)
-    if opts.mode != "ctc_greedy" and opts.mode != "ctc_prefix_beam" and getattr(model, "decoder", 1) is None:
+    if args.average_nbest:
+        args.checkpoint = average_checkpoints(model_dir, args.average_nbest)
+    model, tokenizer, feats_attrs = _load(args, device)
+    needs_ctc = opts.mode != "attention" and not (opts.mode == "joint" and opts.ctc_weight == 0)
+    if getattr(model, "ctc", 1) is None and needs_ctc:
+        raise DataError(f"mode {opts.mode} needs the CTC head, which this model has not", str(model_dir),
+                        "use --mode attention (or --ctc_weight 0)")
+    needs_att = opts.mode in ("attention", "attention_rescoring") or (opts.mode == "joint" and opts.ctc_weight < 1)
+    if getattr(model, "decoder", 1) is None and needs_att:
         raise DataError(f"mode {opts.mode} needs the attention decoder, which this model has not",
                         str(model_dir), "use --mode ctc_greedy or ctc_prefix_beam")
     reader = FeatureReader(args.feats)
@@ -174,24 +218,32 @@ def main(argv=None) -> int:
     todo, skipped = plan(args.data, reader, model, float(reader.attrs.get("frame_rate", 50.0)))
 
     # resume: keep what an earlier run with the same options already decoded
-    partial, stamp_path = out / ".partial.jsonl", out / ".partial.options.json"
-    stamp = run_stamp(opts, checkpoint, args.data, args.feats)
-    done: dict[str, dict] = {}
-    if partial.is_file() and stamp_path.is_file() and json.loads(stamp_path.read_text()) == stamp:
-        try:
-            done = {r["utt_id"]: r for r in load_jsonl(partial)}
-        except DataError:  # a line cut by a kill: start over
-            done = {}
-        write_jsonl(partial, done.values())
+    stamp_path = out / ".partial.options.json"
+    stamp = run_stamp(opts, args.checkpoint, args.data, args.feats)
+    same = stamp_path.is_file() and json.loads(stamp_path.read_text()) == stamp
+    done = read_partials(out) if same else {}
+    for p in out.glob(".partial*.jsonl"):
+        p.unlink()
+    write_jsonl(out / ".partial.jsonl", done.values())
+    write_json(stamp_path, stamp)
+    if done:
         log.info("resuming: %d utterances already decoded", len(done))
-    else:
-        partial.unlink(missing_ok=True)
-        write_json(stamp_path, stamp)
     remaining = [u for u in todo if u["utt_id"] not in done]
-    log.info("decoding %d utterances (%d skipped) on %s: %s", len(remaining), len(skipped), device, stamp["search"])
-    spent = decode_all(model, tokenizer, reader, remaining, opts, args.batch_size, device, partial, skipped)
+    log.info("decoding %d utterances (%d skipped) on %s with %d process(es): %s", len(remaining), len(skipped),
+             device, args.nj, stamp["search"])
+    t0 = time.perf_counter()
+    if args.nj == 1:
+        spent = decode_all(model, tokenizer, reader, remaining, opts, args.batch_size, device,
+                           out / ".partial.jsonl", skipped)
+    else:
+        del model
+        ctx = torch.multiprocessing.get_context("spawn")
+        with ctx.Pool(args.nj) as pool:
+            results = pool.starmap(_worker, [(r, args, remaining[r:: args.nj], opts) for r in range(args.nj)])
+        skipped += [s for _, sk in results for s in sk]
+        spent = time.perf_counter() - t0  # wall time, the processes' start included
 
-    by_id = {r["utt_id"]: r for r in load_jsonl(partial)} if partial.is_file() else {}
+    by_id = read_partials(out)
     records = [by_id[u["utt_id"]] for u in sorted(todo, key=lambda u: u["utt_id"]) if u["utt_id"] in by_id]
     write_jsonl(out / "hyp.jsonl", records)
     with atomic_open(out / "skipped.txt") as f:
@@ -199,13 +251,13 @@ def main(argv=None) -> int:
     audio_s = sum(u["seconds"] for u in remaining if u["utt_id"] in by_id)
     rtf = spent / audio_s if audio_s else 0.0
     info = {"rtf": rtf, "decode_seconds": spent, "audio_seconds": audio_s, "utterances": len(records),
-            "skipped": len(skipped), "device": str(device), "threads": torch.get_num_threads(),
-            "batch_size": args.batch_size, "model_dir": str(model_dir), "checkpoint": checkpoint,
+            "skipped": len(skipped), "device": str(device), "nj": args.nj, "threads": torch.get_num_threads(),
+            "batch_size": args.batch_size, "model_dir": str(model_dir), "checkpoint": args.checkpoint,
             "data": args.data, "feats": args.feats, **stamp["search"],
             "versions": {"asrkit": asrkit.__version__, "torch": torch.__version__, "python": platform.python_version()}}
     write_json(out / "decode_info.json", info)
-    partial.unlink(missing_ok=True)
-    stamp_path.unlink(missing_ok=True)
+    for p in [*out.glob(".partial*.jsonl"), stamp_path]:
+        p.unlink()
     if skipped:
         log.warning("%d utterance(s) skipped, listed in %s", len(skipped), out / "skipped.txt")
     speed = f"{len(remaining) / spent:.2f} utt/s" if spent else "nothing new decoded"
