@@ -63,10 +63,11 @@ class CTCPrefixScorer:
             r[0, 0] = xc[0]
         start = max(step, 1)
         log_phi_x = torch.cat([log_phi[:1], log_phi[:-1]], dim=0) + xc  # phi(t-1) * y_c(t)
-        for t in range(start, self.T):
-            rp = r[t - 1]
-            rr = torch.stack([rp[0], log_phi[t - 1], rp[0], rp[1]]).view(2, 2, N, C)
-            r[t] = torch.logsumexp(rr, 1) + torch.stack([xc[t], xb[t]])
+        xs = torch.stack([xc, xb], dim=1)  # (T, 2, N, C)
+        for t in range(start, self.T):  # in place: the frame loop is the scorer's hot spot
+            torch.logaddexp(r[t - 1, 0], log_phi[t - 1], out=r[t, 0])
+            torch.logaddexp(r[t - 1, 0], r[t - 1, 1], out=r[t, 1])
+            r[t] += xs[t]
         psi = torch.logsumexp(torch.cat([log_phi_x[start:], r[start - 1, 0][None]], dim=0), dim=0)
         # eos: the whole prefix has been emitted by the utterance's last frame
         end = (self.lens[utt] - 1).clamp(min=0)

@@ -10,6 +10,7 @@ Both give the same log-probabilities (tests/test_decode.py checks it).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from asrkit.nets.attention import length_mask
 
@@ -35,7 +36,9 @@ class TransformerStepper:
         mem = enc if dec.memory_proj is None else dec.memory_proj(enc)
         self.kv = [(layer.src_attn.split(mem, layer.src_attn.linear_k), layer.src_attn.split(mem, layer.src_attn.linear_v))
                    for layer in dec.decoders]  # per layer (B, heads, T, d_k)
-        self.mask = length_mask(enc_lens, mem.size(1))[:, None, :]  # (B, 1, T)
+        # additive float mask (B, 1, 1, T): SDPA on CPU is faster with it than with a bool mask
+        self.mask = torch.zeros(mem.shape[0], 1, 1, mem.size(1), device=mem.device, dtype=mem.dtype).masked_fill(
+            ~length_mask(enc_lens, mem.size(1))[:, None, None, :], float("-inf"))
 
     def keep(self, utts: torch.Tensor) -> None:
         self.kv = [(k[utts], v[utts]) for k, v in self.kv]
@@ -50,7 +53,6 @@ class TransformerStepper:
             raise ValueError("TransformerStepper steps one position at a time from <sos>")
         A = N // self.K
         x = dec.pos_enc(dec.embed(ys[:, -1:]) if L == 1 else dec.embed(ys))[:, -1:]  # (N, 1, D)
-        self_mask = torch.ones(N, 1, L, dtype=torch.bool, device=ys.device)
         new_cache = []
         for i, layer in enumerate(dec.decoders):
             sa, src = layer.self_attn, layer.src_attn
@@ -59,9 +61,12 @@ class TransformerStepper:
             if cache is not None:
                 k, v = torch.cat([cache[2 * i], k], 2), torch.cat([cache[2 * i + 1], v], 2)
             new_cache += [k, v]
-            h = x + sa.attend(sa.split(xn, sa.linear_q), k, v, self_mask)
+            # one query over every earlier position: plain matmuls beat SDPA's kernels here on CPU
+            att = (sa.split(xn, sa.linear_q) @ k.transpose(-1, -2) * sa.d_k ** -0.5).softmax(-1) @ v
+            h = x + sa.linear_out(att.transpose(1, 2).reshape(N, 1, -1))
             q = src.split(layer.norm2(h), src.linear_q).view(A, self.K, src.h, src.d_k).transpose(1, 2)
-            h = h + src.attend(q, *self.kv[i], self.mask).reshape(N, 1, -1)  # (A, K, D) -> (N, 1, D)
+            att = F.scaled_dot_product_attention(q, *self.kv[i], attn_mask=self.mask)  # (A, heads, K, d_k)
+            h = h + src.linear_out(att.transpose(1, 2).reshape(N, 1, -1))
             x = h + layer.feed_forward(layer.norm3(h))
         return dec.output_layer(dec.after_norm(x[:, 0])).float().log_softmax(-1), new_cache
 
