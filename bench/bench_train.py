@@ -1,0 +1,190 @@
+"""Training throughput on stored features against the same model fed by a frozen WavLM on every batch.
+
+The method's main claim: once WavLM's hidden states are in HDF5, a training step costs only the light
+model. Both sides train the same model (a shipped config: BiLSTM or Conformer) on the same batches,
+with the same optimizer step, AMP and device; the baseline computes the features of each batch with
+a frozen random-weight WavLM (same layer) from waveforms held in memory, as on-the-fly SSL front ends
+do, while the stored side reads them from the HDF5 store through the training DataLoader. Figures:
+frames/s and utterances/s of training (and x real time), peak memory, and the ratio.
+
+    python bench/bench_train.py --quick                                   # CPU, small WavLM
+    python bench/bench_train.py --device cuda --preset base-plus --seconds 1800 --steps 30
+"""
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+from bench_dump import make_corpus  # noqa: E402
+
+from asrkit.audio import load_audio  # noqa: E402
+from asrkit.bin.train import get_parser, resolve_config, seed_everything  # noqa: E402
+from asrkit.data import SpeechDataset  # noqa: E402
+from asrkit.features.dump import dump  # noqa: E402
+from asrkit.features.extractors import SSLExtractor  # noqa: E402
+from asrkit.fileio import load_jsonl, resolve_audio_path, write_jsonl  # noqa: E402
+from asrkit.model_io import build_from_config  # noqa: E402
+from asrkit.ssl import PRESETS, save_random_wavlm  # noqa: E402
+from asrkit.tokenizer import Tokenizer, build_token_list  # noqa: E402
+from asrkit.train.distributed import init_distributed  # noqa: E402
+from asrkit.train.trainer import Trainer  # noqa: E402
+
+WORDS = "zero one two three four five six seven eight nine".split()
+
+
+def make_data(root: Path, seconds: float, preset: str, layer: str, device: torch.device, nj: int) -> dict:
+    """Utterances of 1-12 s with digit-word transcripts (~2.5 words/s), their WavLM store, a char
+    token list and the random WavLM itself."""
+    corpus = root / "corpus"
+    corpus.mkdir(parents=True)
+    make_corpus(corpus, seconds, 1.0, 12.0)
+    rng = np.random.default_rng(0)
+    recs = load_jsonl(corpus / "list.jsonl")
+    for r in recs:
+        r["text"] = " ".join(rng.choice(WORDS, size=max(1, int(2.5 * r["duration"]))))
+    write_jsonl(corpus / "list.jsonl", recs)
+    wavlm = save_random_wavlm(root / "wavlm", preset)
+    store = root / "train.h5"
+    dump(str(corpus / "list.jsonl"), str(store), "wavlm", str(wavlm), layer, nj=nj,
+         ngpu=int(device.type == "cuda"), progress=False)
+    build_token_list([r["text"] for r in recs], "char", root / "tokens")
+    return dict(data=corpus / "list.jsonl", feats=store, tokens=root / "tokens", wavlm=wavlm)
+
+
+def build_trainer(config: str, d: dict, device: torch.device, exp_dir: Path, *overrides: str) -> Trainer:
+    """A Trainer for a shipped config on the bench data, built as asrkit.bin.train builds it."""
+    argv = ["--config", config, "--train_data", str(d["data"]), "--train_feats", str(d["feats"]),
+            "--valid_data", str(d["data"]), "--valid_feats", str(d["feats"]), "--token_dir", str(d["tokens"]),
+            "--exp_dir", str(exp_dir), "--ngpu", str(int(device.type == "cuda")), *overrides]
+    args, conf = resolve_config(get_parser(), argv)
+    tok = Tokenizer.load(args.token_dir)
+    data = SpeechDataset(args.train_data, args.train_feats, tok)
+    conf.update(input_dim=data.dim, input_layers=data.num_layers, vocab_size=tok.vocab_size)
+    seed_everything(0)
+    return Trainer(args, conf, build_from_config(conf), data, data, tok, init_distributed(args.ngpu))
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def peak_memory(device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB (GPU)"
+    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (process RSS so far)"
+
+
+def timed_steps(trainer: Trainer, batches, warmup: int, steps: int) -> dict:
+    """Train on `batches` (an iterator of collated batches); time the `steps` after `warmup`."""
+    device = trainer.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    trainer.model.train()
+    frames = utts = n = 0
+    for batch in batches:
+        if n == warmup:
+            sync(device)
+            t0 = time.perf_counter()
+        trainer.backward(batch, sync=True)
+        trainer.update()
+        n += 1
+        if n > warmup:
+            frames += int(batch["feat_lens"].sum())
+            utts += len(batch["utt_ids"])
+        if n == warmup + steps:
+            break
+    sync(device)
+    dt = time.perf_counter() - t0
+    return dict(frames_s=frames / dt, utts_s=utts / dt, steps=n - warmup, mem=peak_memory(device))
+
+
+def on_the_fly(trainer: Trainer, ssl: SSLExtractor, layer: int, audio: dict):
+    """Batches whose features a frozen WavLM computes from the waveforms, on the training device."""
+    ds, device = trainer.train_set, trainer.device
+    for idx in trainer.train_sampler.epoch_batches():
+        utts = [ds.utt_ids[i] for i in idx]
+        lens = torch.tensor([len(audio[u]) for u in utts])
+        x = torch.zeros(len(utts), int(lens.max()))
+        for i, u in enumerate(utts):
+            x[i, :len(audio[u])] = torch.from_numpy(audio[u])
+        x, lens_d = x.to(device, non_blocking=True), lens.to(device)
+        mask = torch.arange(x.shape[1], device=device)[None] < lens_d[:, None]
+        with torch.no_grad(), trainer.autocast():
+            feats = ssl.model(x, attention_mask=mask.long(), output_hidden_states=True).hidden_states[layer]
+        ys = [torch.from_numpy(ds.tokens[i]) for i in idx]
+        yield {"utt_ids": utts, "feats": feats, "ys": torch.nn.utils.rnn.pad_sequence(ys, True, -1),
+               "feat_lens": torch.tensor([min(ssl.num_frames(int(n)), feats.shape[1]) for n in lens]),
+               "ys_lens": torch.tensor([len(y) for y in ys])}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="CPU-sized: 150 s of audio, 3 timed steps, batches of 1200 frames")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--preset", default=None, help="WavLM size: tiny, small, base-plus (default: small on CPU)")
+    p.add_argument("--ssl_layer", type=int, default=None, help="stored layer (default: 9, or the last)")
+    p.add_argument("--seconds", type=float, default=None, help="audio in the bench corpus")
+    p.add_argument("--batch_bins", type=int, default=None, help="default: the configs' (1200 with --quick)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per measurement")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--nj", type=int, default=4, help="DataLoader workers (dump and training)")
+    p.add_argument("--configs", nargs="+", default=[str(REPO / "conf/train_bilstm.yaml"),
+                                                    str(REPO / "conf/train_conformer.yaml")])
+    a = p.parse_args()
+    device = torch.device(a.device)
+    cpu = device.type == "cpu"
+    preset = a.preset or ("small" if cpu else "base-plus")
+    seconds = a.seconds or (150 if a.quick else 900)
+    steps = a.steps or (3 if a.quick else 20)
+    batch_bins = a.batch_bins or (1200 if a.quick else None)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        n_layers = PRESETS[preset].get("num_hidden_layers", 12)
+        layer = a.ssl_layer if a.ssl_layer is not None else min(9, n_layers)
+        t0 = time.time()
+        d = make_data(root, seconds, preset, str(layer), device, a.nj)
+        print(f"bench data: {seconds:.0f} s of audio, WavLM {preset} layer {layer}, dumped in "
+              f"{time.time() - t0:.0f}s; device {device}"
+              f"{' (' + torch.cuda.get_device_name() + ')' if not cpu else ''}", flush=True)
+        ssl = SSLExtractor(str(d["wavlm"]), str(layer), str(device), compute_dtype="float32" if cpu else "bfloat16")
+        ssl.model.requires_grad_(False).eval()
+        audio = {r["utt_id"]: load_audio(resolve_audio_path(r["audio"], d["data"])) for r in load_jsonl(d["data"])}
+        frame_rate = ssl.attrs["frame_rate"]
+        overrides = ["--num_workers", str(a.nj), "--preflight_batches", "0"]
+        if batch_bins:
+            overrides += ["--batch_bins", str(batch_bins)]
+        rows = []
+        for config in a.configs:
+            name = Path(config).stem
+            tr = build_trainer(config, d, device, root / "exp", *overrides)
+            n_batches = len(tr.train_sampler)
+            if n_batches < a.warmup + steps:
+                sys.exit(f"only {n_batches} batches: raise --seconds or lower --batch_bins")
+            tr.train_sampler.set_epoch(0)
+            stored = timed_steps(tr, iter(tr.train_loader), a.warmup, steps)
+            tr = build_trainer(config, d, device, root / "exp", *overrides)
+            tr.train_sampler.set_epoch(0)
+            otf = timed_steps(tr, on_the_fly(tr, ssl, layer, audio), a.warmup, steps)
+            rows.append((name, stored, otf))
+            print(f"{name}: {sum(p.numel() for p in tr.module.parameters()) / 1e6:.1f}M params, "
+                  f"amp {tr.amp}, {steps} steps", flush=True)
+            for label, r in (("stored features", stored), ("WavLM on the fly", otf)):
+                print(f"  {label:17s} {r['frames_s']:10.0f} frames/s {r['utts_s']:8.1f} utt/s "
+                      f"{r['frames_s'] / frame_rate:8.0f} x real time   peak {r['mem']}")
+            print(f"  ratio (stored / on the fly): {stored['frames_s'] / otf['frames_s']:.2f}x", flush=True)
+        print("\nsummary: " + "; ".join(f"{n} {s['frames_s'] / o['frames_s']:.2f}x" for n, s, o in rows))
+
+
+if __name__ == "__main__":
+    main()
