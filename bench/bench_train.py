@@ -29,7 +29,7 @@ from bench_dump import make_corpus  # noqa: E402
 
 from asrkit.audio import load_audio  # noqa: E402
 from asrkit.bin.train import get_parser, resolve_config, seed_everything  # noqa: E402
-from asrkit.data import SpeechDataset  # noqa: E402
+from asrkit.data import SpeechDataset, collate  # noqa: E402
 from asrkit.features.dump import dump  # noqa: E402
 from asrkit.features.extractors import SSLExtractor  # noqa: E402
 from asrkit.fileio import load_jsonl, resolve_audio_path, write_jsonl  # noqa: E402
@@ -109,23 +109,14 @@ def timed_steps(trainer: Trainer, batches, warmup: int, steps: int) -> dict:
     return dict(frames_s=frames / dt, utts_s=utts / dt, steps=n - warmup, mem=peak_memory(device))
 
 
-def on_the_fly(trainer: Trainer, ssl: SSLExtractor, layer: int, audio: dict):
-    """Batches whose features a frozen WavLM computes from the waveforms, on the training device."""
-    ds, device = trainer.train_set, trainer.device
+def on_the_fly(trainer: Trainer, ssl: SSLExtractor, audio: dict):
+    """The same batches, their features computed by the frozen WavLM from waveforms in memory (the
+    dumper's batched extractor: padding-safe, autocast on GPU; its output makes one trip through
+    host memory, a few ms per batch)."""
+    ds = trainer.train_set
     for idx in trainer.train_sampler.epoch_batches():
-        utts = [ds.utt_ids[i] for i in idx]
-        lens = torch.tensor([len(audio[u]) for u in utts])
-        x = torch.zeros(len(utts), int(lens.max()))
-        for i, u in enumerate(utts):
-            x[i, :len(audio[u])] = torch.from_numpy(audio[u])
-        x, lens_d = x.to(device, non_blocking=True), lens.to(device)
-        mask = torch.arange(x.shape[1], device=device)[None] < lens_d[:, None]
-        with torch.no_grad(), trainer.autocast():
-            feats = ssl.model(x, attention_mask=mask.long(), output_hidden_states=True).hidden_states[layer]
-        ys = [torch.from_numpy(ds.tokens[i]) for i in idx]
-        yield {"utt_ids": utts, "feats": feats, "ys": torch.nn.utils.rnn.pad_sequence(ys, True, -1),
-               "feat_lens": torch.tensor([min(ssl.num_frames(int(n)), feats.shape[1]) for n in lens]),
-               "ys_lens": torch.tensor([len(y) for y in ys])}
+        feats = ssl([audio[ds.utt_ids[i]] for i in idx])
+        yield collate([{"utt_id": ds.utt_ids[i], "feats": f, "ys": ds.tokens[i]} for i, f in zip(idx, feats)])
 
 
 def main() -> None:
@@ -158,7 +149,6 @@ def main() -> None:
               f"{time.time() - t0:.0f}s; device {device}"
               f"{' (' + torch.cuda.get_device_name() + ')' if not cpu else ''}", flush=True)
         ssl = SSLExtractor(str(d["wavlm"]), str(layer), str(device), compute_dtype="float32" if cpu else "bfloat16")
-        ssl.model.requires_grad_(False).eval()
         audio = {r["utt_id"]: load_audio(resolve_audio_path(r["audio"], d["data"])) for r in load_jsonl(d["data"])}
         frame_rate = ssl.attrs["frame_rate"]
         overrides = ["--num_workers", str(a.nj), "--preflight_batches", "0"]
@@ -175,7 +165,7 @@ def main() -> None:
             stored = timed_steps(tr, iter(tr.train_loader), a.warmup, steps)
             tr = build_trainer(config, d, device, root / "exp", *overrides)
             tr.train_sampler.set_epoch(0)
-            otf = timed_steps(tr, on_the_fly(tr, ssl, layer, audio), a.warmup, steps)
+            otf = timed_steps(tr, on_the_fly(tr, ssl, audio), a.warmup, steps)
             rows.append((name, stored, otf))
             print(f"{name}: {sum(p.numel() for p in tr.module.parameters()) / 1e6:.1f}M params, "
                   f"amp {tr.amp}, {steps} steps", flush=True)
