@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from asrkit.audio import SAMPLE_RATE, load_audio
-from asrkit.decode.search import DecodeOptions, decode_batch
+from asrkit.decode.search import DecodeOptions, check_model, decode_batch
 from asrkit.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,7 @@ class Transcriber:
         self.model, self.tokenizer, self.config, self.attrs = load_model(model_dir, checkpoint, self.device)
         self.extractor = extractor_from_attrs(self.attrs, self.device)
         self.opts = DecodeOptions(**search)
+        check_model(self.model, self.opts, str(model_dir))
         self.frame_s = self.model.subsampling / float(self.attrs["frame_rate"])
 
     def features(self, path: str) -> torch.Tensor:

@@ -62,7 +62,7 @@ def random_batch(lengths, input_dim: int = 5, seed: int = 1):
     return feats, lens
 
 
-def make_exp_dir(root, n_test: int = 7, seed: int = 0, epochs: int = 0):
+def make_exp_dir(root, n_test: int = 7, seed: int = 0, epochs: int = 0, ctc_only: bool = False):
     """An experiment dir with a tiny random-weight model of asrkit.nets (as stage 3 leaves it), and a
     test split with its feature store: (exp_dir, data, feats, tokenizer)."""
     from pathlib import Path
@@ -79,6 +79,8 @@ def make_exp_dir(root, n_test: int = 7, seed: int = 0, epochs: int = 0):
     tok = Tokenizer.load(paths["token_dir"])
     config = {**yaml.safe_load(paths["config"].read_text()), "input_dim": DIM, "input_layers": 1,
               "vocab_size": tok.vocab_size, "best_model_criterion": "acc"}
+    if ctc_only:
+        config["model_conf"] = {**config["model_conf"], "ctc_weight": 1.0}
     exp = root / "exp" / "tiny"
     save_exp_files(exp, config, paths["token_dir"], ATTRS)
     torch.manual_seed(seed)

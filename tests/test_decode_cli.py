@@ -74,3 +74,15 @@ def test_bad_options_and_mismatched_store_are_clear_errors(tmp_path):
     (exp / "feats_attrs.json").write_text(json.dumps({**attrs, "feats_type": "wavlm"}))
     with pytest.raises(DataError, match="feats_type"):
         run(exp, data, feats, tmp_path / "y")
+
+
+def test_ctc_only_model_decodes_with_ctc_modes_and_refuses_joint(tmp_path):
+    from asrkit.errors import DataError
+
+    exp, data, feats, _ = make_exp_dir(tmp_path, ctc_only=True)
+    with pytest.raises(DataError, match="needs the attention decoder"):
+        run(exp, data, feats, tmp_path / "joint")
+    greedy = run(exp, data, feats, tmp_path / "greedy", "--mode=ctc_greedy")
+    beam = run(exp, data, feats, tmp_path / "beam", "--mode=ctc_prefix_beam", "--nbest=3")
+    assert sorted(greedy) == sorted(beam) and all(len(r["nbest"]) >= 1 for r in beam.values())
+    assert all(r["nbest"][0]["score"] >= r["nbest"][-1]["score"] for r in beam.values())

@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 import asrkit
 from asrkit.cli import make_parser, run_main, setup_logging
-from asrkit.decode.search import MODES, DecodeOptions, decode_batch, hyp_record
+from asrkit.decode.search import MODES, DecodeOptions, check_model, decode_batch, hyp_record
 from asrkit.errors import DataError
 from asrkit.fileio import atomic_open, load_jsonl, read_jsonl, write_json, write_jsonl
 
@@ -205,14 +205,7 @@ def main(argv=None) -> int:
     if args.average_nbest:
         args.checkpoint = average_checkpoints(model_dir, args.average_nbest)
     model, tokenizer, feats_attrs = _load(args, device)
-    needs_ctc = opts.mode != "attention" and not (opts.mode == "joint" and opts.ctc_weight == 0)
-    if getattr(model, "ctc", 1) is None and needs_ctc:
-        raise DataError(f"mode {opts.mode} needs the CTC head, which this model has not", str(model_dir),
-                        "use --mode attention (or --ctc_weight 0)")
-    needs_att = opts.mode in ("attention", "attention_rescoring") or (opts.mode == "joint" and opts.ctc_weight < 1)
-    if getattr(model, "decoder", 1) is None and needs_att:
-        raise DataError(f"mode {opts.mode} needs the attention decoder, which this model has not",
-                        str(model_dir), "use --mode ctc_greedy or ctc_prefix_beam")
+    check_model(model, opts, str(model_dir))
     reader = FeatureReader(args.feats)
     check_compatible(reader.attrs, feats_attrs, args.feats)
     todo, skipped = plan(args.data, reader, model, float(reader.attrs.get("frame_rate", 50.0)))

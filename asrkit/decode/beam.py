@@ -111,11 +111,11 @@ def beam_search(model, enc: torch.Tensor, enc_lens: torch.Tensor, opts: SearchOp
 
     for step in range(max(maxlen) + 1):
         A, N = active.numel(), active.numel() * K
-        full = torch.zeros(N, V, device=device)
         if use_att:
             att, cache = stepper.step(ys, cache)
-            att = att.float()
-            full += (1 - w) * att
+            full = (1 - w) * att.float()
+        else:
+            full = torch.zeros(N, V, device=device)
         full[:, blank] = NEG_INF
         if sos != eos:
             full[:, sos] = NEG_INF
@@ -123,9 +123,9 @@ def beam_search(model, enc: torch.Tensor, enc_lens: torch.Tensor, opts: SearchOp
         full[step < row_minlen, eos] = NEG_INF
         forced = step >= row_maxlen
         if forced.any():  # last step: only eos
-            keep = full[forced, eos]
+            eos_score = full[forced, eos]
             full[forced] = NEG_INF
-            full[forced, eos] = keep
+            full[forced, eos] = eos_score
         cand = full.topk(C, dim=1).indices if C < V else torch.arange(V, device=device).expand(N, V)
         cand_score = full.gather(1, cand)
         if use_ctc:
@@ -158,8 +158,9 @@ def beam_search(model, enc: torch.Tensor, enc_lens: torch.Tensor, opts: SearchOp
 
         # utterances that are done: eos was forced, nothing alive, or (maxlenratio=0) end detection
         keep = []
+        any_alive = torch.isfinite(scores).any(1).tolist()  # one device sync per step, not per utterance
         for a, b in enumerate(active.tolist()):
-            dead = not torch.isfinite(scores[a]).any()
+            dead = not any_alive[a]
             if dead and not ended[b]:
                 # every candidate was impossible (e.g. CTC cannot fit it): keep the best unfinished one
                 k = int(prev[1][a].argmax())

@@ -14,6 +14,7 @@ import torch
 
 from asrkit.decode.beam import Hyp, SearchOptions, beam_search
 from asrkit.decode.ctc import ctc_greedy_search, ctc_prefix_beam_search
+from asrkit.errors import DataError
 
 log = logging.getLogger(__name__)
 MODES = ("ctc_greedy", "ctc_prefix_beam", "attention", "joint", "attention_rescoring")
@@ -30,6 +31,18 @@ class DecodeOptions(SearchOptions):
             raise ValueError(f"ctc_weight must be in [0, 1], got {self.ctc_weight}")
         if self.beam < 1:
             raise ValueError(f"beam must be at least 1, got {self.beam}")
+
+
+def check_model(model, opts: DecodeOptions, where: str = "") -> None:
+    """A clear error when the mode needs a branch (CTC head, decoder) that the model was built without."""
+    needs_ctc = opts.mode != "attention" and not (opts.mode == "joint" and opts.ctc_weight == 0)
+    if needs_ctc and getattr(model, "ctc", 1) is None:
+        raise DataError(f"mode {opts.mode} needs the CTC head, which this model has not", where,
+                        "use --mode attention (or --ctc_weight 0)")
+    needs_att = opts.mode in ("attention", "attention_rescoring") or (opts.mode == "joint" and opts.ctc_weight < 1)
+    if needs_att and getattr(model, "decoder", 1) is None:
+        raise DataError(f"mode {opts.mode} needs the attention decoder, which this model has not", where,
+                        "use --mode ctc_greedy or ctc_prefix_beam")
 
 
 def _trim(tokens: list[int], model) -> list[int]:
