@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 from bench_train import WORDS, build_trainer, timed_steps  # noqa: E402
 
-from asrkit.data import BucketBatchSampler, collate  # noqa: E402
+from asrkit.data import collate  # noqa: E402
 from asrkit.features.store import FeatureWriter, finalize_store  # noqa: E402
 from asrkit.fileio import write_jsonl  # noqa: E402
 from asrkit.tokenizer import build_token_list  # noqa: E402

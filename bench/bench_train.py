@@ -121,7 +121,8 @@ def on_the_fly(trainer: Trainer, ssl: SSLExtractor, audio: dict):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="CPU-sized: 150 s of audio, 3 timed steps, batches of 1200 frames")
+    p.add_argument("--quick", action="store_true",
+                   help="CPU-sized: 150 s of audio, 3 timed steps, batches of 1200 frames")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--preset", default=None, help="WavLM size: tiny, small, base-plus (default: small on CPU)")
     p.add_argument("--ssl_layer", type=int, default=None, help="stored layer (default: 9, or the last)")

@@ -76,7 +76,8 @@ def test_experiment_dir_is_enough_to_decode(data, tmp_path):
     model, tok, cfg, attrs = load_model(exp, "model.avg.pth")
     assert all(torch.equal(v, avg[k]) for k, v in model.state_dict().items())
     assert attrs["feats_type"] == "fbank" and tok.vocab_size == cfg["vocab_size"]
-    assert (exp / "curves.png").stat().st_size > 1000 and (exp / "model.best.pth").resolve().name == f"epoch{best[0]}.pth"
+    assert (exp / "curves.png").stat().st_size > 1000
+    assert (exp / "model.best.pth").resolve().name == f"epoch{best[0]}.pth"
     # decoding from the exp dir alone: greedy CTC on one stored utterance runs through the model
     feats = torch.from_numpy(utterance_feats("one two", 0)).float()[None]
     enc, lens = model.encode(feats, torch.tensor([feats.shape[1]]))
@@ -128,7 +129,8 @@ def test_config_overrides_merge_nested_sections(data):
 
 
 def test_average_states(tmp_path):
-    states = [{"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(3)}, {"w": torch.tensor([3.0, 6.0]), "n": torch.tensor(4)}]
+    states = [{"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(3)},
+              {"w": torch.tensor([3.0, 6.0]), "n": torch.tensor(4)}]
     paths = []
     for i, s in enumerate(states):
         paths.append(tmp_path / f"avg_{i}.pth")

@@ -55,7 +55,11 @@ def merge(base: dict, override: dict) -> dict:
 
 
 def get_parser():
-    p = make_parser(__doc__)
+    p = make_parser("Stage 3: train a hybrid CTC/attention model on stored features, in one process or "
+                    "in several under torchrun (DDP); rerunning the same command resumes it. Model sections "
+                    "come from the --config YAML (frontend, frontend_conf, specaug, specaug_conf, encoder, "
+                    "encoder_conf, decoder, decoder_conf, model_conf) and are overridden like options; a dict "
+                    "is merged into the config's: --encoder_conf '{\"num_blocks\": 2}' or --encoder_conf.num_blocks 2.")
     p._ignore_unknown_config_file_keys = True  # model sections are read from the YAML by resolve_config
     io = p.add_argument_group("data and output")
     io.add_argument("--train_data", required=True, help="split list of training utterances (jsonl)")
@@ -157,6 +161,9 @@ def main(argv=None) -> int:
     dist = init_distributed(args.ngpu, args.dist_backend)
     exp_dir = Path(args.exp_dir)
     setup_logging(args.log_file or str(exp_dir / "train.log"), args.verbose, dist.rank)
+    if (args.ngpu or 0) > 1 and dist.world_size == 1:
+        log.warning("--ngpu %d but a single process: only one GPU is used; launch with "
+                    "torchrun --nproc_per_node %d -m asrkit.bin.train ...", args.ngpu, args.ngpu)
     try:
         tokenizer = Tokenizer.load(args.token_dir)
         train_store, valid_store = FeatureReader(args.train_feats), FeatureReader(args.valid_feats)

@@ -20,7 +20,8 @@ class Reporter:
         self.path = exp_dir / "train_log.jsonl"
         self.curves = exp_dir / "curves.png"
         old = load_jsonl(self.path) if self.path.is_file() else []
-        kept = [r for r in old if r["step"] <= resume_step and not (r["kind"] == "epoch" and r["epoch"] >= resume_epoch)]
+        kept = [r for r in old if r["step"] <= resume_step
+                and not (r["kind"] == "epoch" and r["epoch"] >= resume_epoch)]
         if len(kept) != len(old):
             write_jsonl(self.path, kept)
         self.file = open(self.path, "a", encoding="utf-8")

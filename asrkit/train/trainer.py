@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,7 +112,11 @@ class Trainer:
         if not (self.args.resume and path.is_file()):
             return False
         c = torch.load(path, map_location="cpu", weights_only=False)
-        self.module.load_state_dict(c["model"])
+        try:
+            self.module.load_state_dict(c["model"])
+        except RuntimeError as e:
+            raise DataError(f"the checkpoint does not fit the model of this config ({str(e).splitlines()[0]})",
+                            str(path), "train in a new --exp_dir, or pass --resume false to start over") from None
         self.optimizer.load_state_dict(c["optimizer"])
         self.scheduler.load_state_dict(c["scheduler"])
         self.scaler.load_state_dict(c["scaler"])
@@ -203,7 +208,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.restore_buffers(buffers)
         ckpt.set_rng_state(rng)
-        mem = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB" if self.device.type == "cuda" else ""
+        mem = (f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
+               if self.device.type == "cuda" else "")
         log.info("pre-flight: %d largest batches (up to %d padded frames) ran in %.1fs%s", len(batches),
                  self.train_sampler.padded_frames(batches[0]), time.time() - t0, mem)
 
@@ -213,7 +219,8 @@ class Trainer:
         self.model.train()
         self.train_sampler.set_epoch(st.epoch, st.batches_done)
         bar = tqdm(total=self.epoch_len, initial=st.batches_done, desc=f"epoch {st.epoch}", unit="batch",
-                   disable=not self.dist.is_main, dynamic_ncols=True, leave=False)
+                   disable=not self.dist.is_main, dynamic_ncols=True, leave=False,
+                   mininterval=0.5 if sys.stderr.isatty() else 60)  # a log file gets a line a minute
         window = torch.zeros(len(TRAIN_KEYS) + 2, dtype=torch.float64, device=self.device)
         t_last = time.time()
         saved = self.buffers()
