@@ -61,7 +61,7 @@ def test_interrupted_then_resumed_equals_uninterrupted(data, tmp_path):
 def test_experiment_dir_is_enough_to_decode(data, tmp_path):
     exp = tmp_path / "exp"
     train.main(train_argv(data, exp, "--max_epoch=3", "--keep_nbest_models=2", "--keep_last_models=1",
-                          "--encoder_conf.linear_units=24", "--optim_conf", '{"lr": 0.005}'))
+                          "--encoder_conf.linear_units=24", "--optim_conf", '{"lr": 0.005}', "--tensorboard=true"))
     config = yaml.safe_load(open(exp / "config.yaml"))
     assert config["encoder_conf"]["linear_units"] == 24 and config["encoder_conf"]["num_blocks"] == 1
     assert config["optim_conf"] == {"lr": 0.005} and config["max_epoch"] == 3 and config["vocab_size"] > 3
@@ -76,7 +76,7 @@ def test_experiment_dir_is_enough_to_decode(data, tmp_path):
     model, tok, cfg, attrs = load_model(exp, "model.avg.pth")
     assert all(torch.equal(v, avg[k]) for k, v in model.state_dict().items())
     assert attrs["feats_type"] == "fbank" and tok.vocab_size == cfg["vocab_size"]
-    assert (exp / "curves.png").stat().st_size > 1000
+    assert (exp / "curves.png").stat().st_size > 1000 and list((exp / "tensorboard").glob("events.out.tfevents.*"))
     assert (exp / "model.best.pth").resolve().name == f"epoch{best[0]}.pth"
     # decoding from the exp dir alone: greedy CTC on one stored utterance runs through the model
     feats = torch.from_numpy(utterance_feats("one two", 0)).float()[None]
