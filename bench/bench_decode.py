@@ -2,7 +2,8 @@
 (same model, beam, inputs), and against ESPnet's BatchBeamSearch + CTCPrefixScorer when an environment
 with `espnet` is given (--espnet_python), all measured in this one run.
 
-    tools/venv/bin/python bench/bench_decode.py [--quick] [--espnet_python /tmp/espnet-venv/bin/python]
+    bench/setup_espnet_venv.sh            # once: ESPnet in tools/espnet-venv (not in tools/venv)
+    tools/venv/bin/python bench/bench_decode.py [--quick] [--espnet_python tools/espnet-venv/bin/python]
 
 The model has real sizes (Transformer decoder 6 x 256, 4 heads, 2048 units, BPE-sized vocabulary)
 and random weights; the search itself is what is measured, on encoder outputs made so that the CTC
@@ -26,6 +27,7 @@ from asrkit.decode.beam import SearchOptions, beam_search  # noqa: E402
 from asrkit.nets import build_model  # noqa: E402
 
 HOT = 10
+ESPNET_PYTHONS = (Path(__file__).resolve().parents[1] / "tools/espnet-venv/bin/python", Path("/tmp/espnet-venv/bin/python"))
 
 
 def make_model(a):
@@ -88,7 +90,8 @@ def main():
     p.add_argument("--linear_units", type=int, default=2048)
     p.add_argument("--num_blocks", type=int, default=6)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--espnet_python", default="", help="python of an environment with espnet installed")
+    p.add_argument("--espnet_python", default=next((str(p) for p in ESPNET_PYTHONS if p.is_file()), ""),
+                   help="python of an environment with espnet installed (bench/setup_espnet_venv.sh)")
     a = p.parse_args()
     if a.quick:
         a.num_utts, a.min_frames, a.max_frames = 12, 40, 100
@@ -109,7 +112,9 @@ def main():
           f"mean hypothesis length {mean_len:.1f} tokens")
     rows = [("asrkit batched", t_batch), ("asrkit one at a time", t_one)]
     print(f"batched vs one at a time: same hypotheses for {same}/{n}")
-    if a.espnet_python:
+    if not a.espnet_python:
+        print("no ESPnet environment (bench/setup_espnet_venv.sh makes one): ESPnet not compared")
+    else:
         with tempfile.TemporaryDirectory() as tmp:
             inp, res = Path(tmp) / "in.pt", Path(tmp) / "out.json"
             state = {k: v for k, v in model.state_dict().items() if k.startswith(("decoder.", "ctc."))}
