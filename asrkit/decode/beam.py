@@ -7,14 +7,18 @@ ESPnet's BatchBeamSearch with CTCPrefixScorer. ESPnet batches the hypotheses of 
 rows are (utterance, beam slot) pairs for every utterance of the batch. Finished utterances leave the
 batch, and a finished hypothesis frees its slot (its score becomes -inf).
 
+Differences from ESPnet, all at the edges: the decoder never proposes <blank> (nor <sos> when it differs
+from <eos>); at the length limit <eos> is scored rather than appended unscored; if no hypothesis of an
+utterance can end (every candidate impossible), its best unfinished one is returned instead of nothing.
+On ordinary inputs both give the same hypotheses and scores (bench/bench_decode.py checks it).
+
 The model needs `decoder_step(ys (N, L), memory, memory_lens, cache) -> (logp (N, V), cache)` whose cache
 rows follow the rows of ys, and `sos`, `eos`, `blank`, `vocab_size` (see docs/INTERNALS.md).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import logging
+from dataclasses import dataclass
 
 import torch
 
