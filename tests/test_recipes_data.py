@@ -2,13 +2,15 @@
 the user's options winning), with every output sent to a temporary folder."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from asrkit.fileio import load_jsonl
+from asrkit.fileio import load_jsonl, write_jsonl
 from conftest import REPO
 from corpora_fixtures import make_fake_myst, myst_utt_id
 
@@ -66,3 +68,25 @@ def test_mini_recipe_stage0_generates_corpus_and_wavlm(tmp_path):
     speakers = {s: {r["speaker"] for r in rs} for s, rs in splits.items()}
     assert sum(map(len, splits.values())) == 18 and all(speakers.values())
     assert not (speakers["train"] & speakers["test"] or speakers["train"] & speakers["valid"])
+
+
+def test_myst_filtered_test_is_scored_from_the_full_test_decoding(tmp_path):
+    data, exp = tmp_path / "data", tmp_path / "exp"
+    refs = [("u1", "the magnet sticks", True), ("u2", "it goes around the sun", True), ("u3", "yes it", False)]
+    write_jsonl(data / "test.jsonl", [{"utt_id": u, "audio": "x.wav", "duration": 1.0, "speaker": "s", "text": t,
+                                        "text_raw": t, "test_filtered": f} for u, t, f in refs])
+    decode = exp / "model" / "decode_test_beam10"
+    hyps = {"u1": "the magnet sticks", "u2": "it goes around the sun", "u3": "no"}  # only u3 is wrong
+    write_jsonl(decode / "hyp.jsonl", [{"utt_id": u, "text": t} for u, t in hyps.items()])
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    subprocess.run([sys.executable, "-m", "asrkit.bin.score", "--data", str(data / "test.jsonl"),
+                    "--hyp", str(decode / "hyp.jsonl")], check=True, capture_output=True, env=env)
+    p = subprocess.run(["bash", str(REPO / "egs" / "myst" / "local" / "score_filtered.sh"), str(data), str(exp)],
+                       capture_output=True, text=True, env=env)
+    assert p.returncode == 0, p.stderr
+    assert [r["utt_id"] for r in load_jsonl(data / "test_filtered.jsonl")] == ["u1", "u2"]
+    full = json.loads((decode / "scores.json").read_text())
+    filtered = json.loads((exp / "model" / "decode_test_filtered_beam10" / "scores.json").read_text())
+    assert full["wer"] > 0 and filtered["wer"] == 0
+    results = (exp / "model" / "RESULTS.md").read_text()
+    assert "decode_test_beam10" in results and "decode_test_filtered_beam10" in results

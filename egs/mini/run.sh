@@ -14,5 +14,4 @@ exec ../../run.sh \
     --feats_type wavlm --ssl_model "$datadir/local/wavlm-random-small" --datadir "$datadir" --ssl_layer 4 \
     --token_type char \
     --train_config conf/train.yaml --decode_config conf/decode.yaml \
-    --ngpu 0 --nj 2 \
     ${args[@]+"${args[@]}"}

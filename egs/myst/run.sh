@@ -8,8 +8,10 @@
 recipe_init "$@"
 recipe_take myst_root "${MYST:-}"
 recipe_take test_list ""
-[ -n "$myst_root" ] || { echo "$0: give --myst_root /path/to/LDC2021S05 (or set MYST)" >&2; exit 2; }
-exec ../../run.sh \
+recipe_take datadir data
+recipe_take expdir exp
+[ -n "$myst_root" ] || [[ " ${args[*]-} " == *" --help "* ]] || { echo "$0: give --myst_root /path/to/LDC2021S05 (or set MYST)" >&2; exit 2; }
+../../run.sh --datadir "$datadir" --expdir "$expdir" \
     --local_data "local/data.sh --myst_root $myst_root${test_list:+ --test_list $test_list}" \
     --split_field split --min_words 1 --max_duration 3600 \
     --normalizer child \
@@ -19,3 +21,5 @@ exec ../../run.sh \
     --train_config ../child/conf/train_conformer.yaml --decode_config ../child/conf/decode.yaml \
     --test_sets "test" \
     ${args[@]+"${args[@]}"}
+. ../../path.sh
+local/score_filtered.sh "$datadir" "$expdir"

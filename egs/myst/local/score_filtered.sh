@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# After stage 5: score every decoding of the full test set again on its filtered subset (the
+# utterances flagged test_filtered by local/data.sh), into decode_test_filtered_<dtag>/, and
+# refresh the experiment's RESULTS.md. Only scoring: the test set is decoded once.
+#   local/score_filtered.sh DATADIR EXPDIR
+set -euo pipefail
+datadir=$1 expdir=$2
+[ -f "$datadir/test.jsonl" ] || exit 0
+python - "$datadir/test.jsonl" "$datadir/test_filtered.jsonl" <<'PY'
+import sys
+from asrkit.fileio import load_jsonl, write_jsonl
+n = write_jsonl(sys.argv[2], (r for r in load_jsonl(sys.argv[1]) if r.get("test_filtered")))
+print(f"test_filtered: {n} utterances ({sys.argv[2]})")
+PY
+for hyp in "$expdir"/*/decode_test_*/hyp.jsonl; do
+    [ -f "$hyp" ] || continue
+    dir=$(dirname "$hyp")
+    out="$(dirname "$dir")/decode_test_filtered_$(basename "$dir" | sed 's/^decode_test_//')"
+    python -m asrkit.bin.score --data "$datadir/test_filtered.jsonl" --hyp "$hyp" --out "$out" \
+        --name "$(basename "$out")" --normalizer child > /dev/null
+    python -m asrkit.bin.score --gather "$(dirname "$dir")" | sed -n '/^|/p'
+done
