@@ -60,6 +60,22 @@ def make_inputs(model, a):
     return encs
 
 
+def run_espnet(python: str, model, encs, a) -> dict:
+    """ESPnet's BatchBeamSearch on the same weights and inputs, in its own environment:
+    {"seconds", "hyps": [{"tokens", "score"}], "torch"}."""
+    with tempfile.TemporaryDirectory() as tmp:
+        inp, res = Path(tmp) / "in.pt", Path(tmp) / "out.json"
+        state = {k: v for k, v in model.state_dict().items() if k.startswith(("decoder.", "ctc."))}
+        conf = {k: getattr(a, k) for k in ("vocab", "dim", "heads", "linear_units", "num_blocks", "beam",
+                                           "ctc_weight", "threads")}
+        torch.save({"enc": encs, "state": state, "conf": {**conf, "length_bonus": 0.0, "maxlenratio": 0.0}}, inp)
+        r = subprocess.run([python, str(Path(__file__).with_name("espnet_search.py")), str(inp), str(res)],
+                           capture_output=True, text=True)
+        if r.returncode:
+            raise RuntimeError("ESPnet run failed:\n" + r.stderr[-3000:])
+        return json.loads(res.read_text())
+
+
 def ours(model, encs, opts, batch_size):
     order = sorted(range(len(encs)), key=lambda i: -len(encs[i]))
     out = [None] * len(encs)
@@ -115,25 +131,17 @@ def main():
     if not a.espnet_python:
         print("no ESPnet environment (bench/setup_espnet_venv.sh makes one): ESPnet not compared")
     else:
-        with tempfile.TemporaryDirectory() as tmp:
-            inp, res = Path(tmp) / "in.pt", Path(tmp) / "out.json"
-            state = {k: v for k, v in model.state_dict().items() if k.startswith(("decoder.", "ctc."))}
-            conf = {k: getattr(a, k) for k in ("vocab", "dim", "heads", "linear_units", "num_blocks", "beam",
-                                               "ctc_weight", "threads")}
-            torch.save({"enc": encs, "state": state,
-                        "conf": {**conf, "length_bonus": 0.0, "maxlenratio": 0.0}}, inp)
-            cmd = [a.espnet_python, str(Path(__file__).with_name("espnet_search.py")), str(inp), str(res)]
-            r = subprocess.run(cmd, capture_output=True, text=True)
-            if r.returncode:
-                print("ESPnet run failed:\n" + r.stderr[-3000:])
-            else:
-                e = json.loads(res.read_text())
-                rows.append((f"ESPnet BatchBeamSearch (torch {e['torch']})", e["seconds"]))
-                agree = sum(h.tokens == x["tokens"] for h, x in zip(h_batch, e["hyps"]))
-                diff = max(abs(h.score - x["score"]) for h, x in zip(h_batch, e["hyps"]) if h.tokens == x["tokens"]) \
-                    if agree else float("nan")
-                print(f"asrkit vs ESPnet: same hypotheses for {agree}/{n} (max score difference {diff:.2e})")
-    print(f"\n| search | utt/s | RTF | vs one at a time | vs ESPnet |\n|---|---|---|---|---|")
+        try:
+            e = run_espnet(a.espnet_python, model, encs, a)
+        except RuntimeError as err:
+            print(err)
+        else:
+            rows.append((f"ESPnet BatchBeamSearch (torch {e['torch']})", e["seconds"]))
+            agree = sum(h.tokens == x["tokens"] for h, x in zip(h_batch, e["hyps"]))
+            diff = max(abs(h.score - x["score"]) for h, x in zip(h_batch, e["hyps"]) if h.tokens == x["tokens"]) \
+                if agree else float("nan")
+            print(f"asrkit vs ESPnet: same hypotheses for {agree}/{n} (max score difference {diff:.2e})")
+    print("\n| search | utt/s | RTF | vs one at a time | vs ESPnet |\n|---|---|---|---|---|")
     esp = rows[2][1] if len(rows) > 2 else None
     for name, t in rows:
         vs_esp = f"{esp / t:.2f}x" if esp else "n/a"

@@ -130,8 +130,15 @@ def beam_search(model, enc: torch.Tensor, enc_lens: torch.Tensor, opts: SearchOp
             eos_score = full[forced, eos]
             full[forced] = NEG_INF
             full[forced, eos] = eos_score
-        cand = full.topk(C, dim=1).indices if C < V else torch.arange(V, device=device).expand(N, V)
-        cand_score = full.gather(1, cand)
+        if C < V:  # pre-beam; as in ESPnet, eos is always a candidate (an extra column unless in the top C)
+            cand = full.topk(C, dim=1).indices
+            has_eos = (cand == eos).any(1, keepdim=True)
+            cand = torch.cat([cand, torch.full_like(cand[:, :1], eos)], dim=1)
+            cand_score = full.gather(1, cand)
+            cand_score[:, -1:] = cand_score[:, -1:].masked_fill(has_eos, NEG_INF)
+        else:
+            cand = torch.arange(V, device=device).expand(N, V)
+            cand_score = full.gather(1, cand)
         if use_ctc:
             psi, r_new = ctc.score(state, row_utt, cand, step)
             alive = torch.isfinite(state.psi)[:, None]  # dead rows would give inf - inf
@@ -139,9 +146,10 @@ def beam_search(model, enc: torch.Tensor, enc_lens: torch.Tensor, opts: SearchOp
         cand_score = cand_score + opts.length_bonus + scores.view(N, 1)
 
         prev = (ys, scores, att_sum, state.psi if use_ctc else att_sum)  # for utterances that die out
-        top_s, top_i = cand_score.view(A, K * C).topk(K, dim=1)  # (A, K)
-        parent = (torch.arange(A, device=device)[:, None] * K + top_i // C).view(-1)
-        j = (top_i % C).view(-1)
+        Cx = cand.size(1)
+        top_s, top_i = cand_score.reshape(A, K * Cx).topk(K, dim=1)  # (A, K)
+        parent = (torch.arange(A, device=device)[:, None] * K + top_i // Cx).view(-1)
+        j = (top_i % Cx).view(-1)
         tok = cand[parent, j]
         if use_att:
             att_sum = att_sum[parent] + att[parent, tok]
