@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
-from bench_train import WORDS, build_trainer, timed_steps  # noqa: E402
+from bench_train import WORDS, Meter, build_trainer, compare  # noqa: E402
 
 from asrkit.data import collate  # noqa: E402
 from asrkit.features.store import FeatureWriter, finalize_store  # noqa: E402
@@ -108,7 +108,7 @@ def main() -> None:
             print(f"  loader, {w} workers: {rates[w]['frames_s']:10.0f} frames/s {rates[w]['utts_s']:8.1f} utt/s "
                   f"{rates[w]['mb_s']:8.0f} MiB/s", flush=True)
         batches = [collate([ds[i] for i in idx]) for idx in sampler.epoch_batches()[: steps + 1]]
-        train = timed_steps(trainer, iter(batches), 1, steps)
+        train = compare([Meter(trainer, iter(batches))], 1, steps)[0]
         print(f"  training step ({Path(a.config).stem}, {device}, amp {trainer.amp}): "
               f"{train['frames_s']:10.0f} frames/s consumed")
         best = max(rates, key=lambda w: rates[w]["frames_s"])

@@ -79,34 +79,46 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def peak_memory(device) -> str:
-    if device.type == "cuda":
-        return f"{torch.cuda.max_memory_allocated() / 2**30:.2f} GiB (GPU)"
-    return f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB (process RSS so far)"
+class Meter:
+    """Times training steps that include getting their batch; on GPU also each step's working memory
+    (peak allocated during the step above what was allocated before it: activations, workspace)."""
+
+    def __init__(self, trainer: Trainer, batches):
+        self.trainer, self.batches = trainer, batches
+        self.seconds = self.frames = self.utts = self.steps = 0
+        self.work_mem = 0.0
+
+    def step(self, timed: bool) -> None:
+        tr, device = self.trainer, self.trainer.device
+        tr.model.train()
+        sync(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+        t0 = time.perf_counter()
+        batch = next(self.batches)
+        tr.backward(batch, sync=True)
+        tr.update()
+        sync(device)
+        if timed:
+            self.seconds += time.perf_counter() - t0
+            self.frames += int(batch["feat_lens"].sum())
+            self.utts += len(batch["utt_ids"])
+            self.steps += 1
+            if device.type == "cuda":
+                self.work_mem = max(self.work_mem, (torch.cuda.max_memory_allocated() - before) / 2**30)
+
+    def result(self) -> dict:
+        return dict(frames_s=self.frames / self.seconds, utts_s=self.utts / self.seconds,
+                    step_s=self.seconds / self.steps, work_mem=self.work_mem)
 
 
-def timed_steps(trainer: Trainer, batches, warmup: int, steps: int) -> dict:
-    """Train on `batches` (an iterator of collated batches); time the `steps` after `warmup`."""
-    device = trainer.device
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    trainer.model.train()
-    frames = utts = n = 0
-    for batch in batches:
-        if n == warmup:
-            sync(device)
-            t0 = time.perf_counter()
-        trainer.backward(batch, sync=True)
-        trainer.update()
-        n += 1
-        if n > warmup:
-            frames += int(batch["feat_lens"].sum())
-            utts += len(batch["utt_ids"])
-        if n == warmup + steps:
-            break
-    sync(device)
-    dt = time.perf_counter() - t0
-    return dict(frames_s=frames / dt, utts_s=utts / dt, steps=n - warmup, mem=peak_memory(device))
+def compare(meters: list[Meter], warmup: int, steps: int) -> list[dict]:
+    """Alternate the sides step by step, so that a drift in machine load hits both alike."""
+    for i in range(warmup + steps):
+        for m in meters:
+            m.step(timed=i >= warmup)
+    return [m.result() for m in meters]
 
 
 def on_the_fly(trainer: Trainer, ssl: SSLExtractor, audio: dict):
@@ -158,22 +170,25 @@ def main() -> None:
         rows = []
         for config in a.configs:
             name = Path(config).stem
-            tr = build_trainer(config, d, device, root / "exp", *overrides)
-            n_batches = len(tr.train_sampler)
-            if n_batches < a.warmup + steps:
-                sys.exit(f"only {n_batches} batches: raise --seconds or lower --batch_bins")
-            tr.train_sampler.set_epoch(0)
-            stored = timed_steps(tr, iter(tr.train_loader), a.warmup, steps)
-            tr = build_trainer(config, d, device, root / "exp", *overrides)
-            tr.train_sampler.set_epoch(0)
-            otf = timed_steps(tr, on_the_fly(tr, ssl, audio), a.warmup, steps)
+            stored_tr = build_trainer(config, d, device, root / "exp", *overrides)
+            otf_tr = build_trainer(config, d, device, root / "exp", *overrides)
+            if len(stored_tr.train_sampler) < a.warmup + steps:
+                sys.exit(f"only {len(stored_tr.train_sampler)} batches: raise --seconds or lower --batch_bins")
+            stored_tr.train_sampler.set_epoch(0)
+            otf_tr.train_sampler.set_epoch(0)
+            stored, otf = compare([Meter(stored_tr, iter(stored_tr.train_loader)),
+                                   Meter(otf_tr, on_the_fly(otf_tr, ssl, audio))], a.warmup, steps)
             rows.append((name, stored, otf))
-            print(f"{name}: {sum(p.numel() for p in tr.module.parameters()) / 1e6:.1f}M params, "
-                  f"amp {tr.amp}, {steps} steps", flush=True)
+            print(f"{name}: {sum(p.numel() for p in otf_tr.module.parameters()) / 1e6:.1f}M params, "
+                  f"amp {otf_tr.amp}, {steps} timed steps each, batch_bins {otf_tr.args.batch_bins}", flush=True)
             for label, r in (("stored features", stored), ("WavLM on the fly", otf)):
+                mem = f"   step memory {r['work_mem']:.2f} GiB" if not cpu else ""
                 print(f"  {label:17s} {r['frames_s']:10.0f} frames/s {r['utts_s']:8.1f} utt/s "
-                      f"{r['frames_s'] / frame_rate:8.0f} x real time   peak {r['mem']}")
+                      f"{r['frames_s'] / frame_rate:8.0f} x real time {r['step_s']:7.3f} s/step{mem}")
             print(f"  ratio (stored / on the fly): {stored['frames_s'] / otf['frames_s']:.2f}x", flush=True)
+            del stored_tr, otf_tr
+        if cpu:
+            print(f"peak process memory (RSS): {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
         print("\nsummary: " + "; ".join(f"{n} {s['frames_s'] / o['frames_s']:.2f}x" for n, s, o in rows))
 
 
