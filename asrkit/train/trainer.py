@@ -119,7 +119,8 @@ class Trainer:
                             str(path), "train in a new --exp_dir, or pass --resume false to start over") from None
         self.optimizer.load_state_dict(c["optimizer"])
         self.scheduler.load_state_dict(c["scheduler"])
-        self.scaler.load_state_dict(c["scaler"])
+        if c["scaler"]:  # empty when the run was on CPU or in bf16
+            self.scaler.load_state_dict(c["scaler"])
         self.state = State(**c["state"])
         if c["world_size"] == self.dist.world_size:
             ckpt.set_rng_state(c["rng"][self.dist.rank])
@@ -127,7 +128,7 @@ class Trainer:
             log.warning("checkpoint was written by %d processes, now %d: RNG states reseeded and the "
                         "epoch restarted", c["world_size"], self.dist.world_size)
             torch.manual_seed(self.args.seed + self.dist.rank + self.state.step)
-            self.state.batches_done = 0
+            self.state.batches_done, self.state.sums = 0, [0.0] * len(self.state.sums)
         log.info("resumed from %s: epoch %d, batch %d of %d, update %d", path, self.state.epoch,
                  self.state.batches_done, self.epoch_len, self.state.step)
         return True
