@@ -4,4 +4,5 @@
 - `demo`: the offline demo corpus (synthetic voices, child-like ones included, some noisy)
 - `fsdd`: connected-digit utterances from the Free Spoken Digit Dataset
 - `myst`: the My Science Tutor corpus (LDC2021S05) as distributed
+- `writer`: resumable writing of a generated corpus (wav files, then the manifest)
 """
