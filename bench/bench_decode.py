@@ -9,6 +9,7 @@ The model has real sizes (Transformer decoder 6 x 256, 4 heads, 2048 units, BPE-
 and random weights; the search itself is what is measured, on encoder outputs made so that the CTC
 posteriors are peaky like a trained model's (a token every few frames, blank between). ESPnet gets the
 same weights (the decoder architecture is the same), so both searches should also agree on the results.
+The machine is shared: the three searches take turns on each of --rounds shares of the utterances.
 """
 from __future__ import annotations
 
@@ -97,7 +98,8 @@ def main():
     p.add_argument("--num_utts", type=int, default=32)
     p.add_argument("--min_frames", type=int, default=50, help="encoder frames (25/s after subsampling)")
     p.add_argument("--max_frames", type=int, default=200)
-    p.add_argument("--batch_size", type=int, default=32)
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--rounds", type=int, default=2, help="the searches take turns on this many shares of the data")
     p.add_argument("--beam", type=int, default=10)
     p.add_argument("--ctc_weight", type=float, default=0.3)
     p.add_argument("--vocab", type=int, default=500)
@@ -110,7 +112,7 @@ def main():
                    help="python of an environment with espnet installed (bench/setup_espnet_venv.sh)")
     a = p.parse_args()
     if a.quick:
-        a.num_utts, a.min_frames, a.max_frames = 12, 40, 100
+        a.num_utts, a.min_frames, a.max_frames, a.batch_size = 12, 40, 100, 6
     torch.set_num_threads(a.threads)
     model = make_model(a)
     encs = make_inputs(model, a)
@@ -118,34 +120,48 @@ def main():
     audio_s = sum(len(e) for e in encs) * frame_s
     opts = SearchOptions(beam=a.beam, ctc_weight=a.ctc_weight)
     ours(model, encs[:1], opts, 1)  # warm-up
-    t_batch, h_batch = ours(model, encs, opts, a.batch_size)
-    t_one, h_one = ours(model, encs, opts, 1)
-    same = sum(x.tokens == y.tokens for x, y in zip(h_batch, h_one))
-    n = len(encs)
-    mean_len = sum(len(h.tokens) for h in h_batch) / n
-    print(f"{n} utterances, {audio_s:.0f} s of audio (at 25 encoder frames/s), beam {a.beam}, ctc_weight "
-          f"{a.ctc_weight}, vocab {a.vocab}, decoder {a.num_blocks}x{a.dim}, {a.threads} thread(s); "
-          f"mean hypothesis length {mean_len:.1f} tokens")
-    rows = [("asrkit batched", t_batch), ("asrkit one at a time", t_one)]
-    print(f"batched vs one at a time: same hypotheses for {same}/{n}")
     if not a.espnet_python:
         print("no ESPnet environment (bench/setup_espnet_venv.sh makes one): ESPnet not compared")
-    else:
-        try:
-            e = run_espnet(a.espnet_python, model, encs, a)
-        except RuntimeError as err:
-            print(err)
-        else:
-            rows.append((f"ESPnet BatchBeamSearch (torch {e['torch']})", e["seconds"]))
-            agree = sum(h.tokens == x["tokens"] for h, x in zip(h_batch, e["hyps"]))
-            diff = max(abs(h.score - x["score"]) for h, x in zip(h_batch, e["hyps"]) if h.tokens == x["tokens"]) \
-                if agree else float("nan")
-            print(f"asrkit vs ESPnet: same hypotheses for {agree}/{n} (max score difference {diff:.2e})")
+    # the machine is shared and its load drifts over minutes: the three searches take turns on each
+    # round's share of the utterances, so that a change of load hits all of them alike
+    n, rounds = len(encs), max(1, min(a.rounds, len(encs)))
+    t = {"batch": 0.0, "one": 0.0, "espnet": 0.0}
+    h_batch, h_one, h_esp, esp_torch = [], [], [], ""
+    for r in range(rounds):
+        part = encs[r::rounds]
+        dt, h = ours(model, part, opts, a.batch_size)
+        t["batch"] += dt
+        h_batch += h
+        dt, h = ours(model, part, opts, 1)
+        t["one"] += dt
+        h_one += h
+        if a.espnet_python:
+            try:
+                e = run_espnet(a.espnet_python, model, part, a)
+            except RuntimeError as err:
+                print(err)
+                a.espnet_python = ""
+                continue
+            t["espnet"] += e["seconds"]
+            h_esp += e["hyps"]
+            esp_torch = e["torch"]
+    mean_len = sum(len(h.tokens) for h in h_batch) / n
+    print(f"{n} utterances, {audio_s:.0f} s of audio (at 25 encoder frames/s), beam {a.beam}, ctc_weight "
+          f"{a.ctc_weight}, vocab {a.vocab}, decoder {a.num_blocks}x{a.dim}, {a.threads} thread(s), "
+          f"batches of up to {a.batch_size}, {rounds} round(s); mean hypothesis length {mean_len:.1f} tokens")
+    print(f"batched vs one at a time: same hypotheses for {sum(x.tokens == y.tokens for x, y in zip(h_batch, h_one))}/{n}")
+    rows = [("asrkit batched", t["batch"]), ("asrkit one at a time", t["one"])]
+    if len(h_esp) == n:
+        rows.append((f"ESPnet BatchBeamSearch (torch {esp_torch})", t["espnet"]))
+        agree = sum(h.tokens == x["tokens"] for h, x in zip(h_batch, h_esp))
+        diff = max((abs(h.score - x["score"]) for h, x in zip(h_batch, h_esp) if h.tokens == x["tokens"]),
+                   default=float("nan"))
+        print(f"asrkit vs ESPnet: same hypotheses for {agree}/{n} (max score difference {diff:.2e})")
     print("\n| search | utt/s | RTF | vs one at a time | vs ESPnet |\n|---|---|---|---|---|")
-    esp = rows[2][1] if len(rows) > 2 else None
-    for name, t in rows:
-        vs_esp = f"{esp / t:.2f}x" if esp else "n/a"
-        print(f"| {name} | {n / t:.2f} | {t / audio_s:.4f} | {t_one / t:.2f}x | {vs_esp} |")
+    esp = t["espnet"] if len(rows) > 2 else None
+    for name, sec in rows:
+        vs_esp = f"{esp / sec:.2f}x" if esp else "n/a"
+        print(f"| {name} | {n / sec:.2f} | {sec / audio_s:.4f} | {t['one'] / sec:.2f}x | {vs_esp} |")
 
 
 if __name__ == "__main__":
