@@ -92,27 +92,34 @@ class Transcriber:
         return torch.from_numpy(np.asarray(feats, dtype=np.float32))
 
     @torch.no_grad()
-    def transcribe(self, paths, timings: bool = False) -> list[dict]:
-        """One record per file; a file that cannot be read gets {"file", "error"} instead of text."""
-        out = []
-        for path in map(str, paths):
+    def transcribe(self, paths, timings: bool = False, batch_size: int = 8) -> list[dict]:
+        """One record per file, in order; a file that cannot be read gets {"file", "error"} instead of text.
+        Files are decoded `batch_size` at a time (the search batches utterances x beams)."""
+        paths = [str(p) for p in paths]
+        feats: dict[str, torch.Tensor] = {}
+        out: dict[str, dict] = {}
+        for path in paths:
             try:
-                feats = self.features(path)
+                feats[path] = self.features(path)
             except DataError as e:
                 log.warning("%s", e)
-                out.append({"file": path, "error": str(e)})
-                continue
-            lens = torch.tensor([feats.shape[-2]], device=self.device)
-            x = feats[None].to(self.device)
-            best = decode_batch(self.model, x, lens, self.opts)[0]
-            h = best[0] if best else None
-            rec = {"file": path, "text": self.tokenizer.decode(h.tokens) if h else "",
-                   "score": h.score if h else None}
-            if timings and h:
-                enc, enc_lens = self.model.encode(x, lens)
-                logp = self.model.ctc_log_probs(enc)[0, : int(enc_lens[0])]
-                strs = [self.tokenizer.tokens[t] for t in h.tokens]
-                rec["words"] = word_timings(logp, h.tokens, strs, self.tokenizer.token_type, self.frame_s,
-                                            self.model.blank)
-            out.append(rec)
-        return out
+                out[path] = {"file": path, "error": str(e)}
+        ok = [p for p in paths if p in feats]
+        for i in range(0, len(ok), batch_size):
+            chunk = ok[i: i + batch_size]
+            lens = torch.tensor([feats[p].shape[-2] for p in chunk], device=self.device)
+            x = torch.zeros(len(chunk), *feats[chunk[0]].shape[:-2], int(lens.max()), feats[chunk[0]].shape[-1])
+            for j, p in enumerate(chunk):
+                x[j, ..., : feats[p].shape[-2], :] = feats[p]
+            x = x.to(self.device)
+            for j, (p, nbest) in enumerate(zip(chunk, decode_batch(self.model, x, lens, self.opts))):
+                h = nbest[0] if nbest else None
+                rec = {"file": p, "text": self.tokenizer.decode(h.tokens) if h else "", "score": h.score if h else None}
+                if timings and h:
+                    enc, enc_lens = self.model.encode(x[j: j + 1, ..., : int(lens[j]), :], lens[j: j + 1])
+                    logp = self.model.ctc_log_probs(enc)[0, : int(enc_lens[0])]
+                    strs = [self.tokenizer.tokens[t] for t in h.tokens]
+                    rec["words"] = word_timings(logp, h.tokens, strs, self.tokenizer.token_type, self.frame_s,
+                                                self.model.blank)
+                out[p] = rec
+        return [out[p] for p in paths]

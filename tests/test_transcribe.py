@@ -47,7 +47,8 @@ def test_transcribe_matches_decoding_the_store_and_handles_new_and_bad_files(wav
     capsys.readouterr()
     records = load_jsonl(data)
     new = write_tone(tmp_path / "never_seen.wav", seconds=1.3, freq=333.0, seed=99)
-    code = transcribe.main([f"--model_dir={exp}", "--beam=3", "--json", *(r["audio"] for r in records),
+    code = transcribe.main(["--config=conf/decode.yaml", f"--model_dir={exp}", "--beam=3", "--json", "--batch_size=2",
+                            *(r["audio"] for r in records),
                             str(new), str(tmp_path / "missing.wav")])
     out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert code == 1 and len(out) == len(records) + 2

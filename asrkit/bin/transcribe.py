@@ -21,6 +21,7 @@ def main(argv=None) -> int:
     parser.add_argument("--checkpoint", default="model.avg.pth", help="weights file in --model_dir")
     parser.add_argument("--json", action="store_true", help="JSON lines with score and word timings")
     parser.add_argument("--ngpu", type=int, default=0, help="1: run on the GPU")
+    parser.add_argument("--batch_size", type=int, default=8, help="files decoded together")
     add_search_options(parser)
     args = parser.parse_args(argv)
     setup_logging(args.log_file, args.verbose)
@@ -29,7 +30,7 @@ def main(argv=None) -> int:
     opts = search_options(args)
     asr = Transcriber(args.model_dir, args.checkpoint, str(pick_device(args.ngpu)), **vars(opts))
     failed = 0
-    for rec in asr.transcribe(args.audio, timings=args.json):
+    for rec in asr.transcribe(args.audio, timings=args.json, batch_size=args.batch_size):
         failed += "error" in rec
         if args.json:
             print(json.dumps(rec, ensure_ascii=False))
