@@ -183,8 +183,8 @@ def main() -> None:
                   f"amp {otf_tr.amp}, {steps} timed steps each, batch_bins {otf_tr.args.batch_bins}", flush=True)
             for label, r in (("stored features", stored), ("WavLM on the fly", otf)):
                 mem = f"   step memory {r['work_mem']:.2f} GiB" if not cpu else ""
-                print(f"  {label:17s} {r['frames_s']:10.0f} frames/s {r['utts_s']:8.1f} utt/s "
-                      f"{r['frames_s'] / frame_rate:8.0f} x real time {r['step_s']:7.3f} s/step{mem}")
+                print(f"  {label:17s} {r['frames_s']:10.0f} frames/s {r['utts_s']:8.2f} utt/s "
+                      f"{r['frames_s'] / frame_rate:8.2f} x real time {r['step_s']:7.3f} s/step{mem}")
             print(f"  ratio (stored / on the fly): {stored['frames_s'] / otf['frames_s']:.2f}x", flush=True)
             del stored_tr, otf_tr
         if cpu:
