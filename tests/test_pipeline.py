@@ -1,0 +1,82 @@
+"""The whole recipe through run.sh: stages 0-5 on a tiny corpus, rerun rules, a killed run resumed."""
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from asrkit.fileio import load_jsonl
+from conftest import REPO
+
+TINY = ["--feats_type", "fbank", "--token_type", "char", "--nj", "2", "--ngpu", "0",
+        "--train_config", str(REPO / "conf" / "tuning" / "train_conformer_tiny.yaml"),
+        "--decode_args", "--beam 2 --batch_size 8"]
+TRAIN_ARGS = ("--max_epoch 2 --batch_bins 3000 --num_workers 0 --encoder_conf.num_blocks 1 "
+              "--decoder_conf.num_blocks 1 --keep_nbest_models 2 --preflight_batches 1")
+
+
+def run_sh(cwd: Path, *args: str) -> str:
+    p = subprocess.run([str(REPO / "run.sh"), *args], cwd=cwd, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stdout + p.stderr
+    return p.stdout
+
+
+def stage_states(out: str) -> dict[int, str]:
+    return {int(n): ("skipped" if "skipped" in rest else "done")
+            for n, rest in re.findall(r"^\[stage (\d)\] .*?: (done.*|up to date, skipped)$", out, re.M)}
+
+
+def test_all_stages_then_rerun_does_nothing_then_a_deleted_output_is_redone(tiny_corpus, tmp_path):
+    args = ["--raw_data", str(tiny_corpus), *TINY, "--train_args", TRAIN_ARGS]
+    first = run_sh(tmp_path, *args)
+    assert stage_states(first) == {n: "done" for n in range(6)}
+    exp = tmp_path / "exp" / "conformer_tiny_fbank_char"
+    test_ids = {r["utt_id"] for r in load_jsonl(tmp_path / "data" / "test.jsonl")}
+    decode_dir = next(exp.glob("decode_test_*"))
+    assert {r["utt_id"] for r in load_jsonl(decode_dir / "hyp.jsonl")} == test_ids
+    results = (exp / "RESULTS.md").read_text()
+    assert re.search(r"\|decode_test_\S*\|%d\|" % len(test_ids), results), results
+    assert "Results (" in first and "|" in first.split("Results (")[1]
+
+    assert stage_states(run_sh(tmp_path, *args)) == {n: "skipped" for n in range(6)}
+
+    store = tmp_path / "dump" / "fbank" / "test.h5"
+    store.unlink()
+    # the deleted store is made again; it comes out byte-identical, so nothing after it is redone
+    assert stage_states(run_sh(tmp_path, *args)) == {0: "skipped", 1: "done", 2: "skipped", 3: "skipped",
+                                                    4: "skipped", 5: "skipped"}
+    assert store.is_file()
+    # a stage whose options change is redone, and so is every stage that reads what it wrote
+    changed = stage_states(run_sh(tmp_path, *args, "--token_type", "word"))
+    assert changed == {0: "skipped", 1: "skipped", 2: "done", 3: "done", 4: "done", 5: "done"}
+    assert (tmp_path / "exp" / "conformer_tiny_fbank_word" / "RESULTS.md").is_file()
+
+
+def test_training_killed_mid_run_resumes_and_finishes(tiny_corpus, tmp_path):
+    common = ["--raw_data", str(tiny_corpus), *TINY]
+    run_sh(tmp_path, *common, "--stop_stage", "2")
+    args = [*common, "--stage", "3", "--stop_stage", "3",
+            "--train_args", TRAIN_ARGS.replace("--max_epoch 2", "--max_epoch 6") + " --save_interval_steps 1"]
+    proc = subprocess.Popen([str(REPO / "run.sh"), *args], cwd=tmp_path, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    exp = tmp_path / "exp" / "conformer_tiny_fbank_char"
+    deadline = time.time() + 300
+    while not (exp / "checkpoint.pth").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, "training finished before it could be killed: make it longer"
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "exp" / "stamps" / "stage3.done").exists()
+    assert not (exp / "model.avg.pth").exists()
+
+    out = run_sh(tmp_path, *args)
+    assert stage_states(out) == {3: "done"}
+    log = (tmp_path / "exp" / "logs" / "stage3.log").read_text()
+    assert re.search(r"resum", log, re.I), log[-2000:]
+    epochs = [r for r in load_jsonl(exp / "train_log.jsonl") if r.get("kind") == "epoch"]
+    assert [r["epoch"] for r in epochs][-1] == 6
+    assert (exp / "model.avg.pth").is_file()
