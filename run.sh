@@ -164,6 +164,11 @@ run_stage() {
         return 0
     fi
     rm -f "$stamp"
+    # A rerun with the same signature continues an interrupted run (training resumes from its
+    # checkpoint); a different one starts afresh (see stage 3).
+    stage_resuming=false
+    [ "$force" != true ] && [ -f "$stamp.started" ] && [ "$(cat "$stamp.started")" = "$sig" ] && stage_resuming=true
+    echo "$sig" > "$stamp.started"
     echo "[stage $n] $title ... (log: $log)"
     local t0=$SECONDS status
     printf '# %s\n' "$(date '+%F %T')" > "$log"
@@ -179,7 +184,8 @@ run_stage() {
     if [ "$status" -ne 0 ]; then
         echo "[stage $n] $title FAILED (exit $status) after $((SECONDS - t0))s. Last lines of $log:" >&2
         sed 's/.*\r//' "$log" | grep -v '^+' | tail -n 12 >&2
-        echo "Fix the problem and resume with: $0 ${argv[*]} --stage $n" >&2
+        echo "Fix the problem and resume with:" >&2
+        echo "  (cd $(printf '%q' "$PWD") && $(printf '%q ' "$0" "${argv[@]}")--stage $n)" >&2
         exit "$status"
     fi
     echo "$sig" > "$stamp"
@@ -241,6 +247,13 @@ run_stage 2 "token list ($unit)" "$datadir/$train_set.jsonl" "$token_dir/tokens.
 # ------------------------------------------------------------------ stage 3: training
 stage3() {
     need_command train
+    if [ -d "$exp" ] && ! $stage_resuming; then
+        # A checkpoint made from other inputs or options must not be resumed: keep it aside.
+        local old
+        old="$exp.old-$(date +%Y%m%d-%H%M%S)"
+        echo "stage 3's inputs or options changed since $exp was trained: moving it to $old"
+        mv "$exp" "$old"
+    fi
     local launch=(python -m asrkit.bin.train)
     if [ "$launcher" = slurm ]; then
         launch=(srun --nodes "$num_nodes" --ntasks-per-node 1 torchrun --nnodes "$num_nodes"
@@ -296,5 +309,5 @@ run_stage 5 "scoring" "$(for s in $test_sets; do echo "$datadir/$s.jsonl $exp/de
 if [ "$stop_stage" -ge 5 ] && [ -f "$exp/RESULTS.md" ]; then
     echo
     echo "Results ($exp/RESULTS.md):"
-    sed -n '/^|/p' "$exp/RESULTS.md"
+    sed -n '/^###\|^|/p' "$exp/RESULTS.md"
 fi

@@ -80,3 +80,10 @@ def test_training_killed_mid_run_resumes_and_finishes(tiny_corpus, tmp_path):
     epochs = [r for r in load_jsonl(exp / "train_log.jsonl") if r.get("kind") == "epoch"]
     assert [r["epoch"] for r in epochs][-1] == 6
     assert (exp / "model.avg.pth").is_file()
+
+    # other options: the finished experiment is not resumed but kept aside, and training starts afresh
+    out = run_sh(tmp_path, *args[:-1], args[-1].replace("--max_epoch 6", "--max_epoch 1"))
+    assert stage_states(out) == {3: "done"}
+    assert len(list(exp.parent.glob(exp.name + ".old-*"))) == 1
+    epochs = [r["epoch"] for r in load_jsonl(exp / "train_log.jsonl") if r.get("kind") == "epoch"]
+    assert epochs == [1]
