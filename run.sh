@@ -9,6 +9,7 @@
 # Outputs (data/ dump/ exp/) go to the current directory, so a recipe egs/<corpus>/run.sh keeps its
 # own. A finished stage is skipped on rerun unless its inputs or options changed (or --force true).
 set -euo pipefail
+{  # the whole script is read before it runs, so that editing it during a long run is safe
 
 asrkit_root=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
@@ -151,7 +152,10 @@ fingerprint() {
 # The command runs in a subshell with errexit; the commands it runs are traced into the stage log.
 run_stage() {
     local n=$1 title=$2 inputs=$3 outputs=$4 names=$5; shift 5
-    local stamp="$expdir/stamps/stage$n.done" log="$logdir/stage$n.log" sig o name missing=false
+    # stamps and logs are per output: features per feats_tag, token lists per unit, experiments per tag
+    local key
+    case $n in 0) key="" ;; 1) key=".$feats_tag" ;; 2) key=".$unit" ;; *) key=".$tag" ;; esac
+    local stamp="$expdir/stamps/stage$n$key.done" log="$logdir/stage$n$key.log" sig o name missing=false
     if [ "$n" -lt "$stage" ] || [ "$n" -gt "$stop_stage" ] || [[ " $skip_stages " == *" $n "* ]]; then
         return 0
     fi
@@ -311,3 +315,5 @@ if [ "$stop_stage" -ge 5 ] && [ -f "$exp/RESULTS.md" ]; then
     echo "Results ($exp/RESULTS.md):"
     sed -n '/^###\|^|/p' "$exp/RESULTS.md"
 fi
+exit 0
+}

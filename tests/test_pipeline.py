@@ -70,12 +70,12 @@ def test_training_killed_mid_run_resumes_and_finishes(tiny_corpus, tmp_path):
     time.sleep(1.0)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert not (tmp_path / "exp" / "stamps" / "stage3.done").exists()
+    assert not (tmp_path / "exp" / "stamps" / "stage3.conformer_tiny_fbank_char.done").exists()
     assert not (exp / "model.avg.pth").exists()
 
     out = run_sh(tmp_path, *args)
     assert stage_states(out) == {3: "done"}
-    log = (tmp_path / "exp" / "logs" / "stage3.log").read_text()
+    log = (tmp_path / "exp" / "logs" / "stage3.conformer_tiny_fbank_char.log").read_text()
     assert re.search(r"resum", log, re.I), log[-2000:]
     epochs = [r for r in load_jsonl(exp / "train_log.jsonl") if r.get("kind") == "epoch"]
     assert [r["epoch"] for r in epochs][-1] == 6

@@ -2,16 +2,44 @@
 # The offline demo: a small spoken corpus generated with eSpeak NG (40 synthetic voices, 18 of
 # them child-like, 14 noisy; connected digits and short commands), a random-weight WavLM built
 # from a config, and a small model trained on CPU. Runs all stages in minutes on 2 cores; no download.
+#
+# A random-weight WavLM is no pretrained one: its features carry much less than real WavLM's. So
+# that the demo shows what the model learns rather than hiding it, the same model is then trained
+# on filterbank features of the same corpus (stages 1-5 again), and both WERs are printed side by side.
 #   bash egs/mini/run.sh                        # or ./run.sh at the top
-#   bash egs/mini/run.sh --feats_type fbank     # the same on filterbank features, for comparison
+#   bash egs/mini/run.sh --feats_type fbank     # one run only, on filterbank features
+#   bash egs/mini/run.sh --compare_fbank false  # one run only, on the random WavLM
 . "$(dirname "$0")/../recipe.sh"
 recipe_init "$@"
 recipe_take datadir data  # the random WavLM is made by stage 0 in it
-exec ../../run.sh \
-    --local_data "local/data.sh --num_speakers 40 --utts_per_speaker 30" \
-    --split_ratios 0.75,0.085,0.165 \
-    --normalizer basic \
-    --feats_type wavlm --ssl_model "$datadir/local/wavlm-random-small" --datadir "$datadir" --ssl_layer 4 \
-    --token_type char \
-    --train_config conf/train.yaml --decode_config conf/decode.yaml \
-    ${args[@]+"${args[@]}"}
+recipe_take compare_fbank true
+common=(
+    --local_data "local/data.sh --num_speakers 40 --utts_per_speaker 30"
+    --split_ratios 0.75,0.085,0.165
+    --normalizer basic
+    --token_type char
+    --train_config conf/train.yaml --decode_config conf/decode.yaml
+    --datadir "$datadir"
+)
+# all hidden layers stacked; the model learns their weighted sum (SUPERB-style)
+wavlm=(--feats_type wavlm --ssl_model "$datadir/local/wavlm-random-small" --ssl_layer all)
+# fbank has 100 frames/s, WavLM 50: subsample x4 instead of x2, so the encoder sees 25 frames/s in both
+fbank=(--feats_type fbank --train_args "--frontend_conf.subsample conv1d")
+
+if [[ " ${args[*]-} " == *" --feats_type "* ]] || [ "$compare_fbank" != true ]; then
+    exec ../../run.sh "${common[@]}" "${wavlm[@]}" ${args[@]+"${args[@]}"}
+fi
+../../run.sh "${common[@]}" "${wavlm[@]}" ${args[@]+"${args[@]}"}
+echo
+echo "=== the same model on filterbank features, for comparison ==="
+../../run.sh "${common[@]}" "${fbank[@]}" --stage 1 ${args[@]+"${args[@]}"}
+
+echo
+echo "Demo results on the test voices (never seen in training); details in exp/*/RESULTS.md:"
+printf '%-34s %8s %8s\n' features "WER %" "CER %"
+for exp in exp/wavlm-random-small_Lall_char exp/fbank_char; do
+    [ -f "$exp/RESULTS.md" ] || continue
+    # the first decode_test row is the WER table's, the second the CER table's
+    mapfile -t rows < <(grep '^|decode_test_' "$exp/RESULTS.md" | cut -d'|' -f9)
+    printf '%-34s %8s %8s\n' "${exp#exp/}" "${rows[0]:-?}" "${rows[1]:-?}"
+done
