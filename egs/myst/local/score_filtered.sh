@@ -18,5 +18,18 @@ for hyp in "$expdir"/*/decode_test_*/hyp.jsonl; do
     out="$(dirname "$dir")/decode_test_filtered_$(basename "$dir" | sed 's/^decode_test_//')"
     python -m asrkit.bin.score --data "$datadir/test_filtered.jsonl" --hyp "$hyp" --out "$out" \
         --name "$(basename "$out")" --normalizer child > /dev/null
-    python -m asrkit.bin.score --gather "$(dirname "$dir")" | sed -n '/^|/p'
+    # the search settings of the decoding it was scored from, for RESULTS.md (not its timings: they
+    # are the full set's)
+    python - "$dir/decode_info.json" "$out/decode_info.json" "$datadir/test_filtered.jsonl" <<'PY'
+import json, os, sys
+from asrkit.fileio import write_json
+src, dst, data = sys.argv[1:]
+if os.path.isfile(src):
+    info = json.load(open(src, encoding="utf-8"))
+    for k in ("rtf", "decode_seconds", "audio_seconds", "utterances", "skipped"):
+        info.pop(k, None)
+    write_json(dst, {**info, "data": os.path.abspath(data), "scored_from": os.path.abspath(os.path.dirname(src))})
+PY
+    echo "Results with the filtered test ($(dirname "$dir")/RESULTS.md):"
+    python -m asrkit.bin.score --gather "$(dirname "$dir")" | sed -n '/^###/p;/^|/p'
 done

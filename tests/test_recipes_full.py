@@ -1,0 +1,77 @@
+"""egs/myst through all stages (0-5) on the fake MyST tree, with tiny sizes: filterbank features, a
+one-block Conformer trained for one epoch, characters, and the filtered test scored from the full one."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+
+from asrkit.features.store import FeatureReader
+from asrkit.fileio import load_jsonl
+from conftest import REPO
+from corpora_fixtures import make_fake_myst, myst_utt_id
+
+TINY = ["--feats_type", "fbank", "--token_type", "char", "--nj", "1", "--ngpu", "0",
+        "--train_config", str(REPO / "conf" / "tuning" / "train_conformer_tiny.yaml"),
+        "--train_args", "--max_epoch 1 --batch_bins 3000 --num_workers 0 --encoder_conf.num_blocks 1 "
+                        "--decoder_conf.num_blocks 1 --keep_nbest_models 1 --preflight_batches 1",
+        # A model trained for one epoch has a near-uniform CTC: no short hypothesis explains the 31 s
+        # test utterance, so the joint search (like ESPnet's) would grow hypotheses up to its encoder
+        # length, 1550 steps, each scoring all 1550 frames. Cap them at 10 tokens (ESPnet's maxlenratio < 0).
+        "--decode_args", "--beam 2 --maxlenratio -10"]
+
+
+def stage_states(out: str) -> dict[int, str]:
+    return {int(n): ("skipped" if "skipped" in rest else "done")
+            for n, rest in re.findall(r"^\[stage (\d)\] .*?: (done.*|up to date, skipped)$", out, re.M)}
+
+
+def test_myst_recipe_all_stages_on_the_fake_tree(tmp_path):
+    make_fake_myst(tmp_path / "LDC2021S05")
+    data, dump, exp = tmp_path / "data", tmp_path / "dump", tmp_path / "exp"
+    cmd = ["bash", str(REPO / "egs" / "myst" / "run.sh"), "--myst_root", str(tmp_path / "LDC2021S05"),
+           "--datadir", str(data), "--dumpdir", str(dump), "--expdir", str(exp), *TINY]
+
+    def run() -> str:
+        p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600, env={**os.environ, "MYST": ""})
+        assert p.returncode == 0, p.stdout + p.stderr
+        return p.stdout
+
+    out = run()
+    assert stage_states(out) == {n: "done" for n in range(6)}, out
+
+    # stage 1: the corpus's train (2 utterances, speed-perturbed x3), development and test (kept whole)
+    stores = {s: FeatureReader(dump / "fbank_sp" / f"{s}.h5") for s in ("train", "valid", "test")}
+    assert {s: len(r) for s, r in stores.items()} == {"train": 6, "valid": 1, "test": 3}
+    # stage 3
+    model = exp / "conformer_tiny_fbank_sp_char"
+    assert (model / "model.avg.pth").is_file()
+    # stage 4: the full test set, its 31 s utterance included
+    test_ids = [r["utt_id"] for r in load_jsonl(data / "test.jsonl")]
+    assert myst_utt_id("000301", 3) in test_ids and stores["test"].num_frames(myst_utt_id("000301", 3)) >= 3000
+    decoded = [p.parent for p in model.glob("decode_*/hyp.jsonl")]
+    assert len(decoded) == 1, decoded  # the test set is decoded once
+    full = decoded[0]
+    dtag = full.name.removeprefix("decode_test_")
+    hyps = load_jsonl(full / "hyp.jsonl")
+    assert sorted(r["utt_id"] for r in hyps) == sorted(test_ids)
+    assert all(0 < len(r["token_ids"]) <= 10 for r in hyps)
+    # stage 5 and local/score_filtered.sh: the filtered test is scored from the full test's decoding
+    assert [r["utt_id"] for r in load_jsonl(data / "test_filtered.jsonl")] == [myst_utt_id("000301", 1)]
+    filtered = model / f"decode_test_filtered_{dtag}"
+    assert not (filtered / "hyp.jsonl").exists()  # not decoded again
+    assert json.loads((full / "scores.json").read_text())["word"]["snt"] == 3
+    assert json.loads((filtered / "scores.json").read_text())["word"]["snt"] == 1
+    results = (model / "RESULTS.md").read_text()
+    assert re.search(rf"^\|decode_test_{re.escape(dtag)}\|3\|", results, re.M), results
+    assert re.search(rf"^\|decode_test_filtered_{re.escape(dtag)}\|1\|", results, re.M), results
+    # the filtered row names the search it was scored from
+    assert re.search(rf"^\|decode_test_filtered_{re.escape(dtag)}\|joint\|2\|0.3\|model.avg.pth\|child\|", results, re.M)
+    assert "decode_test_filtered_" in out
+
+    # run again: every stage is up to date, and the filtered scoring gives the same table
+    again = run()
+    assert stage_states(again) == {n: "skipped" for n in range(6)}
+    assert sorted(p.name for p in model.glob("decode_*")) == sorted([full.name, filtered.name])
+    assert (model / "RESULTS.md").read_text().split("## conformer")[1] == results.split("## conformer")[1]
