@@ -203,24 +203,35 @@ def test_real_transformer_decoder_with_cache_batched_equals_alone():
 
 
 def test_fast_transformer_stepper_equals_decoder_step():
-    """The shared cross-attention fast path gives decoder_step's log-probs, through cache reordering."""
+    """The fast path (shared cross-attention, two-chunk self-attention cache) gives decoder_step's
+    log-probs, through reorders within and across chunk merges and utterances leaving."""
     from asrkit.decode.stepper import GenericStepper, TransformerStepper
     from asrkit.nets import build_model
     from train_fixtures import TINY_MODEL
 
     torch.manual_seed(1)
     model = build_model(TINY_MODEL, 8, 1, 12).eval()
-    K, enc, enc_lens = 3, torch.randn(2, 7, 16), torch.tensor([7, 4])
-    fast, slow = TransformerStepper(model, enc, enc_lens, K), GenericStepper(model, enc, enc_lens, K)
-    ys, cf, cs = torch.full((2 * K, 1), model.sos), None, None
+    K, enc, enc_lens = 3, torch.randn(3, 7, 16), torch.tensor([7, 4, 6])
+    fast = TransformerStepper(model, enc, enc_lens, K, merge_every=3)
+    slow = GenericStepper(model, enc, enc_lens, K)
+    g = torch.Generator().manual_seed(2)
+    ys = torch.full((3 * K, 1), model.sos)
     with torch.no_grad():
-        for step in range(4):
-            (lf, cf), (ls, cs) = fast.step(ys, cf), slow.step(ys, cs)
-            assert torch.allclose(lf, ls, atol=1e-5)
-            perm = torch.tensor([2, 0, 0, 4, 5, 3])  # beams swap rows within their utterance
-            cf, cs = [c[perm] for c in cf], [c[perm] for c in cs]  # caches differ in kind, rows alike
-            ys = torch.cat([ys[perm], torch.randint(1, 11, (2 * K, 1))], 1)
-        fast.keep(torch.tensor([1]))
-        slow.keep(torch.tensor([1]))
-        rows = torch.arange(K, 2 * K)
-        assert torch.allclose(fast.step(ys[rows], [c[rows] for c in cf])[0], slow.step(ys[rows], [c[rows] for c in cs])[0], atol=1e-5)
+        for step in range(9):
+            lf, ls = fast.step(ys), slow.step(ys)
+            assert torch.allclose(lf, ls, atol=1e-5), step
+            A = ys.size(0) // K  # beams take rows of their own utterance, in any order, some twice
+            perm = (torch.arange(A)[:, None] * K + torch.randint(0, K, (A, K), generator=g)).view(-1)
+            fast.reorder(perm)
+            slow.reorder(perm)
+            ys = torch.cat([ys[perm], torch.randint(1, 11, (A * K, 1), generator=g)], 1)
+            if step in (2, 5):  # the first (then the last) remaining utterance leaves
+                keep = torch.tensor([1, 2]) if step == 2 else torch.tensor([0])
+                rows = (keep[:, None] * K + torch.arange(K)).view(-1)
+                for s in (fast, slow):
+                    s.reorder(rows)
+                    s.keep(keep)
+                ys = ys[rows]
+        assert fast.old is not None and fast.old[0].size(2) == 9  # chunks merged three times
+    with pytest.raises(ValueError, match="one position at a time"):
+        fast.step(ys[:, :-1])  # a step skipped or repeated is an error, not wrong log-probs

@@ -50,17 +50,6 @@ class SearchOptions:
     nbest: int = 1
 
 
-def select_rows(cache, index: torch.Tensor):
-    """Reorder a decoder cache (tensors, possibly nested in lists/tuples/dicts) along its first dim."""
-    if cache is None:
-        return None
-    if isinstance(cache, torch.Tensor):
-        return cache.index_select(0, index)
-    if isinstance(cache, dict):
-        return {k: select_rows(v, index) for k, v in cache.items()}
-    return type(cache)(select_rows(c, index) for c in cache)
-
-
 def length_limits(enc_lens: torch.Tensor, opts: SearchOptions) -> tuple[list[int], list[int]]:
     """Per utterance: the step at which eos is forced (maxlen) and the first step eos is allowed (minlen)."""
     lens = enc_lens.tolist()
@@ -110,13 +99,13 @@ def beam_search(model, enc: torch.Tensor, enc_lens: torch.Tensor, opts: SearchOp
     scores = torch.full((B, K), NEG_INF, device=device)
     scores[:, 0] = 0.0  # one live hypothesis per utterance at the start
     att_sum = torch.zeros(B * K, device=device)
-    cache, state = None, ctc.init_state(row_utt) if use_ctc else None
+    state = ctc.init_state(row_utt) if use_ctc else None
     ended: list[list[Hyp]] = [[] for _ in range(B)]
 
     for step in range(max(maxlen) + 1):
         A, N = active.numel(), active.numel() * K
         if use_att:
-            att, cache = stepper.step(ys, cache)
+            att = stepper.step(ys)
             full = (1 - w) * att.float()
         else:
             full = torch.zeros(N, V, device=device)
@@ -153,7 +142,7 @@ def beam_search(model, enc: torch.Tensor, enc_lens: torch.Tensor, opts: SearchOp
         tok = cand[parent, j]
         if use_att:
             att_sum = att_sum[parent] + att[parent, tok]
-            cache = select_rows(cache, parent)
+            stepper.reorder(parent)
         if use_ctc:
             state = CTCPrefixScorer.select(r_new, psi, cand, parent, j)
         ys = torch.cat([ys[parent], tok[:, None]], dim=1)
@@ -188,8 +177,9 @@ def beam_search(model, enc: torch.Tensor, enc_lens: torch.Tensor, opts: SearchOp
             sel = torch.tensor(keep, device=device)
             rows = (sel[:, None] * K + torch.arange(K, device=device)).view(-1)
             active, scores = active[sel], scores[sel]
-            row_utt, ys, att_sum, cache = row_utt[rows], ys[rows], att_sum[rows], select_rows(cache, rows)
+            row_utt, ys, att_sum = row_utt[rows], ys[rows], att_sum[rows]
             if use_att:
+                stepper.reorder(rows)
                 stepper.keep(sel)
             if use_ctc:
                 state = state.rows(rows)

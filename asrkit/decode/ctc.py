@@ -48,33 +48,47 @@ class CTCPrefixScorer:
 
     def score(self, state: CTCState, utt: torch.Tensor, cand: torch.Tensor, step: int):
         """Prefix scores (N, C) of each hypothesis extended by each candidate in cand (N, C), and the
-        new r (T, 2, N, C). All hypotheses have `step` labels (the search is synchronous)."""
-        r_prev, (N, C) = state.r, cand.shape
-        xc = self.x[utt[:, None], cand].permute(2, 0, 1)  # (T, N, C)
-        xb = self.x[utt, self.blank].t()[:, :, None].expand(-1, -1, C)  # (T, N, C)
+        new r (T', 2, N, C). All hypotheses have `step` labels (the search is synchronous).
+
+        Only the frames up to the longest of these utterances are computed (T' <= T: the longest ones
+        may have left the search), so a state's r may be shorter than T."""
+        N, C = cand.shape
+        T = int(self.lens[utt].max()) if len(utt) else 0
+        r_prev = state.r[:T]
+        start = max(step, 1)  # a prefix of step + 1 labels needs step + 1 frames
+        if start > T:  # longer than every utterance: impossible
+            psi = torch.full((N, C), NEG_INF, device=cand.device)
+            return torch.where(cand == self.eos, self._psi_eos(r_prev, utt)[:, None], psi), \
+                torch.full((T, 2, N, C), NEG_INF, device=cand.device)
+        xc = self.x[utt[:, None], cand, :T].permute(2, 0, 1)  # (T, N, C)
+        xb = self.x[utt, self.blank, :T].t()  # (T, N)
         r_sum = torch.logaddexp(r_prev[:, 0], r_prev[:, 1])  # (T, N)
+        # w[t] = (r_label, phi, r_blank) at frame t: the frame loop below is then two ops per frame
+        w = torch.empty(T, 3, N, C, device=cand.device)
         # phi: the prefix may emit the candidate next, unless it repeats the last label without a blank
-        log_phi = r_sum[:, :, None].expand(-1, -1, C).clone()
-        same = cand == state.last[:, None]
-        if same.any():
-            log_phi[:, same] = r_prev[:, 1, :, None].expand(-1, -1, C)[:, same]
-        r = torch.full((self.T, 2, N, C), NEG_INF, device=xc.device)
+        same = (cand == state.last[:, None])[None]
+        torch.where(same, r_prev[:, 1, :, None], r_sum[:, :, None], out=w[:, 1])
+        w[:start, 0::2] = NEG_INF
         if step == 0:
-            r[0, 0] = xc[0]
-        start = max(step, 1)
-        log_phi_x = torch.cat([log_phi[:1], log_phi[:-1]], dim=0) + xc  # phi(t-1) * y_c(t)
-        xs = torch.stack([xc, xb], dim=1)  # (T, 2, N, C)
-        for t in range(start, self.T):  # in place: the frame loop is the scorer's hot spot
-            torch.logaddexp(r[t - 1, 0], log_phi[t - 1], out=r[t, 0])
-            torch.logaddexp(r[t - 1, 0], r[t - 1, 1], out=r[t, 1])
-            r[t] += xs[t]
-        psi = torch.logsumexp(torch.cat([log_phi_x[start:], r[start - 1, 0][None]], dim=0), dim=0)
+            w[0, 0] = xc[0]
+        x = torch.stack([xc[start:], xb[start:, :, None].expand(-1, -1, C)], dim=1)  # (T - start, 2, N, C)
+        # r_label(t) = lae(r_label(t-1), phi(t-1)) + x_c(t); r_blank(t) = lae(r_label(t-1), r_blank(t-1)) + x_blank(t)
+        for r0, phi_rb, out, xt in zip(w[start - 1: T - 1, 0:1].unbind(0), w[start - 1: T - 1, 1:3].unbind(0),
+                                       w[start:, 0::2].unbind(0), x.unbind(0)):
+            torch.logaddexp(r0, phi_rb, out=out)
+            out.add_(xt)
+        # psi: the candidate is emitted at some frame t >= start after phi(t-1), or (step 0) at frame 0
+        psi = torch.logsumexp(torch.cat([w[start - 1: T - 1, 1] + xc[start:], w[start - 1, 0][None]], dim=0), dim=0)
         # eos: the whole prefix has been emitted by the utterance's last frame
-        end = (self.lens[utt] - 1).clamp(min=0)
-        psi_eos = r_sum.gather(0, end[None]).squeeze(0)  # (N,)
-        psi = torch.where(cand == self.eos, psi_eos[:, None], psi)
+        psi = torch.where(cand == self.eos, self._psi_eos(r_prev, utt, r_sum)[:, None], psi)
         psi = psi.masked_fill(cand == self.blank, NEG_INF)
-        return psi, r
+        return psi, w[:, 0::2]
+
+    def _psi_eos(self, r_prev: torch.Tensor, utt: torch.Tensor, r_sum: torch.Tensor | None = None) -> torch.Tensor:
+        if r_sum is None:
+            r_sum = torch.logaddexp(r_prev[:, 0], r_prev[:, 1])
+        end = (self.lens[utt] - 1).clamp(min=0)
+        return r_sum.gather(0, end[None]).squeeze(0)  # (N,)
 
     @staticmethod
     def select(r_new: torch.Tensor, psi: torch.Tensor, cand: torch.Tensor, parent: torch.Tensor,
