@@ -1,17 +1,30 @@
 """Feature dump throughput: the batched dumper against a naive one-utterance-at-a-time fp32 loop.
 
 Both run the same random-weight WavLM over the same audio (FSDD recordings concatenated into
-1-12 s utterances by default, or speech-like tones where FSDD is absent) and write the same HDF5 layout.
-Figures are seconds of audio per second of wall time (x real time), then where the batched
-dumper's time goes: reading audio, model compute (with host<->device copies), HDF5 writes.
+1-12 s utterances by default, or speech-like tones where FSDD is absent) and write the same HDF5
+layout. Figures are seconds of audio per second of wall time (x real time). The two take turns
+(naive first in even rounds, batched first in odd ones) so that load from other processes hits
+both alike; each round gives a ratio, and the median and range of those ratios are printed.
+
+The CPU time of this process is printed too: on a shared machine it varies less than wall time
+(audio read by DataLoader workers is not in it; reading is a small part, see below).
+
+Then where the time goes, each part timed alone (medians over the rounds): reading audio, model
+compute (naive HF fp32 one at a time; the dumper's extractor in float32 and in its compute dtype,
+batched, with the host copies and fp16 conversion), HDF5 writes, padding, and how far the
+compute dtype's features are from float32 ones.
 
     python bench/bench_dump.py --quick                                   # CPU, small WavLM
     python bench/bench_dump.py --preset base-plus --device cuda --minutes 120 --nj 8
+
+dump_feats sets THP_MEM_ALLOC_ENABLE=1 (large tensors on huge pages) before loading torch; this
+script leaves the environment as it finds it, and both loops run in this one process under it.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -24,7 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from asrkit.audio import SAMPLE_RATE, load_audio  # noqa: E402
 from asrkit.features.dump import _BatchAudio, extract_shard, make_batches, plan_items  # noqa: E402
-from asrkit.features.extractors import SSLExtractor  # noqa: E402
+from asrkit.features.extractors import SSLExtractor, cpu_has_native_bf16  # noqa: E402
 from asrkit.features.store import FeatureWriter  # noqa: E402
 from asrkit.fileio import load_jsonl, resolve_audio_path, write_jsonl  # noqa: E402
 from asrkit.ssl import save_random_wavlm  # noqa: E402
@@ -66,12 +79,8 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def naive(model_dir, data, out, device, layer):
+def naive(model, attrs, data, out, device, layer):
     """What one writes first: the HF model in fp32, one utterance at a time, then write it."""
-    from transformers import AutoModel
-
-    model = AutoModel.from_pretrained(model_dir).eval().to(device)
-    attrs = SSLExtractor(model_dir, layer).attrs
     writer = FeatureWriter(out, attrs)
     sync(device)
     t0 = time.perf_counter()
@@ -85,6 +94,24 @@ def naive(model_dir, data, out, device, layer):
     return time.perf_counter() - t0
 
 
+def timed(fn, device):
+    sync(device)
+    t0 = time.perf_counter()
+    out = fn()
+    sync(device)
+    return time.perf_counter() - t0, out
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "CPU"
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="small", help="asrkit.ssl preset of the random WavLM")
@@ -92,67 +119,114 @@ def main():
     p.add_argument("--minutes", type=float, default=3.0, help="audio to dump")
     p.add_argument("--nj", type=int, default=1, help="DataLoader workers of the batched dumper")
     p.add_argument("--batch_seconds", type=float, default=0.0, help="0: 200 on GPU, 20 on CPU")
+    p.add_argument("--compute_dtype", default="auto", help="the batched dumper's (auto: as dump_feats)")
     p.add_argument("--layer", default="", help="layer spec (default: the last layer)")
     p.add_argument("--utt_seconds", default="1 12",
                    help="range of utterance lengths (FSDD recordings concatenated); '0 0': single recordings")
-    p.add_argument("--rounds", type=int, default=2, help="alternating runs of each; the best counts")
+    p.add_argument("--rounds", type=int, default=5, help="rounds of the two taking turns; medians count")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--quick", action="store_true", help="1 minute of audio")
     args = p.parse_args()
     minutes = 1.0 if args.quick else args.minutes
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dev = args.device
+    gpu = dev.startswith("cuda")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "wav").mkdir()
         data, source = make_corpus(tmp / "wav", minutes * 60, *map(float, args.utt_seconds.split()))
         model_dir = str(save_random_wavlm(tmp / "model", args.preset))
-        gpu = args.device.startswith("cuda")
         batch_seconds = args.batch_seconds or (200.0 if gpu else 20.0)
-        ext = SSLExtractor(model_dir, args.layer or "all", device=args.device)
+        ext = SSLExtractor(model_dir, args.layer or "all", device=dev, compute_dtype=args.compute_dtype)
         layer = args.layer or str(ext.config.num_hidden_layers)
-        ext = SSLExtractor(model_dir, layer, device=args.device)
+        ext = SSLExtractor(model_dir, layer, device=dev, compute_dtype=args.compute_dtype)
+        ext32 = SSLExtractor(model_dir, layer, device=dev, compute_dtype="float32")
+        from transformers import AutoModel
+
+        model = AutoModel.from_pretrained(model_dir).eval().to(dev)
         items, _ = plan_items(data, [1.0])
         audio_s = sum(it.samples for it in items) / SAMPLE_RATE
         batches = make_batches(items, int(batch_seconds * SAMPLE_RATE))
+        padded_s = sum(len(b) * b[0].samples for b in batches) / SAMPLE_RATE
+        hw = torch.cuda.get_device_name() if gpu else \
+            f"{cpu_name()}, {os.cpu_count()} cores, native bf16: {'yes' if cpu_has_native_bf16() else 'no'}"
         print(f"# {len(items)} utterances, {audio_s / 60:.1f} min of {source}; WavLM preset {args.preset} "
-              f"({sum(p.numel() for p in ext.model.parameters()) / 1e6:.1f} M params), layer {layer}, "
-              f"{args.device} ({torch.cuda.get_device_name() if gpu else os.cpu_count()} "
-              f"{'' if gpu else 'cores'}), torch threads {torch.get_num_threads()}, nj {args.nj}")
+              f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params), layer {layer}")
+        print(f"# {dev} ({hw}); torch {torch.__version__}, {torch.get_num_threads()} threads; "
+              f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', '')!r}; "
+              f"dumper: {ext.attrs['compute_dtype']}, nj {args.nj}, {len(batches)} batches")
 
-        ext([np.zeros(SAMPLE_RATE, np.float32)])  # warm-up (cuDNN/cuBLAS handles)
-        t_naive = t_batched = float("inf")
-        for r in range(args.rounds):  # alternate, keep the best of each: the machine may be shared
-            t_naive = min(t_naive, naive(model_dir, data, tmp / f"naive{r}.h5", args.device, layer))
-            sync(args.device)
-            t0 = time.perf_counter()
-            extract_shard(ext, batches, tmp / f"batched{r}.h5", args.nj, 60 * SAMPLE_RATE, progress=False)
-            sync(args.device)
-            t_batched = min(t_batched, time.perf_counter() - t0)
-
-        # where the batched time goes, each part alone
-        audio = _BatchAudio(batches, ext)
-        t0 = time.perf_counter()
-        loaded = [[(k, a) for k, a, _, _ in audio[i]] for i in range(len(batches))]
-        t_read = time.perf_counter() - t0
-        sync(args.device)
-        t0 = time.perf_counter()
-        feats = [list(zip([k for k, _ in b], ext([a for _, a in b]))) for b in loaded]
-        sync(args.device)
-        t_compute = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        writer = FeatureWriter(tmp / "write_only.h5", ext.attrs)
-        for f in feats:
-            writer.write(f)
-        writer.close()
-        t_write = time.perf_counter() - t0
+        for e in (ext, ext32):
+            e([np.zeros(SAMPLE_RATE, np.float32)])  # warm-up (oneDNN kernels, cuDNN/cuBLAS handles)
+        t_naive, t_batched, cpu = [], [], {"naive": [], "batched": []}
+        for r in range(args.rounds):  # take turns: the machine may be shared
+            runs = [("naive", lambda: naive(model, ext.attrs, data, tmp / f"naive{r}.h5", dev, layer)),
+                    ("batched", lambda: timed(lambda: extract_shard(
+                        ext, batches, tmp / f"batched{r}.h5", args.nj, 60 * SAMPLE_RATE, progress=False), dev)[0])]
+            for name, run in runs if r % 2 == 0 else runs[::-1]:
+                c0 = time.process_time()
+                (t_naive if name == "naive" else t_batched).append(run())
+                cpu[name].append(time.process_time() - c0)
+            print(f"  round {r}: naive {audio_s / t_naive[-1]:.1f}x, batched {audio_s / t_batched[-1]:.1f}x real "
+                  f"time, ratio {t_naive[-1] / t_batched[-1]:.2f}; CPU time ratio "
+                  f"{cpu['naive'][-1] / cpu['batched'][-1]:.2f}", flush=True)
         gb = os.path.getsize(tmp / "batched0.h5") / 1e9
 
-    rtf = lambda t: audio_s / t  # noqa: E731
-    print(f"naive loop (1 utt, fp32):      {rtf(t_naive):10.1f} x real time ({t_naive:.2f} s)")
-    print(f"batched dumper ({ext.attrs['compute_dtype']}, nj {args.nj}): "
-          f"{rtf(t_batched):10.1f} x real time ({t_batched:.2f} s)")
-    print(f"ratio batched / naive:         {t_naive / t_batched:10.2f}")
-    print(f"parts alone: reading audio in 1 process {rtf(t_read):.0f} x; model + copies {rtf(t_compute):.0f} x; "
-          f"HDF5 writes {rtf(t_write):.0f} x ({gb / (audio_s / 3600):.3f} GB per hour of audio)")
+        # where the time goes, each part alone, the parts taking turns as above
+        audio = _BatchAudio(batches, ext)
+        loaded = [[(k, a) for k, a, _, _ in audio[i]] for i in range(len(batches))]
+        wavs = [a for b in loaded for _, a in b]
+        parts = {k: [] for k in ("read", "naive fp32 compute", "dumper fp32 compute",
+                                 f"dumper {ext.attrs['compute_dtype']} compute", "HDF5 writes")}
+
+        def hf_fp32():
+            with torch.inference_mode():
+                return [model(torch.from_numpy(w)[None].to(dev), output_hidden_states=True)
+                        .hidden_states[int(layer)][0].half().cpu().numpy() for w in wavs]
+
+        def write(feats):
+            writer = FeatureWriter(tmp / "write_only.h5", ext.attrs)
+            for b, f in zip(loaded, feats):
+                writer.write(list(zip([k for k, _ in b], f)))
+            writer.close()
+            os.remove(tmp / "write_only.h5")
+            os.remove(tmp / "write_only.h5.done")
+
+        feats = feats32 = None
+        for r in range(args.rounds):
+            steps = [("read", lambda: [audio[i] for i in range(len(batches))]),
+                     ("naive fp32 compute", hf_fp32),
+                     ("dumper fp32 compute", lambda: [ext32([a for _, a in b]) for b in loaded]),
+                     (f"dumper {ext.attrs['compute_dtype']} compute", lambda: [ext([a for _, a in b]) for b in loaded])]
+            for name, fn in steps if r % 2 == 0 else steps[::-1]:
+                t, out = timed(fn, dev)
+                parts[name].append(t)
+                if name.startswith("dumper fp32"):
+                    feats32 = out
+                elif name.startswith("dumper"):
+                    feats = out
+            parts["HDF5 writes"].append(timed(lambda: write(feats), dev)[0])
+
+    med = statistics.median
+    ratios = sorted(n / b for n, b in zip(t_naive, t_batched))
+    print(f"naive loop (1 utt, fp32):  {audio_s / med(t_naive):7.1f} x real time (median of {args.rounds})")
+    print(f"batched dumper ({ext.attrs['compute_dtype']}):  {audio_s / med(t_batched):7.1f} x real time")
+    print(f"ratio batched / naive:     {med(ratios):7.2f} (median of the rounds' ratios; "
+          f"range {ratios[0]:.2f}-{ratios[-1]:.2f})")
+    cpu_ratios = sorted(n / b for n, b in zip(cpu["naive"], cpu["batched"]))
+    print(f"CPU time ratio:            {med(cpu_ratios):7.2f} (range {cpu_ratios[0]:.2f}-{cpu_ratios[-1]:.2f}; "
+          f"this process's CPU seconds, less sensitive to other processes' load)")
+    print("parts alone (x real time, median): " + "; ".join(f"{k} {audio_s / med(v):.0f}"
+                                                             for k, v in parts.items()))
+    print(f"padding: batches hold {padded_s / audio_s - 1:.1%} padding; the store: "
+          f"{gb / (audio_s / 3600):.3f} GB per hour of audio")
+    diff = np.concatenate([(a.astype(np.float32) - b.astype(np.float32)).ravel()
+                           for fa, fb in zip(feats, feats32) for a, b in zip(fa, fb)])
+    ref = np.concatenate([b.astype(np.float32).ravel() for fb in feats32 for b in fb])
+    print(f"{ext.attrs['compute_dtype']} vs float32 features (both stored fp16): relative RMS difference "
+          f"{np.sqrt(np.mean(diff ** 2) / np.mean(ref ** 2)):.2e}, largest {np.abs(diff).max():.3f} "
+          f"(features' RMS {np.sqrt(np.mean(ref ** 2)):.3f})")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ def test_batched_equals_one_by_one(tiny_wavlm):
 
     rng = np.random.default_rng(0)
     wavs = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (16000, 9000, 1600, 12345, 4000)]
-    ext = SSLExtractor(str(tiny_wavlm), "all", dtype="float32")
+    ext = SSLExtractor(str(tiny_wavlm), "all", dtype="float32", compute_dtype="float32")
     batched = ext(wavs)
     ref_model = AutoModel.from_pretrained(tiny_wavlm).eval()  # unmodified HF model, one at a time
     with torch.inference_mode():
@@ -193,3 +193,64 @@ def test_cli_and_bad_list(tmp_path, tiny_corpus, tiny_wavlm):
     bad = write_manifest(tmp_path / "bad.jsonl", [{"utt_id": "a", "audio": "x.wav"}, {"utt_id": "a", "audio": "y"}])
     with pytest.raises(DataError, match=r"bad.jsonl:2: utt_id 'a' appears twice"):
         main(["--data", str(bad), "--out", str(tmp_path / "b.h5"), "--feats_type", "fbank"])
+
+
+def _rel_rms(a, b):
+    return float(np.sqrt(np.mean((a - b) ** 2) / np.mean(b ** 2)))
+
+
+def test_bf16_compute_close_to_fp32_and_batching_free(tiny_wavlm):
+    from transformers import AutoModel
+
+    rng = np.random.default_rng(3)
+    wavs = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (16000, 15000, 9000, 4000, 1600)]
+    bf16 = SSLExtractor(str(tiny_wavlm), "all", dtype="float32", compute_dtype="bfloat16")
+    assert bf16.attrs["compute_dtype"] == "bfloat16"
+    ref_model = AutoModel.from_pretrained(tiny_wavlm).eval()
+    with torch.inference_mode():
+        refs = [torch.stack(ref_model(torch.from_numpy(w)[None], output_hidden_states=True).hidden_states)[:, 0]
+                .numpy() for w in wavs]
+    batched = bf16(wavs)
+    for w, b, ref in zip(wavs, batched, refs):
+        assert b.shape == ref.shape
+        # bf16 keeps 8 bits of mantissa: about 1% off fp32, far from a wrong computation (~100%)
+        assert _rel_rms(b, ref) < 0.03, _rel_rms(b, ref)
+        # the first layer (and its group norm) runs in fp32: layer 0 of the transformer input is close
+        assert _rel_rms(b[0], ref[0]) < 0.02
+        # batching does not change an utterance's bf16 features beyond a rounding step here and there
+        one = bf16([w])[0]
+        assert _rel_rms(b, one) < 2e-3 and np.abs(b - one).max() < 0.1
+
+
+def test_auto_compute_dtype_follows_the_cpu(tiny_wavlm, monkeypatch):
+    from asrkit.features import extractors
+
+    monkeypatch.setattr(extractors, "cpu_has_native_bf16", lambda: False)
+    assert SSLExtractor(str(tiny_wavlm), "2").attrs["compute_dtype"] == "float32"
+    monkeypatch.setattr(extractors, "cpu_has_native_bf16", lambda: True)
+    ext = SSLExtractor(str(tiny_wavlm), "2")
+    assert ext.attrs["compute_dtype"] == "bfloat16"
+    # linear and conv weights are cast once, except the first conv's (which runs in fp32)
+    assert ext.model.encoder.layers[0].feed_forward.intermediate_dense.weight.dtype == torch.bfloat16
+    assert ext.model.feature_extractor.conv_layers[0].conv.weight.dtype == torch.float32
+    assert SSLExtractor(str(tiny_wavlm), "2", compute_dtype="float32").attrs["compute_dtype"] == "float32"
+
+
+def test_conv_without_the_fused_activation_gives_the_same(tiny_wavlm, monkeypatch):
+    from asrkit.features import extractors
+
+    wav = [(0.1 * np.random.default_rng(4).standard_normal(12000)).astype(np.float32)]
+    for dt, tol in [("float32", 1e-6), ("bfloat16", 0.02)]:
+        fused = SSLExtractor(str(tiny_wavlm), "2", dtype="float32", compute_dtype=dt)(wav)[0]
+        with monkeypatch.context() as m:
+            m.setattr(extractors, "_is_erf_gelu", lambda act: False)
+            plain = SSLExtractor(str(tiny_wavlm), "2", dtype="float32", compute_dtype=dt)(wav)[0]
+        assert _rel_rms(fused, plain) < tol  # bf16: GELU on the rounded conv output, or before rounding
+
+
+def test_batches_cap_padding():
+    items = [dump_mod.Item(f"u{i}", "", None, None, 1.0, n) for i, n in enumerate([100, 95, 91, 80, 79, 10])]
+    batches = dump_mod.make_batches(items, 1000)
+    assert [[it.key for it in b] for b in batches] == [["u0", "u1", "u2"], ["u3", "u4"], ["u5"]]
+    assert [len(b) for b in dump_mod.make_batches(items, 1000, max_padding=1.0)] == [6]
+    assert [len(b) for b in dump_mod.make_batches(items, 200, max_padding=1.0)] == [2, 2, 2]

@@ -9,6 +9,13 @@ verified and left alone. Unreadable utterances are skipped and listed in <out>.s
 """
 from __future__ import annotations
 
+import os
+
+# Before torch is loaded: large CPU tensors on transparent huge pages (torch's allocator madvises
+# them). A batch's activations are hundreds of MB allocated afresh, and first-touch page faults
+# cost as much as a third of the front end's time on a VM that only gives huge pages on request.
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
 from asrkit.cli import make_parser, run_main, setup_logging, str2bool
 from asrkit.features.dump import dump
 from asrkit.ssl import LAYER_SPEC_HELP
@@ -32,7 +39,8 @@ def get_parser():
     p.add_argument("--ngpu", type=int, default=0, help="GPUs (0: CPU); batches are dealt out among them")
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="storage dtype")
     p.add_argument("--compute_dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
-                   help="model compute dtype (autocast); auto: float16 on GPU, float32 on CPU")
+                   help="model compute dtype (autocast; the first conv layer stays float32); auto: float16 on "
+                        "GPU, bfloat16 on a CPU with native bf16 (AVX512-BF16 or AMX), else float32")
     p.add_argument("--batch_seconds", type=float, default=0.0,
                    help="padded audio per batch in seconds; 0: 200 on GPU, 20 on CPU")
     p.add_argument("--max_seconds", type=float, default=60.0,

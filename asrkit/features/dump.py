@@ -69,11 +69,14 @@ def plan_items(data: str | os.PathLike, speeds: list[float]) -> tuple[list[Item]
     return items, bad
 
 
-def make_batches(items: list[Item], batch_samples: int) -> list[list[Item]]:
-    """Longest first (an out-of-memory shows at once), each batch at most batch_samples padded."""
+def make_batches(items: list[Item], batch_samples: int, max_padding: float = 0.1) -> list[list[Item]]:
+    """Longest first (an out-of-memory shows at once), each batch at most batch_samples padded, and no
+    utterance padded by more than `max_padding` of the batch's length: where the lengths thin out,
+    padding would cost more compute than batching saves (on CPU batching saves little on long inputs)."""
     batches, cur = [], []
     for item in sorted(items, key=lambda it: (-it.samples, it.key)):
-        if cur and (len(cur) + 1) * cur[0].samples > batch_samples:
+        if cur and ((len(cur) + 1) * cur[0].samples > batch_samples
+                    or item.samples < (1 - max_padding) * cur[0].samples):
             batches.append(cur)
             cur = []
         cur.append(item)
