@@ -235,3 +235,35 @@ def test_fast_transformer_stepper_equals_decoder_step():
         assert fast.old is not None and fast.old[0].size(2) == 9  # chunks merged three times
     with pytest.raises(ValueError, match="one position at a time"):
         fast.step(ys[:, :-1])  # a step skipped or repeated is an error, not wrong log-probs
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_steppers_on_live_rows_only_equal_all_rows(fast):
+    """Rows of dead hypotheses are not computed (nor their caches kept): the live rows' log-probs are
+    those of a stepper that computes every row, through reorders that take parents among live rows."""
+    from asrkit.decode.stepper import GenericStepper, TransformerStepper
+    from asrkit.nets import build_model
+    from train_fixtures import TINY_MODEL
+
+    torch.manual_seed(3)
+    model = build_model(TINY_MODEL, 8, 1, 12).eval()
+    K, enc, enc_lens = 4, torch.randn(2, 6, 16), torch.tensor([6, 5])
+    part = TransformerStepper(model, enc, enc_lens, K, merge_every=2) if fast else GenericStepper(model, enc, enc_lens, K)
+    every = GenericStepper(model, enc, enc_lens, K)
+    g = torch.Generator().manual_seed(4)
+    ys = torch.full((2 * K, 1), model.sos)
+    live = torch.tensor([0, K])  # one hypothesis per utterance at the start
+    with torch.no_grad():
+        for step in range(6):
+            got, want = part.step(ys, live), every.step(ys)[live]
+            assert got.shape == want.shape and torch.allclose(got, want, atol=1e-5), step
+            # parents among this step's live rows of the same utterance; next step, a random subset lives
+            alive = torch.zeros(2 * K, dtype=torch.bool)
+            alive[live] = True
+            perm = torch.cat([torch.nonzero(alive[u * K:(u + 1) * K]).squeeze(1)[
+                torch.randint(0, int(alive[u * K:(u + 1) * K].sum()), (K,), generator=g)] + u * K for u in range(2)])
+            for s in (part, every):
+                s.reorder(perm)
+            ys = torch.cat([ys[perm], torch.randint(1, 11, (2 * K, 1), generator=g)], 1)
+            live = torch.cat([torch.randperm(K, generator=g)[: int(torch.randint(1, K + 1, (1,), generator=g))].sort().values + u * K
+                              for u in range(2)])

@@ -76,7 +76,7 @@ def end_detect(ended: list[Hyp], step: int, m: int = 3, d_end: float = -10.0) ->
     return True
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def beam_search(model, enc: torch.Tensor, enc_lens: torch.Tensor, opts: SearchOptions,
                 ctc_logp: torch.Tensor | None = None) -> list[list[Hyp]]:
     """Joint (0 < ctc_weight < 1), attention-only (0) or CTC-prefix-only (1) beam search of a batch.
@@ -104,8 +104,13 @@ def beam_search(model, enc: torch.Tensor, enc_lens: torch.Tensor, opts: SearchOp
 
     for step in range(max(maxlen) + 1):
         A, N = active.numel(), active.numel() * K
-        if use_att:
-            att = stepper.step(ys)
+        if use_att:  # the decoder runs on live rows only (dead ones: K-1 empty slots at the start, finished)
+            live = torch.isfinite(scores).view(-1)
+            if bool(live.all()):
+                att = stepper.step(ys)
+            else:
+                live = live.nonzero().squeeze(1)
+                att = torch.zeros(N, V, device=device).index_copy_(0, live, stepper.step(ys, live).float())
             full = (1 - w) * att.float()
         else:
             full = torch.zeros(N, V, device=device)

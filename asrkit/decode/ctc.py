@@ -63,26 +63,27 @@ class CTCPrefixScorer:
         xc = self.x[utt[:, None], cand, :T].permute(2, 0, 1)  # (T, N, C)
         xb = self.x[utt, self.blank, :T].t()  # (T, N)
         r_sum = torch.logaddexp(r_prev[:, 0], r_prev[:, 1])  # (T, N)
-        # w[t] = (r_label, phi, r_blank) at frame t: the frame loop below is then two ops per frame
-        w = torch.empty(T, 3, N, C, device=cand.device)
         # phi: the prefix may emit the candidate next, unless it repeats the last label without a blank
         same = (cand == state.last[:, None])[None]
-        torch.where(same, r_prev[:, 1, :, None], r_sum[:, :, None], out=w[:, 1])
-        w[:start, 0::2] = NEG_INF
+        log_phi = torch.where(same, r_prev[:, 1, :, None], r_sum[:, :, None])  # (T, N, C)
+        r = torch.empty(T, 2, N, C, device=cand.device)
+        r[:start] = NEG_INF
         if step == 0:
-            w[0, 0] = xc[0]
+            r[0, 0] = xc[0]
         x = torch.stack([xc[start:], xb[start:, :, None].expand(-1, -1, C)], dim=1)  # (T - start, 2, N, C)
-        # r_label(t) = lae(r_label(t-1), phi(t-1)) + x_c(t); r_blank(t) = lae(r_label(t-1), r_blank(t-1)) + x_blank(t)
-        for r0, phi_rb, out, xt in zip(w[start - 1: T - 1, 0:1].unbind(0), w[start - 1: T - 1, 1:3].unbind(0),
-                                       w[start:, 0::2].unbind(0), x.unbind(0)):
-            torch.logaddexp(r0, phi_rb, out=out)
-            out.add_(xt)
+        # the frame loop is the scorer's hot spot: in place, on views made once (unbind), not per frame
+        r0, r1, phi = r[:, 0].unbind(0), r[:, 1].unbind(0), log_phi.unbind(0)
+        for r0_prev, phi_prev, r1_prev, r0_t, r1_t, r_t, x_t in zip(
+                r0[start - 1:], phi[start - 1:], r1[start - 1:], r0[start:], r1[start:], r.unbind(0)[start:], x.unbind(0)):
+            torch.logaddexp(r0_prev, phi_prev, out=r0_t)  # label: newly emitted, or repeated
+            torch.logaddexp(r0_prev, r1_prev, out=r1_t)  # blank after the label
+            r_t.add_(x_t)
         # psi: the candidate is emitted at some frame t >= start after phi(t-1), or (step 0) at frame 0
-        psi = torch.logsumexp(torch.cat([w[start - 1: T - 1, 1] + xc[start:], w[start - 1, 0][None]], dim=0), dim=0)
+        psi = torch.logsumexp(torch.cat([log_phi[start - 1: T - 1] + xc[start:], r[start - 1, 0][None]], dim=0), dim=0)
         # eos: the whole prefix has been emitted by the utterance's last frame
         psi = torch.where(cand == self.eos, self._psi_eos(r_prev, utt, r_sum)[:, None], psi)
         psi = psi.masked_fill(cand == self.blank, NEG_INF)
-        return psi, w[:, 0::2]
+        return psi, r
 
     def _psi_eos(self, r_prev: torch.Tensor, utt: torch.Tensor, r_sum: torch.Tensor | None = None) -> torch.Tensor:
         if r_sum is None:

@@ -1,9 +1,12 @@
 """Decoder steps for the beam search: rows are (utterance, beam slot), K consecutive rows per utterance.
 
-A stepper has `step(ys (N, L)) -> logp (N, V)` (the token after each prefix; every prefix one longer
-than at the last step), `reorder(index)` (row r of the next step continues row index[r] of this one:
-beam reordering, and dropping the rows of finished utterances) and `keep(utts)` (only these utterances,
-indices into the current ones, go on). Reorders are applied lazily, composed, at the next step.
+A stepper has `step(ys (N, L), live=None) -> logp (M, V)`: the token after each prefix (every prefix
+one longer than at the last step), for the rows `live` (M,) only when given: rows of hypotheses that
+are dead (score -inf: a finished hypothesis's slot, the K-1 empty slots at the start) are not computed,
+and their caches are not kept. `reorder(index)`: row r of the next step continues row index[r] of
+this one (beam reordering, and dropping the rows of finished utterances); a dead row must only be
+continued by rows that are dead too. `keep(utts)`: only these utterances (indices into the current
+ones) go on. Reorders are applied lazily, composed, at the next step.
 
 `GenericStepper` calls the model's `decoder_step` with the encoder output repeated for every row, as
 ESPnet does. `TransformerStepper` is the fast path for asrkit's TransformerDecoder: the cross-attention
@@ -33,20 +36,49 @@ def select_rows(cache, index: torch.Tensor):
     return type(cache)(select_rows(c, index) for c in cache)
 
 
+class RowMap:
+    """Which cache row holds each row's state: reorders compose until the next step gathers once."""
+
+    def __init__(self):
+        self.index: torch.Tensor | None = None  # pending: row r continues row index[r] of the last step
+        self.slot: torch.Tensor | None = None  # last step's row -> its row in the cache (None: identity)
+
+    def reorder(self, index: torch.Tensor) -> None:
+        self.index = index if self.index is None else self.index[index]
+
+    def gather(self, live: torch.Tensor | None, n_rows: int, device) -> torch.Tensor | None:
+        """Cache rows to take for this step's rows `live` (all if None); None: the cache as it is."""
+        index, self.index = self.index, None
+        if live is not None:
+            index = live if index is None else index[live]
+        if self.slot is not None:
+            index = self.slot if index is None else self.slot[index]
+        if live is None:
+            self.slot = None
+        else:  # dead rows point at row 0: only dead rows continue them
+            self.slot = torch.zeros(n_rows, dtype=torch.long, device=device)
+            self.slot[live] = torch.arange(len(live), device=device)
+        return index
+
+
 class GenericStepper:
     def __init__(self, model, enc: torch.Tensor, enc_lens: torch.Tensor, beam: int):
         self.model, self.K = model, beam
         self.memory, self.memory_lens = enc.repeat_interleave(beam, 0), enc_lens.repeat_interleave(beam, 0)
-        self.cache, self.index = None, None
+        self.cache, self.rows = None, RowMap()
 
-    def step(self, ys: torch.Tensor) -> torch.Tensor:
-        if self.index is not None:
-            self.cache, self.index = select_rows(self.cache, self.index), None
-        logp, self.cache = self.model.decoder_step(ys, self.memory, self.memory_lens, self.cache)
+    def step(self, ys: torch.Tensor, live: torch.Tensor | None = None) -> torch.Tensor:
+        index = self.rows.gather(live, ys.size(0), ys.device)
+        if index is not None and self.cache is not None:
+            self.cache = select_rows(self.cache, index)
+        memory, memory_lens = self.memory, self.memory_lens
+        if live is not None:
+            ys, memory, memory_lens = ys[live], memory[live], memory_lens[live]
+        logp, self.cache = self.model.decoder_step(ys, memory, memory_lens, self.cache)
         return logp
 
     def reorder(self, index: torch.Tensor) -> None:
-        self.index = index if self.index is None else self.index[index]
+        self.rows.reorder(index)
 
     def keep(self, utts: torch.Tensor) -> None:
         rows = (utts[:, None] * self.K + torch.arange(self.K, device=utts.device)).view(-1)
@@ -78,31 +110,39 @@ class TransformerStepper:
         n = 2 * len(dec.decoders)  # keys and values of each layer
         self.old: list[torch.Tensor] | None = None
         self.recent: list[torch.Tensor] = [mem.new_empty(0)] * n
-        self.index: torch.Tensor | None = None
+        self.rows = RowMap()
         self.length = 0  # positions stepped so far
 
     def keep(self, utts: torch.Tensor) -> None:
         self.kv = [(k[utts], v[utts]) for k, v in self.kv]
         self.mask = self.mask[utts]
+        # frames past the longest remaining utterance are masked for all: drop them
+        t = int((self.mask[:, 0, 0] == 0).sum(1).max())
+        if t < self.mask.size(-1):
+            self.kv = [(k[:, :, :t].contiguous(), v[:, :, :t].contiguous()) for k, v in self.kv]
+            self.mask = self.mask[..., :t].contiguous()
 
     def reorder(self, index: torch.Tensor) -> None:
-        self.index = index if self.index is None else self.index[index]
+        self.rows.reorder(index)
 
-    def step(self, ys: torch.Tensor) -> torch.Tensor:
-        """Log-probs (N, V) of the token after each prefix ys (N, L). Attending over cached keys and
-        values, a step costs the same at every length but for the attention itself (ESPnet's cache of
-        layer outputs recomputes the keys and values of the whole prefix)."""
+    def step(self, ys: torch.Tensor, live: torch.Tensor | None = None) -> torch.Tensor:
+        """Log-probs (M, V) of the token after the prefixes ys[live] (ys (N, L)). Attending over cached
+        keys and values, a step costs the same at every length but for the attention itself (ESPnet's
+        cache of layer outputs recomputes the keys and values of the whole prefix)."""
         dec, (N, L) = self.dec, ys.shape
         if L != self.length + 1:
             raise ValueError(f"TransformerStepper steps one position at a time from <sos>: got prefixes of "
                              f"length {L} after {self.length} steps")
-        self.length, A, index, self.index = L, N // self.K, self.index, None
+        self.length, A = L, N // self.K
+        index = self.rows.gather(live, N, ys.device)
+        M = N if live is None else len(live)
         old, recent = self.old, self.recent
         pe = sinusoids(torch.tensor([L - 1], device=ys.device), dec.pos_enc.dim).to(self.mask.dtype)
-        x = dec.embed(ys[:, -1]) * math.sqrt(dec.pos_enc.dim) + pe  # (N, D): the newest position only
+        last = ys[:, -1] if live is None else ys[live, -1]
+        x = dec.embed(last) * math.sqrt(dec.pos_enc.dim) + pe  # (M, D): the newest position only
         for i, layer in enumerate(dec.decoders):
             sa, src = layer.self_attn, layer.src_attn
-            q, k, v = F.linear(layer.norm1(x), *self.qkv[i]).view(N, 3, sa.h, 1, sa.d_k).unbind(1)  # (N, h, 1, d_k)
+            q, k, v = F.linear(layer.norm1(x), *self.qkv[i]).view(M, 3, sa.h, 1, sa.d_k).unbind(1)  # (M, h, 1, d_k)
             for j, new in ((2 * i, k), (2 * i + 1, v)):
                 if L == 1:
                     recent[j] = new.contiguous()
@@ -121,12 +161,16 @@ class TransformerStepper:
             else:
                 lo = old[0].size(2)
                 att = p[..., :lo] @ old[2 * i + 1] + p[..., lo:] @ recent[2 * i + 1]
-            hh = x + sa.linear_out(att.view(N, -1))
-            qc = src.split(layer.norm2(hh), src.linear_q).view(A, self.K, src.h, src.d_k).transpose(1, 2)
+            hh = x + sa.linear_out(att.view(M, -1))
+            qc = src.linear_q(layer.norm2(hh))
+            if live is not None:  # the K rows of an utterance attend together: dead rows as zeros
+                qc = qc.new_zeros(N, qc.size(1)).index_copy_(0, live, qc)
+            qc = qc.view(A, self.K, src.h, src.d_k).transpose(1, 2)
             att = F.scaled_dot_product_attention(qc, *self.kv[i], attn_mask=self.mask)  # (A, heads, K, d_k)
-            hh = hh + src.linear_out(att.transpose(1, 2).reshape(N, -1))
+            att = att.transpose(1, 2).reshape(N, -1)
+            hh = hh + src.linear_out(att if live is None else att[live])
             x = hh + layer.feed_forward(layer.norm3(hh))
-        if recent[0].size(2) >= self.merge_every:
+        if recent[0].size(2) >= self.merge_every:  # (recent[0]: this step's keys of layer 0, M rows)
             self.old = recent if old is None else [torch.cat(pair, 2) for pair in zip(old, recent)]
             self.recent = [t[:, :, :0] for t in recent]
         return dec.output_layer(dec.after_norm(x)).float().log_softmax(-1)
