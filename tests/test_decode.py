@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from asrkit.decode import DecodeOptions, decode_batch
 from asrkit.decode.beam import SearchOptions, beam_search
-from asrkit.decode.ctc import CTCPrefixScorer, ctc_greedy_search, ctc_prefix_beam_search
+from asrkit.decode.ctc import CTCPrefixScorer, ctc_greedy_search, ctc_prefix_beam_search, ctc_prefix_beam_search_batch
 from decode_fixtures import TinyASR, random_batch
 
 
@@ -144,6 +144,29 @@ def test_ctc_prefix_beam_search_and_greedy_match_brute_force():
     best_path = logp.argmax(-1).tolist()
     assert toks == [c for k, c in enumerate(best_path) if c != 0 and (k == 0 or c != best_path[k - 1])]
     assert score == pytest.approx(float(logp.max(-1).values.sum()))
+
+
+@pytest.mark.parametrize("hash_p", [None, 3])
+def test_batched_ctc_prefix_beam_search_equals_one_utterance_at_a_time(hash_p, monkeypatch):
+    """Same n-best (tokens, order, scores) as the per-utterance search, on batches of utterances of
+    different lengths (0 frames included), flat and peaky posteriors, several beams and prunings; with a
+    3-valued prefix hash, collisions everywhere must not merge different prefixes."""
+    import asrkit.decode.ctc as ctc
+
+    if hash_p:
+        monkeypatch.setattr(ctc, "_HASH_P", hash_p)
+    for seed in range(60):
+        g = torch.Generator().manual_seed(seed)
+        T, V = int(torch.randint(1, 25, (1,), generator=g)), int(torch.randint(2, 8, (1,), generator=g))
+        logp = (torch.randn(4, T, V, generator=g) * (0.5 + 5 * seed / 60)).log_softmax(-1)
+        lens = torch.randint(0, T + 1, (4,), generator=g)
+        lens[0] = T
+        beam, prune = 1 + seed % 7, [None, 2, V][seed % 3]
+        got = ctc_prefix_beam_search_batch(logp, lens, beam, 0, prune)
+        for b in range(4):
+            want = ctc_prefix_beam_search(logp[b, : int(lens[b])], beam, 0, prune)
+            assert [t for t, _ in got[b]] == [t for t, _ in want], (seed, b)
+            assert [s for _, s in got[b]] == pytest.approx([s for _, s in want], abs=1e-9)
 
 
 def test_attention_rescoring_scores_candidates_with_the_decoder():

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 NEG_INF = float("-inf")
+_HASH_P, _HASH_M = 2147483647, 1000003  # prefix hashes of the batched prefix beam search (tests shrink P)
 
 
 @dataclass
@@ -146,3 +147,85 @@ def ctc_prefix_beam_search(logp: torch.Tensor, beam: int = 10, blank: int = 0, t
         live = [kv for kv in nxt.items() if max(kv[1]) > NEG_INF]  # e.g. a repeat with no blank between
         hyps = dict(sorted(live, key=lambda kv: -_lse(*kv[1]))[:beam])
     return [(list(p), _lse(*s)) for p, s in hyps.items()]
+
+
+def ctc_prefix_beam_search_batch(logp: torch.Tensor, lens: torch.Tensor, beam: int = 10, blank: int = 0,
+                                 token_prune: int | None = None) -> list[list[tuple[list[int], float]]]:
+    """ctc_prefix_beam_search on every utterance of a padded batch (B, T, V) at once: per utterance up to
+    `beam` (tokens, log-prob) pairs, best first, the same as one utterance at a time (up to rounding;
+    tests/test_decode.py checks it). Computes in float64 like the per-utterance search.
+
+    Per frame each of the `beam` prefixes of each utterance is extended by each of the `token_prune`
+    likeliest tokens. An extension equals an existing prefix only when it extends that prefix's parent
+    by its last label: such pairs are merged, found by a hash of the prefixes and confirmed by comparing
+    them (so a hash collision cannot merge different prefixes)."""
+    B, T, V = logp.shape
+    dev, W = logp.device, beam
+    k = min(token_prune or beam, V)
+    top_lp, top_id = logp.topk(k, dim=-1)  # on the input dtype: the same choice as the per-utterance search
+    top_lp = top_lp.double()
+    lens = lens.to(dev)
+    neg = torch.tensor(NEG_INF, dtype=torch.float64, device=dev)
+    pb = torch.full((B, W), NEG_INF, dtype=torch.float64, device=dev)  # ending in a blank
+    pb[:, 0] = 0.0  # the empty prefix
+    pnb = torch.full_like(pb, NEG_INF)  # ending in a label
+    tokens = torch.zeros(B, W, 1, dtype=torch.long, device=dev)  # grows with the longest prefix
+    length = torch.zeros(B, W, dtype=torch.long, device=dev)
+    last = torch.full((B, W), -1, dtype=torch.long, device=dev)  # -1: empty prefix
+    # polynomial hash of each prefix and of its parent (the prefix without its last label), mod a prime
+    hash_, parent_hash = torch.zeros_like(length), torch.full_like(length, -1)
+    P, M = _HASH_P, _HASH_M
+    bi = torch.arange(B, device=dev)[:, None]
+    for t in range(T):
+        lp, ids = top_lp[:, t], top_id[:, t]  # (B, k)
+        valid = torch.maximum(pb, pnb) > NEG_INF  # (B, W)
+        lp_blank = torch.where(ids == blank, lp, neg).max(1).values[:, None]  # (B, 1), -inf: blank not in top k
+        # staying the same prefix: through a blank, or the last label repeated
+        stay_b = torch.logaddexp(pb + lp_blank, pnb + lp_blank)
+        match = ids[:, None, :] == last[:, :, None]  # (B, W, k): candidate c is the prefix's last label
+        lp_last = torch.where(match, lp[:, None, :], neg).max(2).values  # (B, W)
+        stay_nb = pnb + lp_last
+        # extending by c: after a blank only when c repeats the last label
+        lpc = lp[:, None, :]
+        ext = torch.where(match, pb[:, :, None] + lpc, torch.logaddexp(pb[:, :, None] + lpc, pnb[:, :, None] + lpc))
+        ext = ext.masked_fill((ids == blank)[:, None, :] | ~valid[:, :, None], NEG_INF)  # (B, W, k)
+        # an extension of prefix i equal to prefix j (j's parent is i, j's last label a candidate) joins j
+        pair = (parent_hash[:, None, :] == hash_[:, :, None]) & (length[:, None, :] == length[:, :, None] + 1) \
+            & valid[:, :, None] & valid[:, None, :]  # (B, i, j)
+        b_, i_, j_ = pair.nonzero(as_tuple=True)
+        if len(b_):
+            n = tokens.size(2)
+            differ = (tokens[b_, i_] != tokens[b_, j_]) & (torch.arange(n, device=dev) < length[b_, i_, None])
+            pair[b_, i_, j_] = ~differ.any(1)
+        merge = pair[:, :, :, None] & match[:, None, :, :]  # (B, i, j, c): extension (i, c) is prefix j
+        into_j = torch.where(merge, ext[:, :, None, :], neg).amax(dim=(1, 3))  # (B, W)
+        stay_nb = torch.logaddexp(stay_nb, into_j)
+        ext = ext.masked_fill(merge.any(2), NEG_INF)
+        # the `beam` best of stays (W) and extensions (W x k), per utterance
+        score = torch.cat([torch.logaddexp(stay_b, stay_nb), ext.view(B, W * k)], dim=1)
+        top, idx = score.topk(W, dim=1)
+        is_ext, src = idx >= W, torch.where(idx >= W, (idx - W) // k, idx)
+        e_idx = (idx - W).clamp(min=0)
+        c = ids.gather(1, e_idx % k)
+        dead = top == NEG_INF
+        new_pb = torch.where(is_ext, neg, stay_b.gather(1, src)).masked_fill(dead, NEG_INF)
+        new_pnb = torch.where(is_ext, ext.view(B, W * k).gather(1, e_idx), stay_nb.gather(1, src)).masked_fill(dead, NEG_INF)
+        src_len, src_hash = length.gather(1, src), hash_.gather(1, src)
+        if int(src_len.max()) >= tokens.size(2):  # room for one more label
+            tokens = torch.cat([tokens, torch.zeros_like(tokens[:, :, :1])], 2)
+        new_tokens = tokens[bi, src]  # (B, W, n)
+        new_tokens.scatter_(2, src_len[:, :, None],
+                            torch.where(is_ext, c, new_tokens.gather(2, src_len[:, :, None])[..., 0])[..., None])
+        on = (t < lens)[:, None]  # frames past an utterance's end leave its beam as it is
+        pb, pnb = torch.where(on, new_pb, pb), torch.where(on, new_pnb, pnb)
+        tokens = torch.where(on[:, :, None], new_tokens, tokens)
+        length = torch.where(on, src_len + is_ext.long(), length)
+        last = torch.where(on, torch.where(is_ext, c, last.gather(1, src)), last)
+        parent_hash = torch.where(on, torch.where(is_ext, src_hash, parent_hash.gather(1, src)), parent_hash)
+        hash_ = torch.where(on, torch.where(is_ext, (src_hash * M + c + 1) % P, src_hash), hash_)
+    score = torch.logaddexp(pb, pnb)
+    out = []
+    for b in range(B):
+        out.append([(tokens[b, w, : int(length[b, w])].tolist(), float(score[b, w]))
+                    for w in range(W) if score[b, w] > NEG_INF])
+    return out

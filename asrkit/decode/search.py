@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from asrkit.decode.beam import Hyp, SearchOptions, beam_search
-from asrkit.decode.ctc import ctc_greedy_search, ctc_prefix_beam_search
+from asrkit.decode.ctc import ctc_greedy_search, ctc_prefix_beam_search_batch
 from asrkit.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -49,12 +49,11 @@ def _trim(tokens: list[int], model) -> list[int]:
     return [t for t in tokens if t not in (model.sos, model.eos, model.blank)]
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def attention_rescoring(model, enc, enc_lens, ctc_logp, opts: DecodeOptions) -> list[list[Hyp]]:
-    """CTC prefix beam search, then every candidate scored by the decoder (teacher forcing), all
-    candidates of all utterances in one decoder_forward call."""
-    nbests = [ctc_prefix_beam_search(ctc_logp[b, : int(enc_lens[b])], beam=opts.beam, blank=model.blank)
-              for b in range(enc.size(0))]
+    """CTC prefix beam search (all utterances at once), then every candidate scored by the decoder
+    (teacher forcing), all candidates of all utterances in one decoder_forward call."""
+    nbests = ctc_prefix_beam_search_batch(ctc_logp, enc_lens, beam=opts.beam, blank=model.blank)
     utt = torch.tensor([b for b, nb in enumerate(nbests) for _ in nb], device=enc.device)
     cands = [_trim(toks, model) for nb in nbests for toks, _ in nb]
     lens = torch.tensor([len(c) + 1 for c in cands], device=enc.device)
@@ -90,9 +89,8 @@ def decode_encoded(model, enc, enc_lens, opts: DecodeOptions) -> list[list[Hyp]]
     if opts.mode == "ctc_greedy":
         return [[Hyp(_trim(t, model), s, 0.0, s)] for t, s in ctc_greedy_search(ctc_logp, enc_lens, model.blank)]
     if opts.mode == "ctc_prefix_beam":
-        return [[Hyp(_trim(t, model), s, 0.0, s)
-                 for t, s in ctc_prefix_beam_search(ctc_logp[b, : int(enc_lens[b])], opts.beam, model.blank)[: opts.nbest]]
-                for b in range(enc.size(0))]
+        return [[Hyp(_trim(t, model), s, 0.0, s) for t, s in nbest[: opts.nbest]]
+                for nbest in ctc_prefix_beam_search_batch(ctc_logp, enc_lens, opts.beam, model.blank)]
     return attention_rescoring(model, enc, enc_lens, ctc_logp, opts)
 
 
