@@ -1,6 +1,7 @@
 """Speed of the joint CTC/attention search: batched over utterances x beams vs one utterance at a time
 (same model, beam, inputs), and against ESPnet's BatchBeamSearch + CTCPrefixScorer when an environment
-with `espnet` is given (--espnet_python), all measured in this one run.
+with `espnet` is given (--espnet_python), all measured in this one run; and the CTC prefix beam search
+(modes ctc_prefix_beam and attention_rescoring) batched vs one utterance at a time.
 
     bench/setup_espnet_venv.sh            # once: ESPnet in tools/espnet-venv (not in tools/venv)
     tools/venv/bin/python bench/bench_decode.py [--quick] [--espnet_python tools/espnet-venv/bin/python]
@@ -9,7 +10,7 @@ The model has real sizes (Transformer decoder 6 x 256, 4 heads, 2048 units, BPE-
 and random weights; the search itself is what is measured, on encoder outputs made so that the CTC
 posteriors are peaky like a trained model's (a token every few frames, blank between). ESPnet gets the
 same weights (the decoder architecture is the same), so both searches should also agree on the results.
-The machine is shared: the three searches take turns on each of --rounds shares of the utterances.
+The machine is shared: the searches take turns on each of --rounds shares of the utterances.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from asrkit.decode.beam import SearchOptions, beam_search  # noqa: E402
+from asrkit.decode.ctc import ctc_prefix_beam_search, ctc_prefix_beam_search_batch  # noqa: E402
 from asrkit.nets import build_model  # noqa: E402
 
 HOT = 10
@@ -77,19 +79,43 @@ def run_espnet(python: str, model, encs, a) -> dict:
         return json.loads(res.read_text())
 
 
-def ours(model, encs, opts, batch_size):
+def batches(encs, batch_size):
+    """Longest first, padded: (indices, enc (B, T, D), lens (B,)) per batch."""
     order = sorted(range(len(encs)), key=lambda i: -len(encs[i]))
-    out = [None] * len(encs)
-    t0 = time.perf_counter()
     for s in range(0, len(order), batch_size):
         idx = order[s: s + batch_size]
         lens = torch.tensor([len(encs[i]) for i in idx])
         enc = torch.zeros(len(idx), int(lens.max()), encs[0].size(1))
         for j, i in enumerate(idx):
             enc[j, : len(encs[i])] = encs[i]
+        yield idx, enc, lens
+
+
+def ours(model, encs, opts, batch_size):
+    out = [None] * len(encs)
+    t0 = time.perf_counter()
+    for idx, enc, lens in batches(encs, batch_size):
         for i, hyps in zip(idx, beam_search(model, enc, lens, opts)):
             out[i] = hyps[0]
     return time.perf_counter() - t0, out
+
+
+def ctc_prefix_beam(model, encs, beam, batch_size):
+    """The CTC prefix beam search (mode ctc_prefix_beam, and the first pass of attention_rescoring):
+    batched over utterances, or (batch_size 1) the per-utterance search. Seconds and n-best lists."""
+    out, seconds = [None] * len(encs), 0.0
+    for idx, enc, lens in batches(encs, batch_size):
+        with torch.inference_mode():
+            logp = model.ctc_log_probs(enc).float()  # not timed: the encoder's part
+        t0 = time.perf_counter()
+        if batch_size == 1:
+            nbests = [ctc_prefix_beam_search(logp[0, : int(lens[0])], beam, model.blank)]
+        else:
+            nbests = ctc_prefix_beam_search_batch(logp, lens, beam, model.blank)
+        seconds += time.perf_counter() - t0
+        for i, nb in zip(idx, nbests):
+            out[i] = nb
+    return seconds, out
 
 
 def main():
@@ -125,8 +151,8 @@ def main():
     # the machine is shared and its load drifts over minutes: the three searches take turns on each
     # round's share of the utterances, so that a change of load hits all of them alike
     n, rounds = len(encs), max(1, min(a.rounds, len(encs)))
-    t = {"batch": 0.0, "one": 0.0, "espnet": 0.0}
-    h_batch, h_one, h_esp, esp_torch = [], [], [], ""
+    t = {"batch": 0.0, "one": 0.0, "espnet": 0.0, "ctc_batch": 0.0, "ctc_one": 0.0}
+    h_batch, h_one, h_esp, esp_torch, nb_batch, nb_one = [], [], [], "", [], []
     for r in range(rounds):
         part = encs[r::rounds]
         dt, h = ours(model, part, opts, a.batch_size)
@@ -135,6 +161,12 @@ def main():
         dt, h = ours(model, part, opts, 1)
         t["one"] += dt
         h_one += h
+        dt, nb = ctc_prefix_beam(model, part, a.beam, a.batch_size)
+        t["ctc_batch"] += dt
+        nb_batch += nb
+        dt, nb = ctc_prefix_beam(model, part, a.beam, 1)
+        t["ctc_one"] += dt
+        nb_one += nb
         if a.espnet_python:
             try:
                 e = run_espnet(a.espnet_python, model, part, a)
@@ -162,6 +194,11 @@ def main():
     for name, sec in rows:
         vs_esp = f"{esp / sec:.2f}x" if esp else "n/a"
         print(f"| {name} | {n / sec:.2f} | {sec / audio_s:.4f} | {t['one'] / sec:.2f}x | {vs_esp} |")
+    same = sum([h for h, _ in x] == [h for h, _ in y] and all(abs(p - q) < 1e-6 for (_, p), (_, q) in zip(x, y))
+               for x, y in zip(nb_batch, nb_one))
+    print(f"\nCTC prefix beam search (modes ctc_prefix_beam, attention_rescoring), beam {a.beam}: batched "
+          f"{n / t['ctc_batch']:.1f} utt/s, one at a time {n / t['ctc_one']:.1f} utt/s: "
+          f"{t['ctc_one'] / t['ctc_batch']:.2f}x; same n-best lists for {same}/{n}")
 
 
 if __name__ == "__main__":
