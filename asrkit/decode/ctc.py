@@ -38,12 +38,13 @@ class CTCPrefixScorer:
         pad = torch.arange(T, device=logp.device)[None] >= lens.to(logp.device)[:, None]
         logp = logp.float().masked_fill(pad[..., None], NEG_INF)
         logp[..., blank] = logp[..., blank].masked_fill(pad, 0.0)
-        self.x = logp.transpose(1, 2).contiguous()  # (B, V, T): gathers (N, C, T) cheaply
-        self.lens, self.blank, self.eos, self.T = lens.to(logp.device), blank, eos, T
+        # (T, B * V): a step gathers the columns of its (utterance, candidate) pairs, frame-major
+        self.x = logp.transpose(0, 1).reshape(T, -1).contiguous()
+        self.lens, self.blank, self.eos, self.T, self.V = lens.to(logp.device), blank, eos, T, logp.size(2)
 
     def init_state(self, utt: torch.Tensor) -> CTCState:
         """State of the empty prefix for hypotheses of utterances `utt` (N,)."""
-        rb = torch.cumsum(self.x[utt, self.blank], dim=1).t()  # (T, N): all blanks so far
+        rb = torch.cumsum(self.x.index_select(1, utt * self.V + self.blank), dim=0)  # (T, N): all blanks so far
         r = torch.stack([torch.full_like(rb, NEG_INF), rb], dim=1)
         return CTCState(r, torch.zeros(len(utt), device=rb.device), torch.full_like(utt, -1))
 
@@ -61,8 +62,8 @@ class CTCPrefixScorer:
             psi = torch.full((N, C), NEG_INF, device=cand.device)
             return torch.where(cand == self.eos, self._psi_eos(r_prev, utt)[:, None], psi), \
                 torch.full((T, 2, N, C), NEG_INF, device=cand.device)
-        xc = self.x[utt[:, None], cand, :T].permute(2, 0, 1)  # (T, N, C)
-        xb = self.x[utt, self.blank, :T].t()  # (T, N)
+        xc = self.x[:T].index_select(1, (utt[:, None] * self.V + cand).view(-1)).view(T, N, C)
+        xb = self.x[:T].index_select(1, utt * self.V + self.blank)  # (T, N)
         r_sum = torch.logaddexp(r_prev[:, 0], r_prev[:, 1])  # (T, N)
         # phi: the prefix may emit the candidate next, unless it repeats the last label without a blank
         same = (cand == state.last[:, None])[None]
@@ -80,7 +81,7 @@ class CTCPrefixScorer:
             torch.logaddexp(r0_prev, r1_prev, out=r1_t)  # blank after the label
             r_t.add_(x_t)
         # psi: the candidate is emitted at some frame t >= start after phi(t-1), or (step 0) at frame 0
-        psi = torch.logsumexp(torch.cat([log_phi[start - 1: T - 1] + xc[start:], r[start - 1, 0][None]], dim=0), dim=0)
+        psi = torch.logaddexp(torch.logsumexp(log_phi[start - 1: T - 1] + xc[start:], dim=0), r[start - 1, 0])
         # eos: the whole prefix has been emitted by the utterance's last frame
         psi = torch.where(cand == self.eos, self._psi_eos(r_prev, utt, r_sum)[:, None], psi)
         psi = psi.masked_fill(cand == self.blank, NEG_INF)
