@@ -74,9 +74,9 @@ class CTCPrefixScorer:
             r[0, 0] = xc[0]
         x = torch.stack([xc[start:], xb[start:, :, None].expand(-1, -1, C)], dim=1)  # (T - start, 2, N, C)
         # the frame loop is the scorer's hot spot: in place, on views made once (unbind), not per frame
-        r0, r1, phi = r[:, 0].unbind(0), r[:, 1].unbind(0), log_phi.unbind(0)
+        r0, r1 = r[start - 1:, 0].unbind(0), r[start - 1:, 1].unbind(0)  # frames start-1 .. T-1
         for r0_prev, phi_prev, r1_prev, r0_t, r1_t, r_t, x_t in zip(
-                r0[start - 1:], phi[start - 1:], r1[start - 1:], r0[start:], r1[start:], r.unbind(0)[start:], x.unbind(0)):
+                r0, log_phi[start - 1:].unbind(0), r1, r0[1:], r1[1:], r[start:].unbind(0), x.unbind(0)):
             torch.logaddexp(r0_prev, phi_prev, out=r0_t)  # label: newly emitted, or repeated
             torch.logaddexp(r0_prev, r1_prev, out=r1_t)  # blank after the label
             r_t.add_(x_t)

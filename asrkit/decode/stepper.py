@@ -21,6 +21,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from asrkit.nets.attention import length_mask, sinusoids
 
@@ -107,6 +108,8 @@ class TransformerStepper:
         self.qkv = [(torch.cat([a.linear_q.weight, a.linear_k.weight, a.linear_v.weight]),
                      torch.cat([a.linear_q.bias, a.linear_k.bias, a.linear_v.bias]))
                     for a in (layer.self_attn for layer in dec.decoders)]
+        self.plain_ff = all([type(m) for m in layer.feed_forward] == [nn.Linear, nn.ReLU, nn.Dropout, nn.Linear]
+                            for layer in dec.decoders)
         n = 2 * len(dec.decoders)  # keys and values of each layer
         self.old: list[torch.Tensor] | None = None
         self.recent: list[torch.Tensor] = [mem.new_empty(0)] * n
@@ -169,7 +172,11 @@ class TransformerStepper:
             att = F.scaled_dot_product_attention(qc, *self.kv[i], attn_mask=self.mask)  # (A, heads, K, d_k)
             att = att.transpose(1, 2).reshape(N, -1)
             hh = hh + src.linear_out(att if live is None else att[live])
-            x = hh + layer.feed_forward(layer.norm3(hh))
+            if self.plain_ff:  # Linear, ReLU, Dropout (none in eval), Linear: ReLU in place
+                ff = layer.feed_forward
+                x = hh + F.linear(F.linear(layer.norm3(hh), ff[0].weight, ff[0].bias).relu_(), ff[3].weight, ff[3].bias)
+            else:
+                x = hh + layer.feed_forward(layer.norm3(hh))
         if recent[0].size(2) >= self.merge_every:  # (recent[0]: this step's keys of layer 0, M rows)
             self.old = recent if old is None else [torch.cat(pair, 2) for pair in zip(old, recent)]
             self.recent = [t[:, :, :0] for t in recent]
