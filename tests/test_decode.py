@@ -271,7 +271,8 @@ def test_steppers_on_live_rows_only_equal_all_rows(fast):
     torch.manual_seed(3)
     model = build_model(TINY_MODEL, 8, 1, 12).eval()
     K, enc, enc_lens = 4, torch.randn(2, 6, 16), torch.tensor([6, 5])
-    part = TransformerStepper(model, enc, enc_lens, K, merge_every=2) if fast else GenericStepper(model, enc, enc_lens, K)
+    part = TransformerStepper(model, enc, enc_lens, K, merge_every=2) if fast \
+        else GenericStepper(model, enc, enc_lens, K)
     every = GenericStepper(model, enc, enc_lens, K)
     g = torch.Generator().manual_seed(4)
     ys = torch.full((2 * K, 1), model.sos)
@@ -288,5 +289,5 @@ def test_steppers_on_live_rows_only_equal_all_rows(fast):
             for s in (part, every):
                 s.reorder(perm)
             ys = torch.cat([ys[perm], torch.randint(1, 11, (2 * K, 1), generator=g)], 1)
-            live = torch.cat([torch.randperm(K, generator=g)[: int(torch.randint(1, K + 1, (1,), generator=g))].sort().values + u * K
-                              for u in range(2)])
+            sizes = torch.randint(1, K + 1, (2,), generator=g).tolist()
+            live = torch.cat([torch.randperm(K, generator=g)[: sizes[u]].sort().values + u * K for u in range(2)])

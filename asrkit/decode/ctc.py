@@ -210,7 +210,8 @@ def ctc_prefix_beam_search_batch(logp: torch.Tensor, lens: torch.Tensor, beam: i
         c = ids.gather(1, e_idx % k)
         dead = top == NEG_INF
         new_pb = torch.where(is_ext, neg, stay_b.gather(1, src)).masked_fill(dead, NEG_INF)
-        new_pnb = torch.where(is_ext, ext.view(B, W * k).gather(1, e_idx), stay_nb.gather(1, src)).masked_fill(dead, NEG_INF)
+        new_pnb = torch.where(is_ext, ext.view(B, W * k).gather(1, e_idx), stay_nb.gather(1, src))
+        new_pnb = new_pnb.masked_fill(dead, NEG_INF)
         src_len, src_hash = length.gather(1, src), hash_.gather(1, src)
         if int(src_len.max()) >= tokens.size(2):  # room for one more label
             tokens = torch.cat([tokens, torch.zeros_like(tokens[:, :, :1])], 2)
