@@ -158,7 +158,7 @@ class TransformerStepper:
             s = q @ recent[2 * i].transpose(-1, -2)
             if old is not None:
                 s = torch.cat([q @ old[2 * i].transpose(-1, -2), s], -1)
-            p = (s * sa.d_k ** -0.5).softmax(-1)  # (N, h, 1, L)
+            p = (s * sa.d_k ** -0.5).softmax(-1)  # (M, h, 1, L)
             if old is None:
                 att = p @ recent[2 * i + 1]
             else:
