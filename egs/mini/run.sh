@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The offline demo: a small spoken corpus generated with eSpeak NG (40 synthetic voices, 18 of
-# them child-like, 14 noisy; connected digits and short commands), a random-weight WavLM built
+# The offline demo: a small spoken corpus generated with eSpeak NG (120 synthetic voices x 10
+# utterances, 48 of the voices child-like, 29 noisy; connected digits and short commands), a random-weight WavLM built
 # from a config, and a small model trained on CPU. Runs all stages in minutes on 2 cores; no download.
 #
 # A random-weight WavLM is no pretrained one: its features carry much less than real WavLM's. So
@@ -14,7 +14,7 @@ recipe_init "$@"
 recipe_take datadir data  # the random WavLM is made by stage 0 in it
 recipe_take compare_fbank true
 common=(
-    --local_data "local/data.sh --num_speakers 40 --utts_per_speaker 30"
+    --local_data "local/data.sh --num_speakers 120 --utts_per_speaker 10"
     --split_ratios 0.75,0.085,0.165
     --normalizer basic
     --token_type char

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Stage 0 of egs/mini: the eSpeak NG demo corpus and a random-weight WavLM ("small": 256-dim,
 # 4 layers), both written under OUT. Deterministic; a rerun with the same options does nothing.
-#   local/data.sh --out data/local [--num_speakers 40] [--utts_per_speaker 30] [--seed 0] [--wavlm_preset small]
+#   local/data.sh --out data/local [--num_speakers 120] [--utts_per_speaker 10] [--seed 0] [--wavlm_preset small]
 set -euo pipefail
-out="" num_speakers=40 utts_per_speaker=30 seed=0 wavlm_preset=small
+out="" num_speakers=120 utts_per_speaker=10 seed=0 wavlm_preset=small
 while [ $# -gt 0 ]; do
     case "$1" in
         --out|--num_speakers|--utts_per_speaker|--seed|--wavlm_preset) printf -v "${1#--}" '%s' "$2"; shift 2 ;;
