@@ -2,6 +2,7 @@
 connected digits (text and audio follow the joined takes, held-out takes stay out of training)."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,25 @@ def test_espeak_rate_and_unknown_voice():
     assert slow.size > 1.8 * fast.size  # 3x the words per minute: much shorter
     with pytest.raises(DataError, match="unknown eSpeak voice"):
         tts.synthesize("one", Voice("xx-nonexistent"))
+
+
+def test_breathy_voices_are_the_same_in_every_process():
+    """eSpeak NG seeds the noise of its breathy variants (female, child) from the clock when it
+    starts: two helper processes started in different seconds must still give the same audio."""
+    voices = [Voice("en-us+f5", pitch=60, range=80, rate=160), Voice("en+child3", pitch=60, range=90, rate=150)]
+    first = Synthesizer()
+    try:
+        a = [first.synthesize("seven three", v) for v in voices]
+    finally:
+        first.close()
+    time.sleep(1.1)
+    second = Synthesizer()
+    try:
+        b = [second.synthesize("seven three", v) for v in voices[::-1]][::-1]  # order does not matter
+    finally:
+        second.close()
+    for x, y in zip(a, b):
+        assert x.size > 1000 and np.array_equal(x, y)
 
 
 def test_child_like_voices_are_high_pitched():

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -128,6 +129,7 @@ def _serve() -> None:
     lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
     lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
     lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+    lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
     lib.espeak_Synth.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
                                  ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
     chunks: list[bytes] = []
@@ -150,6 +152,10 @@ def _serve() -> None:
                 os.waitpid(pid, 0)
                 continue
             try:
+                # eSpeak NG seeds its noise generator (breathy voices: the female and child
+                # variants) from the clock at initialization; a seed per request makes the audio
+                # the same in every process and whatever the order of requests
+                lib.espeak_ng_SetRandSeed(zlib.crc32(line))
                 out.write(_synthesize(lib, json.loads(line), chunks))
             except Exception as e:  # answered, so that the client can name the utterance
                 out.write(f"ERR {type(e).__name__}: {e}\n".encode())
