@@ -30,6 +30,7 @@ if os.path.isfile(src):
         info.pop(k, None)
     write_json(dst, {**info, "data": os.path.abspath(data), "scored_from": os.path.abspath(os.path.dirname(src))})
 PY
-    echo "Results with the filtered test ($(dirname "$dir")/RESULTS.md):"
-    python -m asrkit.bin.score --gather "$(dirname "$dir")" | sed -n '/^###/p;/^|/p'
+    # run.sh has just printed the full test's rows: only the filtered ones here
+    echo "Filtered test (now in $(dirname "$dir")/RESULTS.md):"
+    python -m asrkit.bin.score --gather "$(dirname "$dir")" | grep -E '^###|^\|set\||^\|---|^\|decode_test_filtered_'
 done
