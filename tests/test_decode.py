@@ -103,6 +103,39 @@ def test_batch_equals_one_at_a_time_and_batch_size_does_not_matter(mode):
     assert any(h[0].tokens for h in full)
 
 
+def test_stopping_when_the_nbest_is_decided_changes_nothing_but_the_steps(monkeypatch):
+    """An utterance stops once n ended hypotheses beat every live one: same n-best, fewer decoder steps."""
+    import asrkit.decode.beam as beam_mod
+    steps = []
+
+    def counting_stepper(*args, **kwargs):
+        stepper = make_stepper(*args, **kwargs)
+        step = stepper.step
+        stepper.step = lambda *a, **k: (steps.append(1), step(*a, **k))[1]
+        return stepper
+
+    make_stepper = beam_mod.make_stepper
+    monkeypatch.setattr(beam_mod, "make_stepper", counting_stepper)
+    saved = 0
+    for seed, w, nbest, ratio in itertools.product((1, 2, 3), (0.0, 0.3), (1, 3), (0.0, -12)):
+        model = TinyASR(vocab_size=8, seed=seed).eval()
+        feats, lens = random_batch([14, 6, 22, 9], seed=seed)
+        enc, enc_lens = model.encode(feats, lens)
+        opts = SearchOptions(beam=4, ctc_weight=w, nbest=nbest, maxlenratio=ratio)
+        counts = []
+        results = []
+        for stop in (False, True):
+            steps.clear()
+            results.append(beam_search(model, enc, enc_lens, opts, stop_when_decided=stop))
+            counts.append(len(steps))
+        for a, b in zip(*results):
+            assert [h.tokens for h in a] == [h.tokens for h in b]
+            assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-5)
+        assert counts[1] <= counts[0]
+        saved += counts[0] - counts[1]
+    assert saved > 0
+
+
 def test_joint_hypothesis_scores_add_up_to_weighted_attention_and_ctc():
     model = TinyASR(vocab_size=7, seed=5).eval()
     feats, lens = random_batch([10, 6], seed=5)

@@ -78,10 +78,15 @@ def end_detect(ended: list[Hyp], step: int, m: int = 3, d_end: float = -10.0) ->
 
 @torch.inference_mode()
 def beam_search(model, enc: torch.Tensor, enc_lens: torch.Tensor, opts: SearchOptions,
-                ctc_logp: torch.Tensor | None = None) -> list[list[Hyp]]:
+                ctc_logp: torch.Tensor | None = None, stop_when_decided: bool = True) -> list[list[Hyp]]:
     """Joint (0 < ctc_weight < 1), attention-only (0) or CTC-prefix-only (1) beam search of a batch.
 
-    enc (B, T, D), enc_lens (B,): encoder output. Returns for each utterance its n-best, best first."""
+    enc (B, T, D), enc_lens (B,): encoder output. Returns for each utterance its n-best, best first.
+    stop_when_decided: an utterance stops as soon as its n-best is settled, i.e. it has n ended
+    hypotheses that score above every live one. Exact when length_bonus <= 0: both parts of a score
+    only go down as a hypothesis grows (decoder log-probs are <= 0, and the CTC probability of a
+    prefix bounds that of its extensions), so no live hypothesis can overtake them. The result is
+    the same as without it; only the wasted steps at the end are saved."""
     B, device, V, K = enc.size(0), enc.device, model.vocab_size, opts.beam
     sos, eos, blank, w = model.sos, model.eos, model.blank, opts.ctc_weight
     maxlen, minlen = length_limits(enc_lens, opts)
@@ -164,9 +169,9 @@ def beam_search(model, enc: torch.Tensor, enc_lens: torch.Tensor, opts: SearchOp
 
         # utterances that are done: eos was forced, nothing alive, or (maxlenratio=0) end detection
         keep = []
-        any_alive = torch.isfinite(scores).any(1).tolist()  # one device sync per step, not per utterance
+        best_live = scores.max(1).values.tolist()  # one device sync per step, not per utterance
         for a, b in enumerate(active.tolist()):
-            dead = not any_alive[a]
+            dead = best_live[a] == NEG_INF
             if dead and not ended[b]:
                 # every candidate was impossible (e.g. CTC cannot fit it): keep the best unfinished one
                 k = int(prev[1][a].argmax())
@@ -174,7 +179,9 @@ def beam_search(model, enc: torch.Tensor, enc_lens: torch.Tensor, opts: SearchOp
                 ended[b].append(Hyp(prev[0][r, 1:].tolist(), float(prev[1][a, k]), float(prev[2][r]),
                                     float(prev[3][r]) if use_ctc else 0.0))
                 log.warning("utterance %d: no hypothesis reached eos; keeping the best unfinished one", b)
-            if not (dead or step >= maxlen[b] or (opts.maxlenratio == 0 and end_detect(ended[b], step))):
+            decided = (stop_when_decided and opts.length_bonus <= 0 and len(ended[b]) >= opts.nbest
+                       and best_live[a] < sorted(h.score for h in ended[b])[-opts.nbest])
+            if not (dead or decided or step >= maxlen[b] or (opts.maxlenratio == 0 and end_detect(ended[b], step))):
                 keep.append(a)
         if len(keep) < A:
             if not keep:
