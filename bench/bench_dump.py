@@ -6,13 +6,17 @@ layout. Figures are seconds of audio per second of wall time (x real time). The 
 (naive first in even rounds, batched first in odd ones) so that load from other processes hits
 both alike; each round gives a ratio, and the median and range of those ratios are printed.
 
-The CPU time of this process is printed too: on a shared machine it varies less than wall time
-(audio read by DataLoader workers is not in it; reading is a small part, see below).
+Both get the whole machine by default: the naive loop torch's threads (one per core), the dumper
+`--nj` jobs (one per core, as `dump_feats` runs on CPU). `--threads 1 --nj 1` compares one core
+with one core. The CPU time of this process and its finished children is printed too: on a shared
+machine it varies less than wall time.
 
 Then where the time goes, each part timed alone (medians over the rounds): reading audio, model
 compute (naive HF fp32 one at a time; the dumper's extractor in float32 and in its compute dtype,
 batched, with the host copies and fp16 conversion), HDF5 writes, padding, and how far the
-compute dtype's features are from float32 ones.
+compute dtype's features are from float32 ones. Last, the ceiling: the model's FLOPs per second of
+audio, and what the dumper would reach if every FLOP ran as fast as a large matrix product does on
+this machine in its compute dtype.
 
     python bench/bench_dump.py --quick                                   # CPU, small WavLM
     python bench/bench_dump.py --preset base-plus --device cuda --minutes 120 --nj 8
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -102,6 +107,35 @@ def timed(fn, device):
     return time.perf_counter() - t0, out
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the dumper's DataLoader workers)."""
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + kids.ru_utime + kids.ru_stime
+
+
+def model_gflop(model, device) -> float:
+    """GFLOP (matmuls and convolutions, as torch counts them) per second of audio, on a 10 s input."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:  # (inference_mode trips weight norm)
+        model(torch.zeros(1, 10 * SAMPLE_RATE, device=device), output_hidden_states=True)
+    return counter.get_total_flops() / 10 / 1e9
+
+
+def matmul_gflops(dtype, device, threads: int) -> float:
+    """GFLOP/s of a large square matrix product (the best case for the hardware) on `threads` threads."""
+    n = 8192 if device.startswith("cuda") else 2048
+    a = torch.randn(n, n, device=device).to(dtype)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a @ a
+        t, _ = timed(lambda: [a @ a for _ in range(3)], device)
+    finally:
+        torch.set_num_threads(before)
+    return 3 * 2 * n ** 3 / t / 1e9
+
+
 def cpu_name() -> str:
     try:
         for line in open("/proc/cpuinfo", encoding="utf-8"):
@@ -117,14 +151,16 @@ def main():
     p.add_argument("--preset", default="small", help="asrkit.ssl preset of the random WavLM")
     p.add_argument("--device", default="cpu")
     p.add_argument("--minutes", type=float, default=3.0, help="audio to dump")
-    p.add_argument("--nj", type=int, default=1, help="DataLoader workers of the batched dumper")
+    p.add_argument("--nj", type=int, default=len(os.sched_getaffinity(0)),
+                   help="the dumper's jobs, as dump_feats --nj (default: the cores; on GPU: readers)")
     p.add_argument("--batch_seconds", type=float, default=0.0, help="0: 200 on GPU, 20 on CPU")
     p.add_argument("--compute_dtype", default="auto", help="the batched dumper's (auto: as dump_feats)")
     p.add_argument("--layer", default="", help="layer spec (default: the last layer)")
     p.add_argument("--utt_seconds", default="1 12",
                    help="range of utterance lengths (FSDD recordings concatenated); '0 0': single recordings")
     p.add_argument("--rounds", type=int, default=5, help="rounds of the two taking turns; medians count")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads of the naive loop (and of the dumper with --nj 0); 0: torch's default")
     p.add_argument("--quick", action="store_true", help="1 minute of audio")
     args = p.parse_args()
     minutes = 1.0 if args.quick else args.minutes
@@ -165,9 +201,9 @@ def main():
                     ("batched", lambda: timed(lambda: extract_shard(
                         ext, batches, tmp / f"batched{r}.h5", args.nj, 60 * SAMPLE_RATE, progress=False), dev)[0])]
             for name, run in runs if r % 2 == 0 else runs[::-1]:
-                c0 = time.process_time()
+                c0 = cpu_seconds()
                 (t_naive if name == "naive" else t_batched).append(run())
-                cpu[name].append(time.process_time() - c0)
+                cpu[name].append(cpu_seconds() - c0)
             print(f"  round {r}: naive {audio_s / t_naive[-1]:.1f}x, batched {audio_s / t_batched[-1]:.1f}x real "
                   f"time, ratio {t_naive[-1] / t_batched[-1]:.2f}; CPU time ratio "
                   f"{cpu['naive'][-1] / cpu['batched'][-1]:.2f}", flush=True)
@@ -216,7 +252,7 @@ def main():
           f"range {ratios[0]:.2f}-{ratios[-1]:.2f})")
     cpu_ratios = sorted(n / b for n, b in zip(cpu["naive"], cpu["batched"]))
     print(f"CPU time ratio:            {med(cpu_ratios):7.2f} (range {cpu_ratios[0]:.2f}-{cpu_ratios[-1]:.2f}; "
-          f"this process's CPU seconds, less sensitive to other processes' load)")
+          f"CPU seconds of this process and its workers, less sensitive to other processes' load)")
     print("parts alone (x real time, median): " + "; ".join(f"{k} {audio_s / med(v):.0f}"
                                                              for k, v in parts.items()))
     print(f"padding: batches hold {padded_s / audio_s - 1:.1%} padding; the store: "
@@ -224,6 +260,22 @@ def main():
     diff = np.concatenate([(a.astype(np.float32) - b.astype(np.float32)).ravel()
                            for fa, fb in zip(feats, feats32) for a, b in zip(fa, fb)])
     ref = np.concatenate([b.astype(np.float32).ravel() for fb in feats32 for b in fb])
+    # the ceiling: every FLOP at the rate of a large matrix product in the dumper's compute dtype
+    gflop = model_gflop(model, dev)
+    threads = torch.get_num_threads()
+    peak32 = matmul_gflops(torch.float32, dev, threads)
+    if gpu or args.nj == 0:  # the dumper computes in this process
+        peak_low, where = matmul_gflops(ext.compute_dtype, dev, threads), "GPU" if gpu else f"{threads} thread(s)"
+    else:  # in args.nj jobs of one thread each
+        jobs = min(args.nj, os.cpu_count() or 1)
+        peak_low, where = jobs * matmul_gflops(ext.compute_dtype, dev, 1), f"{jobs} single-thread job(s)"
+    naive_rate, best = gflop * audio_s / med(t_naive), peak_low / gflop
+    most = best * med(t_naive) / audio_s
+    print(f"ceiling: the model does {gflop:.2f} GFLOP per second of audio. The naive loop ran at {naive_rate:.0f} "
+          f"GFLOP/s ({naive_rate / peak32:.0%} of an fp32 matmul on its {threads} thread(s), {peak32:.0f} GFLOP/s). "
+          f"A {ext.attrs['compute_dtype']} matmul on the dumper's {where} runs at {peak_low:.0f} GFLOP/s: with "
+          f"every FLOP that fast the dumper would reach {best:.0f}x real time, {most:.2f}x the naive loop at most "
+          f"(the median ratio above is {med(ratios) / most:.0%} of that)")
     print(f"{ext.attrs['compute_dtype']} vs float32 features (both stored fp16): relative RMS difference "
           f"{np.sqrt(np.mean(diff ** 2) / np.mean(ref ** 2)):.2e}, largest {np.abs(diff).max():.3f} "
           f"(features' RMS {np.sqrt(np.mean(ref ** 2)):.3f})")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -84,12 +85,15 @@ def test_dump_speed_perturb_and_verify(tiny_corpus, tiny_wavlm, caplog):
     assert len(r) == 24 and r.attrs["layers"] == [1]  # other options: redone
 
 
-@pytest.mark.parametrize("feats_type", ["wavlm", "fbank"])
-def test_kill_and_resume_gives_the_same_store(tiny_corpus, tiny_wavlm, monkeypatch, feats_type):
+@pytest.mark.parametrize("feats_type,nj", [("wavlm", 0), ("fbank", 0), ("wavlm", 2)])
+def test_kill_and_resume_gives_the_same_store(tiny_corpus, tiny_wavlm, monkeypatch, feats_type, nj):
+    """A killed dump rerun ends identical to an uninterrupted one; with nj = 2 the interrupted and the
+    resumed runs extract in two worker processes, the reference in the main process."""
     kw = dict(feats_type=feats_type, ssl_model=str(tiny_wavlm), ssl_layer="1,2", speed_perturb="1.0 1.1",
-              nj=0, batch_seconds=4, progress=False)
+              batch_seconds=4, progress=False)
     ref_out = tiny_corpus.parent / "ref.h5"
-    dump(str(tiny_corpus), str(ref_out), **kw)
+    dump(str(tiny_corpus), str(ref_out), nj=0, **kw)
+    kw["nj"] = nj
     _, ref = read_store(ref_out)
 
     real_write, calls = dump_mod.FeatureWriter.write, []
@@ -108,11 +112,20 @@ def test_kill_and_resume_gives_the_same_store(tiny_corpus, tiny_wavlm, monkeypat
     monkeypatch.setattr(dump_mod.FeatureWriter, "write", real_write)
     done_before = len(dump_mod.read_done(tiny_corpus.parent / "out.h5.partial" / "shard0.h5"))
     assert 0 < done_before < 48
-    seen = []
+    seen, real_features, pids = [], dump_mod._features, tiny_corpus.parent / "pids"
+
+    def features(*args):  # which processes extract (workers are forked: they run this too)
+        with open(pids, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        return real_features(*args)
+
     monkeypatch.setattr(dump_mod.FeatureWriter, "write",
                         lambda self, items: seen.extend(k for k, _ in items) or real_write(self, items))
+    monkeypatch.setattr(dump_mod, "_features", features)
     dump(str(tiny_corpus), str(out), **kw)
     assert len(seen) == 48 - done_before  # only the rest was extracted
+    extractors = set(pids.read_text().split())
+    assert extractors == {str(os.getpid())} if nj == 0 else len(extractors) == 2 and str(os.getpid()) not in extractors
     r, got = read_store(out)
     assert sorted(got) == sorted(ref) and r.attrs == FeatureReader(ref_out).attrs
     for k in ref:
@@ -148,11 +161,11 @@ def test_bad_and_odd_audio(tmp_path, tiny_wavlm):
     recs += [dict(utt_id="missing", audio="nope.wav", duration=1.0),
              dict(utt_id="seg", audio="long.wav", start=0.5, end=1.25)]
     data = write_manifest(d / "list.jsonl", recs)
-    for feats_type, rate, frames in [("wavlm", 50, lambda n: (n - 400) // 320 + 1),
-                                     ("fbank", 100, lambda n: (n - 400) // 160 + 1)]:
+    for feats_type, rate, frames, nj in [("wavlm", 50, lambda n: (n - 400) // 320 + 1, 2),  # in 2 workers
+                                         ("fbank", 100, lambda n: (n - 400) // 160 + 1, 0)]:
         out = tmp_path / f"{feats_type}.h5"
-        dump(str(data), str(out), feats_type=feats_type, ssl_model=str(tiny_wavlm), ssl_layer="2", nj=0,
-             progress=False)
+        dump(str(data), str(out), feats_type=feats_type, ssl_model=str(tiny_wavlm), ssl_layer="2", nj=nj,
+             batch_seconds=1.5, progress=False)
         r, feats = read_store(out)
         assert sorted(r.keys()) == ["seg", "short", "sr44k", "sr8k", "stereo"]
         assert r.attrs["frame_rate"] == rate

@@ -20,6 +20,8 @@ from asrkit.cli import make_parser, run_main, setup_logging, str2bool
 from asrkit.features.dump import dump
 from asrkit.ssl import LAYER_SPEC_HELP
 
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
 
 def get_parser():
     p = make_parser(__doc__)
@@ -35,7 +37,10 @@ def get_parser():
                         "layers and falling off in the last ones, and one layer keeps the store small")
     p.add_argument("--speed_perturb", default="",
                    help='speed factors, e.g. "0.9 1.0 1.1": copies stored as <utt_id>-sp0.9 (training split only)')
-    p.add_argument("--nj", type=int, default=2, help="DataLoader workers reading audio (and computing fbank)")
+    p.add_argument("--nj", type=int, default=CORES,
+                   help="parallel jobs (default: the CPU cores this process may use). On CPU: processes that "
+                        "each read and extract whole batches with one torch thread (0: the main process "
+                        "alone, with torch's threads); on GPU: workers reading audio for each GPU")
     p.add_argument("--ngpu", type=int, default=0, help="GPUs (0: CPU); batches are dealt out among them")
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="storage dtype")
     p.add_argument("--compute_dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],

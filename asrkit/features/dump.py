@@ -1,9 +1,10 @@
 """The batched, resumable feature dumper behind `asrkit.bin.dump_feats`.
 
 Utterances (and their speed-perturbed copies) are sorted by length and cut into batches of at
-most `batch_samples` padded samples; DataLoader workers read, resample and perturb the audio
-(and compute fbank), the main process runs the model and appends each batch to a partial shard
-(store.FeatureWriter). With several GPUs, batch i goes to GPU i % ngpu, each with its own shard.
+most `batch_samples` padded samples. DataLoader workers read, resample and perturb the audio; on
+CPU they also run the extractor (`nj` jobs in parallel, one torch thread each), on GPU the main
+process does. The main process appends each batch to a partial shard (store.FeatureWriter). With
+several GPUs, batch i goes to GPU i % ngpu, each with its own shard.
 A rerun skips what the shards already hold; the finished store is renamed (or merged) into place.
 """
 from __future__ import annotations
@@ -84,15 +85,21 @@ def make_batches(items: list[Item], batch_samples: int, max_padding: float = 0.1
 
 
 class _BatchAudio(torch.utils.data.Dataset):
-    """Batch i: [(key, prepared array or None, input samples, error reason)]; never raises."""
+    """Batch i: [(key, prepared array or None, input samples, error reason)]; never raises.
+    With `extract_max_samples`, batch i extracted instead: see _features."""
 
-    def __init__(self, batches: list[list[Item]], extractor):
-        self.batches, self.extractor = batches, extractor
+    def __init__(self, batches: list[list[Item]], extractor, extract_max_samples: int | None = None):
+        self.batches, self.extractor, self.extract_max_samples = batches, extractor, extract_max_samples
 
     def __len__(self):
         return len(self.batches)
 
     def __getitem__(self, i):
+        if self.extract_max_samples is not None:
+            return _features(self.extractor, self.read(i), self.extract_max_samples)
+        return self.read(i)
+
+    def read(self, i):
         out = []
         for it in self.batches[i]:
             try:
@@ -118,26 +125,40 @@ def build_extractor(feats_type: str, ssl_model: str, ssl_layer: str, device: str
 
 def extract_shard(extractor, batches: list[list[Item]], shard: Path, nj: int,
                   max_samples: int, progress: bool = True) -> list[tuple[str, str]]:
-    """Extract `batches` into a partial shard; returns (key, reason) of the skipped utterances."""
+    """Extract `batches` into a partial shard; returns (key, reason) of the skipped utterances.
+
+    On CPU with nj > 0, nj DataLoader workers each read and extract whole batches with one torch
+    thread: separate processes scale over cores better than one process's threads, which wait for
+    each other at every op (and the forked workers share the model's weights). With nj = 0 the main
+    process does everything with torch's threads. On GPU the workers read and the main process runs
+    the model."""
     writer = FeatureWriter(shard, extractor.attrs)
     skipped = []
-    loader = torch.utils.data.DataLoader(_BatchAudio(batches, extractor), batch_size=None, shuffle=False,
-                                         num_workers=nj, collate_fn=lambda b: b,
-                                         prefetch_factor=4 if nj > 0 else None)
+    in_workers = nj > 0 and getattr(extractor, "device", torch.device("cpu")).type == "cpu"
+    dataset = _BatchAudio(batches, extractor, max_samples if in_workers else None)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, shuffle=False, num_workers=nj,
+                                         collate_fn=lambda b: b, prefetch_factor=4 if nj > 0 else None)
     seconds = sum(it.samples for b in batches for it in b) / SAMPLE_RATE
     bar = tqdm(total=round(seconds), unit="s audio", disable=not progress, dynamic_ncols=True)
     try:
         for batch in loader:
-            skipped += [(key, reason) for key, arr, _, reason in batch if arr is None]
-            ok = [(key, arr, n) for key, arr, n, _ in batch if arr is not None]
-            writer.write(_extract(extractor, ok, max_samples, skipped))
-            bar.update(round(sum(n for _, _, n in ok) / SAMPLE_RATE))
+            feats, bad, samples = batch if in_workers else _features(extractor, batch, max_samples)
+            skipped += bad
+            writer.write(feats)
+            bar.update(round(samples / SAMPLE_RATE))
     finally:
         bar.close()
         writer.close()
     for key, reason in skipped:
         log.warning("skipped %s: %s", key, reason)
     return skipped
+
+
+def _features(extractor, batch, max_samples):
+    """A read batch's ([(key, features)], [(key, reason) skipped], input samples extracted)."""
+    skipped = [(key, reason) for key, arr, _, reason in batch if arr is None]
+    ok = [(key, arr, n) for key, arr, n, _ in batch if arr is not None]
+    return _extract(extractor, ok, max_samples, skipped), skipped, sum(n for _, _, n in ok)
 
 
 def _extract(extractor, ok, max_samples, skipped):
