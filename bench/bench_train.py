@@ -142,7 +142,7 @@ def main() -> None:
     p.add_argument("--batch_bins", type=int, default=None, help="default: the configs' (1200 with --quick)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per measurement")
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--nj", type=int, default=4, help="DataLoader workers (dump and training)")
+    p.add_argument("--nj", type=int, default=4, help="dump jobs and training DataLoader workers")
     p.add_argument("--configs", nargs="+", default=[str(REPO / "conf/train_bilstm.yaml"),
                                                     str(REPO / "conf/train_conformer.yaml")])
     a = p.parse_args()
