@@ -128,10 +128,10 @@ def extract_shard(extractor, batches: list[list[Item]], shard: Path, nj: int,
     """Extract `batches` into a partial shard; returns (key, reason) of the skipped utterances.
 
     On CPU with nj > 0, nj DataLoader workers each read and extract whole batches with one torch
-    thread: separate processes scale over cores better than one process's threads, which wait for
-    each other at every op (and the forked workers share the model's weights). With nj = 0 the main
-    process does everything with torch's threads. On GPU the workers read and the main process runs
-    the model."""
+    thread (forked: they share the model's weights; one thread, since libgomp hangs a forked child
+    that uses more). Unlike one process's threads, the jobs never wait for each other between ops,
+    which counts on a loaded machine or on many cores. With nj = 0 the main process does everything
+    with torch's threads. On GPU the workers read and the main process runs the model."""
     writer = FeatureWriter(shard, extractor.attrs)
     skipped = []
     in_workers = nj > 0 and getattr(extractor, "device", torch.device("cpu")).type == "cpu"
