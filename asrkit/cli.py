@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
@@ -11,6 +12,11 @@ import configargparse
 from asrkit.errors import DataError
 
 log = logging.getLogger("asrkit")
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity, e.g. under Slurm or taskset; else all)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def make_parser(description: str) -> configargparse.ArgumentParser:

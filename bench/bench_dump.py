@@ -41,6 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from asrkit.audio import SAMPLE_RATE, load_audio  # noqa: E402
+from asrkit.cli import usable_cores  # noqa: E402
 from asrkit.features.dump import _BatchAudio, extract_shard, make_batches, plan_items  # noqa: E402
 from asrkit.features.extractors import SSLExtractor, cpu_has_native_bf16  # noqa: E402
 from asrkit.features.store import FeatureWriter  # noqa: E402
@@ -151,7 +152,7 @@ def main():
     p.add_argument("--preset", default="small", help="asrkit.ssl preset of the random WavLM")
     p.add_argument("--device", default="cpu")
     p.add_argument("--minutes", type=float, default=3.0, help="audio to dump")
-    p.add_argument("--nj", type=int, default=len(os.sched_getaffinity(0)),
+    p.add_argument("--nj", type=int, default=usable_cores(),
                    help="the dumper's jobs, as dump_feats --nj (default: the cores; on GPU: readers)")
     p.add_argument("--batch_seconds", type=float, default=0.0, help="0: 200 on GPU, 20 on CPU")
     p.add_argument("--compute_dtype", default="auto", help="the batched dumper's (auto: as dump_feats)")
@@ -186,7 +187,7 @@ def main():
         batches = make_batches(items, int(batch_seconds * SAMPLE_RATE))
         padded_s = sum(len(b) * b[0].samples for b in batches) / SAMPLE_RATE
         hw = torch.cuda.get_device_name() if gpu else \
-            f"{cpu_name()}, {os.cpu_count()} cores, native bf16: {'yes' if cpu_has_native_bf16() else 'no'}"
+            f"{cpu_name()}, {usable_cores()} cores, native bf16: {'yes' if cpu_has_native_bf16() else 'no'}"
         print(f"# {len(items)} utterances, {audio_s / 60:.1f} min of {source}; WavLM preset {args.preset} "
               f"({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params), layer {layer}")
         print(f"# {dev} ({hw}); torch {torch.__version__}, {torch.get_num_threads()} threads; "
@@ -267,7 +268,7 @@ def main():
     if gpu or args.nj == 0:  # the dumper computes in this process
         peak_low, where = matmul_gflops(ext.compute_dtype, dev, threads), "GPU" if gpu else f"{threads} thread(s)"
     else:  # in args.nj jobs of one thread each
-        jobs = min(args.nj, os.cpu_count() or 1)
+        jobs = min(args.nj, usable_cores())
         peak_low, where = jobs * matmul_gflops(ext.compute_dtype, dev, 1), f"{jobs} single-thread job(s)"
     naive_rate, best = gflop * audio_s / med(t_naive), peak_low / gflop
     most = best * med(t_naive) / audio_s

@@ -16,11 +16,9 @@ import os
 # pages only on request their first-touch page faults took a fifth to a quarter of the time.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
-from asrkit.cli import make_parser, run_main, setup_logging, str2bool
+from asrkit.cli import make_parser, run_main, setup_logging, str2bool, usable_cores
 from asrkit.features.dump import dump
 from asrkit.ssl import LAYER_SPEC_HELP
-
-CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def get_parser():
@@ -37,7 +35,7 @@ def get_parser():
                         "layers and falling off in the last ones, and one layer keeps the store small")
     p.add_argument("--speed_perturb", default="",
                    help='speed factors, e.g. "0.9 1.0 1.1": copies stored as <utt_id>-sp0.9 (training split only)')
-    p.add_argument("--nj", type=int, default=CORES,
+    p.add_argument("--nj", type=int, default=usable_cores(),
                    help="parallel jobs (default: the CPU cores this process may use). On CPU: processes that "
                         "each read and extract whole batches with one torch thread (0: the main process "
                         "alone, with torch's threads); on GPU: workers reading audio for each GPU")

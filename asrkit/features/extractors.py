@@ -202,7 +202,8 @@ class _ConvLayer(nn.Module):
     short kernel) is a matmul over frames of the waveform, the others are 2-D convolutions on
     "channels last" tensors, which oneDNN computes without reordering between layers. The first
     layer and its normalization run in float32 even under autocast (its input is the waveform, it
-    is cheap, and its statistics are best kept exact); its output is cast before the activation.
+    is cheap, and its statistics are best kept exact); its output is cast to the compute dtype
+    (after the activation when the norm is a group norm, before it otherwise).
     """
 
     def __init__(self, layer: nn.Module, first: bool = False):
