@@ -19,10 +19,12 @@ setup(
     python_requires=">=3.9",
     packages=find_packages(include=["asrkit", "asrkit.*"]),
     install_requires=[
-        # torchaudio 2.11 is the last release and loads only with torch 2.11: keep them paired.
-        "torch==2.11.*",
-        "torchaudio==2.11.*",
-        "transformers>=4.40",
+        # Ranges that were tested; tools/requirements.lock pins the exact environment. torchaudio 2.11
+        # is its last release: 2.11.0 loads only with torch 2.11.0 (the GPU machine's pair), 2.11.1
+        # is built on torch's stable ABI and needs torch >= 2.12 (the lock's pair: 2.14.1 + 2.11.1).
+        "torch>=2.11,<2.15",
+        "torchaudio>=2.11,<2.12",
+        "transformers>=4.40,<6",
         "h5py>=3.8",
         "jiwer>=3.0",
         "sentencepiece>=0.2",
