@@ -82,10 +82,13 @@ class Transcriber:
         self.frame_s = self.model.subsampling / float(self.attrs["frame_rate"])
 
     def features(self, path: str) -> torch.Tensor:
-        wav = self.extractor.prepare(load_audio(path, sample_rate=SAMPLE_RATE))
-        if self.extractor.num_frames(len(wav)) < self.model.min_frames:
-            raise DataError(f"too short ({len(wav) / SAMPLE_RATE:.2f} s) for this model", str(path))
-        if len(wav) > LONG_SAMPLES and hasattr(self.extractor, "extract_long"):
+        audio = load_audio(path, sample_rate=SAMPLE_RATE)
+        # the length check is on the samples: `prepare` returns what the extractor's batch step takes,
+        # which for fbank is already frames
+        if self.extractor.num_frames(len(audio)) < self.model.min_frames:
+            raise DataError(f"too short ({len(audio) / SAMPLE_RATE:.2f} s) for this model", str(path))
+        wav = self.extractor.prepare(audio)
+        if len(audio) > LONG_SAMPLES and hasattr(self.extractor, "extract_long"):
             feats = self.extractor.extract_long(wav, LONG_SAMPLES)
         else:
             feats = self.extractor([wav])[0]

@@ -13,10 +13,16 @@ from asrkit.transcribe import word_timings
 from conftest import write_tone
 
 
-@pytest.fixture
-def wavlm_exp(tmp_path, tiny_corpus, tiny_wavlm):
-    """A tiny random model trained (so to speak) on stacked layers 1-2 of a tiny WavLM, with the store."""
+ENCODERS = {
+    "conformer": {},
+    "bilstm": {"encoder": "bilstm", "encoder_conf": {"hidden_size": 8, "num_layers": 1, "output_size": 16}},
+}
+
+
+def make_exp(tmp_path, tiny_corpus, tiny_wavlm, feats_type: str, encoder: str):
+    """A tiny random model (so to speak, trained) on one of stage 1's feature types, with its store."""
     from asrkit.features.dump import dump
+    from asrkit.features.store import FeatureReader
     from asrkit.model_io import build_from_config, save_exp_files
     from asrkit.tokenizer import Tokenizer, build_token_list
     from train_fixtures import TINY_MODEL
@@ -24,15 +30,17 @@ def wavlm_exp(tmp_path, tiny_corpus, tiny_wavlm):
     data = tmp_path / "test.jsonl"
     write_jsonl(data, [dict(r, audio=str(tiny_corpus.parent / r["audio"])) for r in load_jsonl(tiny_corpus)[:3]])
     store = tmp_path / "test.h5"
-    dump(str(data), str(store), feats_type="wavlm", ssl_model=str(tiny_wavlm), ssl_layer="1,2", nj=0,
-         dtype="float32", progress=False)
+    if feats_type == "fbank":
+        dump(str(data), str(store), feats_type="fbank", n_mels=20, nj=0, progress=False)
+    else:  # stacked layers 1-2 of a tiny WavLM
+        dump(str(data), str(store), feats_type="wavlm", ssl_model=str(tiny_wavlm), ssl_layer="1,2", nj=0,
+             dtype="float32", progress=False)
     tok_dir = tmp_path / "tokens"
     build_token_list(["one two three four five six seven eight nine zero"], "char", tok_dir)
     tok = Tokenizer.load(tok_dir)
-    from asrkit.features.store import FeatureReader
-
     attrs = FeatureReader(store).attrs
-    config = {**TINY_MODEL, "input_dim": 64, "input_layers": 2, "vocab_size": tok.vocab_size}
+    config = {**TINY_MODEL, **ENCODERS[encoder], "input_dim": int(attrs["dim"]),
+              "input_layers": int(attrs["num_layers"]), "vocab_size": tok.vocab_size}
     exp = tmp_path / "exp"
     save_exp_files(exp, config, tok_dir, attrs)
     torch.manual_seed(0)
@@ -40,27 +48,50 @@ def wavlm_exp(tmp_path, tiny_corpus, tiny_wavlm):
     return exp, data, store
 
 
-def test_transcribe_matches_decoding_the_store_and_handles_new_and_bad_files(wavlm_exp, tmp_path, capsys):
-    exp, data, store = wavlm_exp
+@pytest.fixture
+def wavlm_exp(tmp_path, tiny_corpus, tiny_wavlm):
+    return make_exp(tmp_path, tiny_corpus, tiny_wavlm, "wavlm", "conformer")
+
+
+@pytest.mark.parametrize("feats_type,encoder", [("fbank", "conformer"), ("fbank", "bilstm"),
+                                                ("wavlm", "conformer"), ("wavlm", "bilstm")])
+def test_transcribe_matches_decoding_the_store_and_handles_new_and_bad_files(feats_type, encoder, tmp_path,
+                                                                             tiny_corpus, tiny_wavlm, capsys):
+    exp, data, store = make_exp(tmp_path, tiny_corpus, tiny_wavlm, feats_type, encoder)
     decode.main([f"--model_dir={exp}", f"--data={data}", f"--feats={store}", f"--out={tmp_path / 'dec'}", "--beam=3"])
     hyps = {r["utt_id"]: r for r in load_jsonl(tmp_path / "dec" / "hyp.jsonl")}
     capsys.readouterr()
     records = load_jsonl(data)
-    new = write_tone(tmp_path / "never_seen.wav", seconds=1.3, freq=333.0, seed=99)
-    code = transcribe.main(["--config=conf/decode.yaml", f"--model_dir={exp}", "--beam=3", "--json", "--batch_size=2",
-                            *(r["audio"] for r in records),
-                            str(new), str(tmp_path / "missing.wav")])
+    # files never in any split, at other rates and channel counts than training's 16 kHz mono
+    new = [write_tone(tmp_path / "never_seen.wav", seconds=1.3, freq=333.0, seed=99),
+           write_tone(tmp_path / "phone_8k.wav", seconds=2.8, sr=8000, freq=260.0, seed=7),
+           write_tone(tmp_path / "stereo_44k.flac", seconds=0.9, sr=44100, channels=2, freq=190.0, seed=8)]
+    seconds = [1.3, 2.8, 0.9]
+    args = ["--config=conf/decode.yaml", f"--model_dir={exp}", "--beam=3", "--batch_size=2",
+            *(r["audio"] for r in records), *map(str, new), str(tmp_path / "missing.wav")]
+    assert transcribe.main(args) == 1
+    plain = capsys.readouterr().out.splitlines()
+    code = transcribe.main([*args, "--json"])
     out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert code == 1 and len(out) == len(records) + 2
-    for r, o in zip(records, out):
-        assert o["text"] == hyps[r["utt_id"]]["text"]
+    assert code == 1 and len(out) == len(records) + len(new) + 1 and len(plain) == len(records) + len(new)
+    for r, o, line in zip(records, out, plain):
+        assert o["text"] == hyps[r["utt_id"]]["text"] and line == f"{r['audio']}\t{o['text']}"
         assert o["score"] == pytest.approx(hyps[r["utt_id"]]["score"], abs=1e-3)
-    fresh = out[len(records)]
-    assert fresh["file"] == str(new) and "text" in fresh
-    ends = [w["end"] for w in fresh["words"]]
-    assert [w["word"] for w in fresh["words"]] == fresh["text"].split()
-    assert all(0 <= w["start"] < w["end"] <= 1.3 + 1e-6 for w in fresh["words"]) and ends == sorted(ends)
+    for path, dur, fresh in zip(new, seconds, out[len(records):]):
+        assert fresh["file"] == str(path) and "error" not in fresh, fresh
+        ends = [w["end"] for w in fresh["words"]]
+        assert [w["word"] for w in fresh["words"]] == fresh["text"].split()
+        assert all(0 <= w["start"] < w["end"] <= dur + 1e-6 for w in fresh["words"]) and ends == sorted(ends)
     assert "missing.wav" in out[-1]["error"]
+
+
+def test_transcribe_says_too_short_by_the_audio_length(tmp_path, tiny_corpus, tiny_wavlm):
+    from asrkit.transcribe import Transcriber
+
+    exp = make_exp(tmp_path, tiny_corpus, tiny_wavlm, "fbank", "conformer")[0]
+    short = write_tone(tmp_path / "blip.wav", seconds=0.03)
+    [rec] = Transcriber(exp, beam=2).transcribe([short])
+    assert rec["error"].startswith(f"{short}: too short (0.03 s)"), rec
 
 
 def test_transcribe_refuses_a_different_extractor(wavlm_exp, tmp_path):
