@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from machine import print_header  # noqa: E402
 from asrkit.decode.beam import SearchOptions, beam_search  # noqa: E402
 from asrkit.decode.ctc import ctc_prefix_beam_search, ctc_prefix_beam_search_batch  # noqa: E402
 from asrkit.nets import build_model  # noqa: E402
@@ -137,6 +138,7 @@ def main():
     p.add_argument("--espnet_python", default=next((str(p) for p in ESPNET_PYTHONS if p.is_file()), ""),
                    help="python of an environment with espnet installed (bench/setup_espnet_venv.sh)")
     a = p.parse_args()
+    print_header()
     if a.quick:
         a.num_utts, a.min_frames, a.max_frames, a.batch_size = 12, 40, 100, 6
     torch.set_num_threads(a.threads)

@@ -47,6 +47,7 @@ from asrkit.features.extractors import SSLExtractor, cpu_has_native_bf16  # noqa
 from asrkit.features.store import FeatureWriter  # noqa: E402
 from asrkit.fileio import load_jsonl, resolve_audio_path, write_jsonl  # noqa: E402
 from asrkit.ssl import save_random_wavlm  # noqa: E402
+from machine import cpu_name, matmul_gflops, print_header, sync  # noqa: E402
 
 FSDD = Path(os.environ.get("ASRKIT_FSDD", Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd"))
 
@@ -78,11 +79,6 @@ def make_corpus(out: Path, seconds: float, lo: float, hi: float, seed: int = 0) 
         i += 1
     write_jsonl(out / "list.jsonl", records)
     return out / "list.jsonl", source
-
-
-def sync(device):
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def naive(model, attrs, data, out, device, layer):
@@ -123,30 +119,6 @@ def model_gflop(model, device) -> float:
     return counter.get_total_flops() / 10 / 1e9
 
 
-def matmul_gflops(dtype, device, threads: int) -> float:
-    """GFLOP/s of a large square matrix product (the best case for the hardware) on `threads` threads."""
-    n = 8192 if device.startswith("cuda") else 2048
-    a = torch.randn(n, n, device=device).to(dtype)
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        a @ a
-        t, _ = timed(lambda: [a @ a for _ in range(3)], device)
-    finally:
-        torch.set_num_threads(before)
-    return 3 * 2 * n ** 3 / t / 1e9
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "CPU"
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="small", help="asrkit.ssl preset of the random WavLM")
@@ -167,6 +139,7 @@ def main():
     minutes = 1.0 if args.quick else args.minutes
     if args.threads:
         torch.set_num_threads(args.threads)
+    print_header(args.device)
     dev = args.device
     gpu = dev.startswith("cuda")
     with tempfile.TemporaryDirectory() as tmp:

@@ -13,6 +13,8 @@ import time
 
 import torch
 
+from machine import print_header  # bench/ is on the path as this script's folder
+
 
 def bench(fn, reps: int) -> float:
     fn()
@@ -33,6 +35,7 @@ def main():
     p.add_argument("--reps", type=int, default=10)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    print_header()
     torch.manual_seed(0)
     T = int(args.seconds * 3200)
     print(f"# one front-end layer, {T} input frames ({args.seconds:g} s), {args.threads} thread(s)")

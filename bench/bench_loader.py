@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
+from machine import print_header  # noqa: E402
 from bench_train import WORDS, Meter, build_trainer, compare  # noqa: E402
 
 from asrkit.data import collate  # noqa: E402
@@ -89,6 +90,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=3, help="timed loader epochs")
     a = p.parse_args()
     device = torch.device(a.device)
+    print_header(a.device)
     hours = a.hours or (1 / 6 if a.quick else 1.0)
     batch_bins = a.batch_bins or (4000 if a.quick else None)
     steps = a.steps or (2 if a.quick else 10)

@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 from bench_dump import make_corpus  # noqa: E402
+from machine import print_header, sync  # noqa: E402
 
 from asrkit.audio import load_audio  # noqa: E402
 from asrkit.bin.train import get_parser, resolve_config, seed_everything  # noqa: E402
@@ -72,11 +73,6 @@ def build_trainer(config: str, d: dict, device: torch.device, exp_dir: Path, *ov
     conf.update(input_dim=data.dim, input_layers=data.num_layers, vocab_size=tok.vocab_size)
     seed_everything(0)
     return Trainer(args, conf, build_from_config(conf), data, data, tok, init_distributed(args.ngpu))
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 class Meter:
@@ -147,6 +143,7 @@ def main() -> None:
                                                     str(REPO / "conf/train_conformer.yaml")])
     a = p.parse_args()
     device = torch.device(a.device)
+    print_header(a.device)
     cpu = device.type == "cpu"
     preset = a.preset or ("small" if cpu else "base-plus")
     seconds = a.seconds or (150 if a.quick else 900)
