@@ -114,3 +114,42 @@ def test_word_timings_from_forced_alignment():
     words = word_timings(logp.log_softmax(-1), ids, [tokens[i] for i in ids], "char", 0.04)
     assert [w["word"] for w in words] == ["ab", "c"]
     assert [(w["start"], w["end"]) for w in words] == [(0.0, 0.16), (0.28, 0.36)]
+
+
+def test_subtitle_cues_break_at_pauses_and_line_length():
+    from asrkit.subtitles import cues, render
+
+    words = [{"word": w, "start": a, "end": b} for w, a, b in
+             [("the", 0.0, 0.2), ("magnet", 0.3, 0.8), ("sticks", 0.9, 1.4),  # a pause of 2.1 s follows
+              ("to", 3.5, 3.6), ("the", 3.7, 3.8), ("fridge", 3.9, 4.4)]]
+    assert cues(words) == [(0.0, 1.4, "the magnet sticks"), (3.5, 4.4, "to the fridge")]
+    assert [c[2] for c in cues(words, max_chars=10)] == ["the magnet", "sticks", "to the", "fridge"]
+    rec = {"file": "x.wav", "text": "the magnet sticks to the fridge", "words": words}
+    assert render(rec, "srt") == ("1\n00:00:00,000 --> 00:00:01,400\nthe magnet sticks\n\n"
+                                  "2\n00:00:03,500 --> 00:00:04,400\nto the fridge\n")
+    assert render(rec, "vtt").startswith("WEBVTT\n\n00:00:00.000 --> 00:00:01.400\nthe magnet sticks\n\n")
+    assert render({**rec, "words": [{"word": "x", "start": 3725.5, "end": 3726.0}]}, "srt").split("\n")[1] == \
+        "01:02:05,500 --> 01:02:06,000"
+
+
+def test_transcribe_writes_a_file_per_input(tmp_path, tiny_corpus, tiny_wavlm, capsys):
+    exp = make_exp(tmp_path, tiny_corpus, tiny_wavlm, "fbank", "conformer")[0]
+    wavs = [write_tone(tmp_path / "in" / f"child{i}.wav", seconds=1.0 + i, freq=200.0 + 50 * i, seed=i)
+            for i in range(2)]
+    out = tmp_path / "subs"
+    assert transcribe.main([f"--model_dir={exp}", "--beam=2", *map(str, wavs), f"--output_dir={out}",
+                            "--output_format=txt,srt,vtt,json"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"child{i}.{f}" for i in range(2)
+                                                           for f in ("txt", "srt", "vtt", "json"))
+    for wav, line in zip(wavs, lines):
+        rec = json.loads((out / f"{wav.stem}.json").read_text())
+        assert line == f"{wav}\t{rec['text']}" and (out / f"{wav.stem}.txt").read_text() == rec["text"] + "\n"
+        srt = (out / f"{wav.stem}.srt").read_text()
+        assert " ".join(b.split("\n", 2)[2].strip() for b in srt.strip().split("\n\n") if b) == rec["text"]
+    with pytest.raises(SystemExit):
+        transcribe.main([f"--model_dir={exp}", str(wavs[0]), f"--output_dir={out}", "--output_format=docx"])
+    with pytest.raises(SystemExit):  # two inputs named alike would overwrite each other's files
+        transcribe.main([f"--model_dir={exp}", str(wavs[0]), str(write_tone(tmp_path / "b" / "child0.wav")),
+                         f"--output_dir={out}"])
+    assert "child0" in capsys.readouterr().err

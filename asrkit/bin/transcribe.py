@@ -3,15 +3,21 @@
     python -m asrkit.bin.transcribe --model_dir exp/<tag> a.flac b.wav [--json]
 
 Prints one line per file, `<file>\\t<text>`; with --json one JSON object per file, with word timings
-from CTC forced alignment. A file that cannot be read is reported and the others go on (exit code 1).
+from CTC forced alignment. With --output_dir, also a file per input named after it, in each of
+--output_format's formats: txt (the text), srt and vtt (subtitles from the word timings), json.
+A file that cannot be read is reported and the others go on (exit code 1).
+
+    python -m asrkit.bin.transcribe --model_dir exp/<tag> session1.wav --output_dir subs --output_format srt,txt
 """
 from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from asrkit.bin.decode import add_search_options, pick_device, search_options
 from asrkit.cli import make_parser, run_main, setup_logging
+from asrkit.subtitles import FORMATS, write_transcripts
 
 
 def main(argv=None) -> int:
@@ -22,16 +28,29 @@ def main(argv=None) -> int:
     parser.add_argument("--json", action="store_true", help="JSON lines with score and word timings")
     parser.add_argument("--ngpu", type=int, default=0, help="1: run on the GPU")
     parser.add_argument("--batch_size", type=int, default=8, help="files decoded together")
+    parser.add_argument("--output_dir", default=None, help="write <stem>.<format> per input file here")
+    parser.add_argument("--output_format", default="txt",
+                        help=f"comma-separated, of {', '.join(FORMATS)} (with --output_dir)")
     add_search_options(parser)
     args = parser.parse_args(argv)
     setup_logging(args.log_file, args.verbose)
+    formats = [f for f in args.output_format.replace(" ", "").split(",") if f]
+    if bad := sorted(set(formats) - set(FORMATS)):
+        parser.error(f"--output_format {','.join(bad)}: choose from {', '.join(FORMATS)}")
+    stems = [Path(a).stem for a in args.audio]
+    if args.output_dir and (same := sorted({s for s in stems if stems.count(s) > 1})):
+        parser.error(f"--output_dir: several inputs are named {', '.join(same)}: their transcripts would "
+                     "overwrite each other; transcribe them into separate dirs")
     from asrkit.transcribe import Transcriber
 
     opts = search_options(args)
     asr = Transcriber(args.model_dir, args.checkpoint, str(pick_device(args.ngpu)), **vars(opts))
     failed = 0
-    for rec in asr.transcribe(args.audio, timings=args.json, batch_size=args.batch_size):
+    timings = args.json or bool(args.output_dir and {"srt", "vtt", "json"} & set(formats))
+    for rec in asr.transcribe(args.audio, timings=timings, batch_size=args.batch_size):
         failed += "error" in rec
+        if args.output_dir and "error" not in rec:
+            write_transcripts(rec, args.output_dir, formats)
         if args.json:
             print(json.dumps(rec, ensure_ascii=False))
         elif "error" in rec:
