@@ -70,6 +70,8 @@ opt inference_model model.avg.pth "checkpoint in the exp dir to decode with"
 usage() {
     echo "Usage: $0 [--option value ...]"
     echo "Stages: 0 data prep | 1 feature dump | 2 token list | 3 training | 4 decoding | 5 scoring"
+    echo "With no --raw_data, the offline demo (egs/mini), which also takes --num_speakers [120],"
+    echo "--utts_per_speaker [10] and --compare_fbank [true]."
     echo "Options (default in brackets):"
     local i
     for i in "${!opt_names[@]}"; do
@@ -77,18 +79,20 @@ usage() {
     done
 }
 
-argv=("$@")
+argv=("$@") unknown=()
 while [ $# -gt 0 ]; do
     case "$1" in
         -h|--help) usage; exit 0 ;;
         --*=*) set -- "${1%%=*}" "${1#*=}" "${@:2}"; continue ;;
         --*)
             name=${1#--}; name=${name//-/_}
-            if [[ ! " ${opt_names[*]} " == *" $name "* ]]; then
-                echo "$0: unknown option --$name (see --help)" >&2; exit 2
-            fi
             [ $# -ge 2 ] || { echo "$0: option --$name needs a value" >&2; exit 2; }
-            printf -v "$name" '%s' "$2"; shift 2 ;;
+            if [[ " ${opt_names[*]} " == *" $name "* ]]; then
+                printf -v "$name" '%s' "$2"
+            else
+                unknown+=("--$name")  # an option of the demo recipe, or a mistake (checked below)
+            fi
+            shift 2 ;;
         *) echo "$0: unexpected argument '$1' (options are --name value; see --help)" >&2; exit 2 ;;
     esac
 done
@@ -99,7 +103,10 @@ if [ -z "$raw_data" ] && [ -z "$local_data" ] && [ "$stop_stage" -ge 0 ]; then
         echo "$0: no --raw_data or --local_data given" >&2; exit 2
     fi
     echo "No --raw_data given: running the offline demo recipe egs/mini (see README)."
-    cd "$asrkit_root/egs/mini" && exec ./run.sh "${argv[@]}"
+    cd "$asrkit_root/egs/mini" && exec ./run.sh ${argv[@]+"${argv[@]}"}
+fi
+if [ ${#unknown[@]} -gt 0 ]; then
+    echo "$0: unknown option ${unknown[0]} (see --help)" >&2; exit 2
 fi
 
 # shellcheck source=path.sh

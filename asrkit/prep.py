@@ -294,7 +294,7 @@ def prepare(records: list[dict[str, Any]], normalize: Callable[[str], str], drop
 
 
 def output_record(r: dict[str, Any]) -> dict[str, Any]:
-    """The split-list line of DESIGN.md: fixed keys first, corpus metadata after."""
+    """The split-list line of docs/INTERNALS.md (file formats): fixed keys first, corpus metadata after."""
     head = {k: r[k] for k in ("utt_id", "audio", "duration", "speaker", "text", "text_raw")}
     seg = {k: r[k] for k in ("start", "end") if k in r}
     rest = {k: v for k, v in r.items() if k not in head and k not in seg and not k.startswith("_")}

@@ -32,7 +32,7 @@ def _units(text: str, token_type: str) -> list[str]:
 
 
 class Tokenizer:
-    """Text <-> ids with the special-token layout of the design contract."""
+    """Text <-> ids with the special-token layout of docs/INTERNALS.md (file formats)."""
 
     def __init__(self, tokens: Sequence[str], token_type: str, sp_model: str | None = None):
         if token_type not in TOKEN_TYPES:

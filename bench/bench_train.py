@@ -127,7 +127,7 @@ def on_the_fly(trainer: Trainer, ssl: SSLExtractor, audio: dict):
         yield collate([{"utt_id": ds.utt_ids[i], "feats": f, "ys": ds.tokens[i]} for i, f in zip(idx, feats)])
 
 
-def main() -> None:
+def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true",
                    help="CPU-sized: 150 s of audio, 3 timed steps, batches of 1200 frames")
@@ -141,7 +141,7 @@ def main() -> None:
     p.add_argument("--nj", type=int, default=4, help="dump jobs and training DataLoader workers")
     p.add_argument("--configs", nargs="+", default=[str(REPO / "conf/train_bilstm.yaml"),
                                                     str(REPO / "conf/train_conformer.yaml")])
-    a = p.parse_args()
+    a = p.parse_args(argv)
     device = torch.device(a.device)
     print_header(a.device)
     cpu = device.type == "cpu"

@@ -11,6 +11,8 @@ import pytest
 from asrkit.fileio import load_jsonl
 from conftest import REPO
 
+pytestmark = pytest.mark.slow  # whole pipelines through run.sh
+
 TINY = ["--feats_type", "fbank", "--token_type", "char", "--nj", "2", "--ngpu", "0",
         "--train_config", str(REPO / "conf" / "tuning" / "train_conformer_tiny.yaml"),
         "--decode_args", "--beam 2 --batch_size 8"]

@@ -7,7 +7,11 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from conftest import REPO
+
+pytestmark = pytest.mark.slow  # real training through run.sh
 
 
 def wer(results_md: str, test_set: str) -> float:
@@ -26,15 +30,15 @@ def test_connected_digits_are_learned(fsdd, tmp_path):
                         "--split_field", "split", "--test_sets", "test test_unseen",
                         "--feats_type", "fbank", "--token_type", "char", "--ngpu", "0", "--nj", "2",
                         "--train_config", str(REPO / "conf" / "tuning" / "train_conformer_tiny.yaml"),
-                        "--train_args", '--max_epoch 12 --num_workers 0 --scheduler_conf {"warmup_steps":200}',
+                        "--train_args", "--num_workers 0",
                         "--decode_args", "--beam 4"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=1500,
                        env={k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"})  # all cores
     assert p.returncode == 0, p.stdout + p.stderr
     results = next(tmp_path.glob("exp/*/RESULTS.md")).read_text()
     seen, unseen = wer(results, "test"), wer(results, "test_unseen")
-    print(f"\nFSDD connected digits (4 training speakers), fbank, 4-block Conformer, 12 epochs on CPU: "
+    print(f"\nFSDD connected digits (4 training speakers), fbank, 2-block Conformer, 16 epochs on CPU: "
           f"WER {seen:.1f}% on held-out takes of training speakers, {unseen:.1f}% on 2 unseen speakers")
-    # measured: 5.0% and 13.0% (run.sh on 2 CPU cores, about 8 minutes)
+    # measured with 20 epochs of this config on 2 Zen 3 cores: 2.0% and 15.7%, in 3.7 minutes
     assert seen < 15.0, results
     assert unseen < 40.0, results

@@ -24,6 +24,7 @@ def recipe(name: str, cwd: Path, out: Path, *args: str, check: bool = True) -> s
     return p
 
 
+@pytest.mark.slow
 def test_myst_recipe_stage0_keeps_the_corpus_split(tmp_path):
     make_fake_myst(tmp_path / "LDC2021S05")
     out = tmp_path / "run"
@@ -58,6 +59,7 @@ def test_child_recipe_stage0_with_a_relative_manifest(tiny_corpus, tmp_path):
     assert "--normalizer child" in log and "--speed_perturb 0.9\\ 1.0\\ 1.1" in log
 
 
+@pytest.mark.slow
 def test_mini_recipe_stage0_generates_corpus_and_wavlm(tmp_path):
     out = tmp_path / "run"
     recipe("mini", tmp_path, out, "--local_data", "local/data.sh --num_speakers 6 --utts_per_speaker 3")

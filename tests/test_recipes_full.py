@@ -7,10 +7,14 @@ import os
 import re
 import subprocess
 
+import pytest
+
 from asrkit.features.store import FeatureReader
 from asrkit.fileio import load_jsonl
 from conftest import REPO
 from corpora_fixtures import make_fake_myst, myst_utt_id
+
+pytestmark = pytest.mark.slow  # whole pipelines through run.sh
 
 TINY = ["--feats_type", "fbank", "--token_type", "char", "--nj", "1", "--ngpu", "0",
         "--train_config", str(REPO / "conf" / "tuning" / "train_conformer_tiny.yaml"),

@@ -3,6 +3,8 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from asrkit.fileio import load_jsonl
 from conftest import REPO
 
@@ -34,6 +36,7 @@ def test_unknown_option_is_refused(tmp_path):
     assert p.returncode == 2 and "unknown option --rawdata" in p.stderr
 
 
+@pytest.mark.slow
 def test_stage0_on_fsdd_splits_by_speaker_then_skips_then_reruns_on_change(fsdd, tmp_path):
     args = ["--stage", "0", "--stop_stage", "0", "--raw_data", str(fsdd / "manifest.jsonl")]
     first = run_sh(tmp_path, *args).stdout

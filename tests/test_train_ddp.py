@@ -6,9 +6,12 @@ import json
 import subprocess
 import time
 
+import pytest
 import torch
 
 from train_fixtures import REPO, kill_tree, make_experiment, torchrun, train_argv
+
+pytestmark = pytest.mark.slow  # torchrun processes
 
 
 def test_ddp_gradients_equal_single_process(tmp_path):

@@ -206,8 +206,10 @@ def verify_store(out: Path, attrs: dict, items: list[Item], extractor) -> str:
 def dump(data: str, out: str, feats_type: str = "wavlm", ssl_model: str = "microsoft/wavlm-base-plus",
          ssl_layer: str = "9", speed_perturb: str = "", nj: int = 2, ngpu: int = 0, dtype: str = "float16",
          compute_dtype: str = "auto", batch_seconds: float = 0.0, max_seconds: float = 60.0,
-         n_mels: int = 80, force: bool = False, progress: bool = True) -> dict:
-    """Dump the features of split list `data` into the store `out`; returns the store's statistics."""
+         n_mels: int = 80, force: bool = False, progress: bool = True, process_per_gpu: bool | None = None) -> dict:
+    """Dump the features of split list `data` into the store `out`; returns the store's statistics.
+    On GPUs, `process_per_gpu` (default: with more than one GPU) spawns one process per GPU, each
+    writing its own shard, merged at the end."""
     out = Path(out)
     speeds = [float(s) for s in speed_perturb.replace(",", " ").split()] or [1.0]
     if any(s <= 0 for s in speeds):
@@ -248,7 +250,9 @@ def dump(data: str, out: str, feats_type: str = "wavlm", ssl_model: str = "micro
     batches = make_batches(todo, int(batch_seconds * SAMPLE_RATE))
     max_samples = int(max_seconds * SAMPLE_RATE)
     ranks = max(1, ngpu)
-    if ranks == 1:
+    if process_per_gpu is None:
+        process_per_gpu = ngpu > 1
+    if not (ngpu > 0 and process_per_gpu):
         skipped = extract_shard(extractor, batches, partial / "shard0.h5", nj, max_samples, progress)
     else:
         del extractor

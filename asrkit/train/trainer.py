@@ -331,7 +331,8 @@ class Trainer:
         if self.dist.is_main:
             self.reporter = Reporter(self.exp_dir, self.args.tensorboard, self.state.step, self.state.epoch)
         st = self.state
-        if not st.stopped_early and st.epoch <= self.args.max_epoch:
+        steps_left = not self.args.max_steps or st.step < self.args.max_steps  # a rerun at the limit does nothing
+        if not st.stopped_early and st.epoch <= self.args.max_epoch and steps_left:
             self.preflight()
             while True:
                 t0 = time.time()
