@@ -32,21 +32,21 @@ fbank=(--feats_type fbank --train_args "--frontend_conf.subsample conv1d")
 if [[ " ${args[*]-} " == *" --feats_type "* ]] || [ "$compare_fbank" != true ]; then
     exec ../../run.sh "${common[@]}" "${wavlm[@]}" ${args[@]+"${args[@]}"}
 fi
-# Stage 0 and the token list once; then the two runs side by side, each on half the cores: these
-# small models train faster on one thread each than one after the other on two (measured: an epoch
-# of the fbank run took 13.5 s on one Zen 3 thread, 10.5 s on two).
-../../run.sh "${common[@]}" "${wavlm[@]}" --stop_stage 2 --skip_stages 1 ${args[@]+"${args[@]}"}
+# Stages 0-2 of the WavLM run on all cores; then its training beside the whole filterbank run, each
+# on half the cores: these small models train faster on one thread each than one after the other on
+# two (measured: an epoch of the fbank run took 13.5 s on one Zen 3 thread, 10.5 s on two).
+../../run.sh "${common[@]}" "${wavlm[@]}" --stop_stage 2 ${args[@]+"${args[@]}"}
 cores=$(nproc 2>/dev/null || echo 2)
 half=$(( cores > 1 ? cores / 2 : 1 ))
 mkdir -p exp/logs
 echo
-echo "=== stages 1-5 on the random WavLM's features, and beside it the same model on filterbank"
-echo "    features (its output: exp/logs/demo_fbank.out) ==="
+echo "=== training on the random WavLM's features, and beside it the same model on filterbank"
+echo "    features (stages 1-5; its output: exp/logs/demo_fbank.out) ==="
 OMP_NUM_THREADS=$half ../../run.sh "${common[@]}" "${fbank[@]}" --stage 1 --skip_stages 2 --nj "$half" \
     ${args[@]+"${args[@]}"} > exp/logs/demo_fbank.out 2>&1 &
 fbank_pid=$!
 status=0
-OMP_NUM_THREADS=$half ../../run.sh "${common[@]}" "${wavlm[@]}" --stage 1 --skip_stages 2 --nj "$half" \
+OMP_NUM_THREADS=$half ../../run.sh "${common[@]}" "${wavlm[@]}" --stage 3 --nj "$half" \
     ${args[@]+"${args[@]}"} || status=$?
 wait "$fbank_pid" || { status=$?; echo "the filterbank run failed:" >&2; tail -n 30 exp/logs/demo_fbank.out >&2; }
 echo
