@@ -5,7 +5,6 @@ from functools import lru_cache
 
 import numpy as np
 import soundfile as sf
-import torch
 
 from asrkit.errors import DataError
 
@@ -44,6 +43,8 @@ def resample(wav: np.ndarray, orig_sr: int, new_sr: int) -> np.ndarray:
     """Band-limited resampling (torchaudio's sinc interpolation)."""
     if orig_sr == new_sr or wav.size == 0:
         return np.ascontiguousarray(wav, dtype=np.float32)
+    import torch  # here, not at the top: data preparation reads 16 kHz files without it (4 s to import)
+
     out = _resampler(orig_sr, new_sr)(torch.from_numpy(np.ascontiguousarray(wav, dtype=np.float32)))
     return out.numpy()
 

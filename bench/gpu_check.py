@@ -181,7 +181,7 @@ def train_cmd(a, d: dict, exp: Path, amp: str, *extra: str) -> list:
     sizes = (["--encoder_conf.num_blocks", "1", "--encoder_conf.output_size", "64", "--encoder_conf.linear_units",
               "128", "--decoder_conf.num_blocks", "1", "--batch_bins", "600"] if a.tiny else [])
     # a few hundred updates: the config's 5000 warmup steps would leave the learning rate near zero
-    sizes += ["--scheduler_conf.warmup_steps", str(max(2, a.steps // 4))]
+    sizes += ["--scheduler_conf", json.dumps({"warmup_steps": max(2, a.steps // 4)})]
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
             "-m", "asrkit.bin.train", "--config", REPO / "egs/child/conf/train_conformer.yaml",
             "--train_data", d["data"]["train"], "--train_feats", d["stores"]["train"],

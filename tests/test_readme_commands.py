@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, write_manifest, write_tone
-from corpora_fixtures import make_fake_myst
+from corpora_fixtures import make_fake_myst, myst_utt_id
+from myst_checks import check_myst_outputs
 
 pytestmark = pytest.mark.slow
 DOCS = ["README.md", "egs/child/README.md", "egs/myst/README.md"]
@@ -38,6 +39,10 @@ RULES = [
     (r"^\./run\.sh$", ["--num_speakers", "12", "--utts_per_speaker", "2", "--nj", "1",
                        "--train_args", "--max_epoch 1", "--decode_args", "--beam 2 --maxlenratio -10"]),
     (r"^bash egs/child/run\.sh .*--ssl_model", ["--nj", "1"]),  # already tiny as written
+    (r"^bash egs/child/run\.sh .*train_bilstm", TINY_WAVLM + ["--nbpe", "60", "--nj", "1", "--ngpu", "0", "--train_args",
+                                                         TINY_TRAIN.replace("--encoder_conf.num_blocks 1",
+                                                                            "--encoder_conf.num_layers 1"),
+                                                         "--decode_args", "--beam 2 --maxlenratio -10"]),
     (r"^(\./run\.sh|bash egs/child/run\.sh) --raw_data", TINY_WAVLM + ["--nbpe", "60"] + TINY),
     (r"^bash egs/myst/run\.sh", ["--feats_type", "fbank", "--token_type", "char", *TINY]),
     (r"^python -m asrkit\.bin\.transcribe ", []),
@@ -82,6 +87,19 @@ def all_commands() -> list[tuple[str, str, str]]:
             elif lang == "python":
                 found.append((doc, "python", code))
     return found
+
+
+def appended(command: str, extra: list[str]) -> list[str]:
+    """The tiny-size options, less those the command sets itself (its own value is what it shows)."""
+    given = set(shlex.split(command))
+    out, i = [], 0
+    while i < len(extra):
+        if extra[i].startswith("--") and extra[i] in given:
+            i += 2
+            continue
+        out.append(extra[i])
+        i += 1
+    return out
 
 
 def rule(kind: str, command: str):
@@ -135,7 +153,7 @@ def workspace(tmp_path_factory):
     places = {"/path/to/manifest.jsonl": str(manifest), "/path/to/kaldi/data/train": str(kaldi),
               "/path/to/LDC2021S05": str(myst), "/tmp/tiny-wavlm": str(fx / "made-tiny-wavlm"),
               "/path/to/filtered_test_ids.txt": str(fx / "filtered_test_ids.txt")}
-    (fx / "filtered_test_ids.txt").write_text("")
+    (fx / "filtered_test_ids.txt").write_text(myst_utt_id("000301", 1) + "\n")
     env = {**os.environ, "ASRKIT_VENV": str(venv), "PATH": f"{venv / 'bin'}:{os.environ['PATH']}", "MYST": ""}
     return dict(repo=repo, places=places, env=env, wavlm=wavlm)
 
@@ -179,7 +197,7 @@ def test_readme_command(doc, kind, command, workspace):
         out = json.loads(run(ws, [str(Path(sys.prefix) / "bin" / "python"), "-c", script]).stdout.splitlines()[-1])
         assert out and all("text" in r for r in out), out
         return
-    extra = [a.format(repo=ws["repo"], wavlm=ws["wavlm"]) for a in action]
+    extra = appended(command, [a.format(repo=ws["repo"], wavlm=ws["wavlm"]) for a in action])
     p = run(ws, fill(command, ws) + "".join(f" {shlex.quote(a)}" for a in extra), timeout=900)
     if command.startswith("python -m asrkit.bin.transcribe"):
         lines = p.stdout.splitlines()
@@ -195,3 +213,7 @@ def test_readme_command(doc, kind, command, workspace):
             assert sorted(f.name for f in out.iterdir()) == sorted(f"{Path(a).stem}.{x}" for a in files for x in formats)
     if re.match(r"^(\./run\.sh|bash egs/\w+/run\.sh)", command) and "--stop_stage 0" not in command:
         assert "Results (" in p.stdout or "Demo results" in p.stdout, p.stdout[-3000:]
+    if command == "bash egs/myst/run.sh --myst_root /path/to/LDC2021S05":  # all stages, on the fake tree
+        myst = ws["repo"] / "egs" / "myst"
+        rerun = run(ws, fill(command, ws) + "".join(f" {shlex.quote(a)}" for a in extra)).stdout
+        check_myst_outputs(p.stdout, rerun, myst / "data", myst / "dump", myst / "exp")

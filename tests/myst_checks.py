@@ -1,29 +1,14 @@
-"""egs/myst through all stages (0-5) on the fake MyST tree, with tiny sizes: filterbank features, a
-one-block Conformer trained for one epoch, characters, and the filtered test scored from the full one."""
+"""What egs/myst through all stages (0-5) on the fake MyST tree must write: filterbank features, a
+one-block Conformer trained for one epoch, characters, and the filtered test scored from the full
+one. The run itself is the README's command, in tests/test_readme_commands.py."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-
-import pytest
 
 from asrkit.features.store import FeatureReader
 from asrkit.fileio import load_jsonl
-from conftest import REPO
-from corpora_fixtures import make_fake_myst, myst_utt_id
-
-pytestmark = pytest.mark.slow  # whole pipelines through run.sh
-
-TINY = ["--feats_type", "fbank", "--token_type", "char", "--nj", "1", "--ngpu", "0",
-        "--train_config", str(REPO / "conf" / "tuning" / "train_conformer_tiny.yaml"),
-        "--train_args", "--max_epoch 1 --batch_bins 3000 --num_workers 0 --encoder_conf.num_blocks 1 "
-                        "--decoder_conf.num_blocks 1 --keep_nbest_models 1 --preflight_batches 1",
-        # A model trained for one epoch has a near-uniform CTC: no short hypothesis explains the 31 s
-        # test utterance, so the joint search (like ESPnet's) would grow hypotheses up to its encoder
-        # length, 1550 steps, each scoring all 1550 frames. Cap them at 10 tokens (ESPnet's maxlenratio < 0).
-        "--decode_args", "--beam 2 --maxlenratio -10"]
+from corpora_fixtures import myst_utt_id
 
 
 def stage_states(out: str) -> dict[int, str]:
@@ -31,19 +16,11 @@ def stage_states(out: str) -> dict[int, str]:
             for n, rest in re.findall(r"^\[stage (\d)\] .*?: (done.*|up to date, skipped)$", out, re.M)}
 
 
-def test_myst_recipe_all_stages_on_the_fake_tree(tmp_path):
-    make_fake_myst(tmp_path / "LDC2021S05")
-    data, dump, exp = tmp_path / "data", tmp_path / "dump", tmp_path / "exp"
-    cmd = ["bash", str(REPO / "egs" / "myst" / "run.sh"), "--myst_root", str(tmp_path / "LDC2021S05"),
-           "--datadir", str(data), "--dumpdir", str(dump), "--expdir", str(exp), *TINY]
-
-    def run() -> str:
-        p = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600,
-                           env={**os.environ, "MYST": ""})
-        assert p.returncode == 0, p.stdout + p.stderr
-        return p.stdout
-
-    out = run()
+def check_myst_outputs(out: str, again: str, data, dump, exp) -> None:
+    """`out`, `again`: the output of the run and of a rerun with the same options (fbank, characters,
+    conf/tuning/train_conformer_tiny.yaml with one block each and one epoch, --beam 2 --maxlenratio -10:
+    a one-epoch model's near-uniform CTC would otherwise grow hypotheses of the 31 s test utterance
+    up to its 1550 encoder frames)."""
     assert stage_states(out) == {n: "done" for n in range(6)}, out
 
     # stage 1: the corpus's train (2 utterances, speed-perturbed x3), development and test (kept whole)
@@ -80,7 +57,6 @@ def test_myst_recipe_all_stages_on_the_fake_tree(tmp_path):
     assert "decode_test_filtered_" in out
 
     # run again: every stage is up to date, and the filtered scoring gives the same table
-    again = run()
     assert stage_states(again) == {n: "skipped" for n in range(6)}
     assert sorted(p.name for p in model.glob("decode_*")) == sorted([full.name, filtered.name])
     assert (model / "RESULTS.md").read_text().split("## conformer")[1] == results.split("## conformer")[1]
