@@ -231,16 +231,17 @@ run_stage 0 "data preparation" "$stage0_inputs" "$datadir/$train_set.jsonl" \
 
 # ------------------------------------------------------------------ stage 1: feature dump
 stage1() {
-    local s sp
+    local s data=() out=()
     need_command dump_feats
     for s in $all_sets; do
-        sp=""
-        [ "$s" = "$train_set" ] && sp=$speed_perturb  # speed perturbation for training data only
-        # shellcheck disable=SC2086
-        python -m asrkit.bin.dump_feats --data "$datadir/$s.jsonl" --out "$dumpdir/$feats_tag/$s.h5" \
-            --feats_type "$feats_type" --ssl_model "$ssl_model" --ssl_layer "$ssl_layer" \
-            --speed_perturb "$sp" --nj "$nj" --ngpu "$ngpu" $dump_args
+        data+=("$datadir/$s.jsonl"); out+=("$dumpdir/$feats_tag/$s.h5")
     done
+    # one process for every split (the model is loaded once); speed perturbation for training data only
+    # shellcheck disable=SC2086
+    python -m asrkit.bin.dump_feats --data "${data[@]}" --out "${out[@]}" \
+        --feats_type "$feats_type" --ssl_model "$ssl_model" --ssl_layer "$ssl_layer" \
+        --speed_perturb "$speed_perturb" --speed_perturb_data "$datadir/$train_set.jsonl" \
+        --nj "$nj" --ngpu "$ngpu" $dump_args
 }
 run_stage 1 "feature dump ($feats_tag)" "$(for s in $all_sets; do echo "$datadir/$s.jsonl"; done)" \
     "$(for s in $all_sets; do echo "$dumpdir/$feats_tag/$s.h5"; done)" \

@@ -213,7 +213,8 @@ def test_readme_command(doc, kind, command, workspace):
             assert sorted(f.name for f in out.iterdir()) == sorted(f"{Path(a).stem}.{x}" for a in files for x in formats)
     if re.match(r"^(\./run\.sh|bash egs/\w+/run\.sh)", command) and "--stop_stage 0" not in command:
         assert "Results (" in p.stdout or "Demo results" in p.stdout, p.stdout[-3000:]
-    if command == "bash egs/myst/run.sh --myst_root /path/to/LDC2021S05":  # all stages, on the fake tree
+    if command == "bash egs/myst/run.sh --myst_root /path/to/LDC2021S05" and not ws.get("myst_checked"):
+        ws["myst_checked"] = True  # its first run did all stages on the fake tree (the other README's is a rerun)
         myst = ws["repo"] / "egs" / "myst"
         rerun = run(ws, fill(command, ws) + "".join(f" {shlex.quote(a)}" for a in extra)).stdout
         check_myst_outputs(p.stdout, rerun, myst / "data", myst / "dump", myst / "exp")

@@ -1,8 +1,12 @@
-"""Stage 1: extract features of a split list into an HDF5 store (resumable, batched, multi-GPU).
+"""Stage 1: extract features of split lists into HDF5 stores (resumable, batched, multi-GPU).
 
     python -m asrkit.bin.dump_feats --data data/train.jsonl --out dump/wavlm_l9/train.h5 \
         --feats_type wavlm --ssl_model microsoft/wavlm-base-plus --ssl_layer 9 \
         --speed_perturb "0.9 1.0 1.1" --nj 4 --ngpu 1
+    python -m asrkit.bin.dump_feats --data data/train.jsonl data/valid.jsonl --out dump/x/train.h5 dump/x/valid.h5 \
+        --speed_perturb "0.9 1.0 1.1" --speed_perturb_data data/train.jsonl      # one model load for both
+
+Several --data lists go to as many --out stores, in order, with the model loaded once.
 
 A killed run continues where it stopped when rerun; a finished store that matches the options is
 verified and left alone. Unreadable utterances are skipped and listed in <out>.skipped.tsv.
@@ -17,14 +21,15 @@ import os
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 from asrkit.cli import make_parser, run_main, setup_logging, str2bool, usable_cores
-from asrkit.features.dump import dump
+from asrkit.features.dump import build_extractor, check_gpus, dump
 from asrkit.ssl import LAYER_SPEC_HELP
 
 
 def get_parser():
     p = make_parser(__doc__)
-    p.add_argument("--data", required=True, help="split list (jsonl: utt_id, audio, [duration, start, end])")
-    p.add_argument("--out", required=True, help="the HDF5 store to write")
+    p.add_argument("--data", required=True, nargs="+",
+                   help="split list(s) (jsonl: utt_id, audio, [duration, start, end])")
+    p.add_argument("--out", required=True, nargs="+", help="the HDF5 store to write for each --data")
     p.add_argument("--feats_type", default="wavlm", choices=["wavlm", "fbank"],
                    help="wavlm: hidden states of an HF speech encoder (WavLM, wav2vec2, HuBERT), 50 frames/s; "
                         "fbank: 80-dim Kaldi-compatible log-mel filterbank, 25 ms windows every 10 ms (100 frames/s)")
@@ -35,6 +40,8 @@ def get_parser():
                         "layers and falling off in the last ones, and one layer keeps the store small")
     p.add_argument("--speed_perturb", default="",
                    help='speed factors, e.g. "0.9 1.0 1.1": copies stored as <utt_id>-sp0.9 (training split only)')
+    p.add_argument("--speed_perturb_data", nargs="*", default=None,
+                   help="which of the --data lists get --speed_perturb (default: all of them)")
     p.add_argument("--nj", type=int, default=usable_cores(),
                    help="parallel jobs (default: the CPU cores this process may use). On CPU: processes that "
                         "each read and extract whole batches with one torch thread (0: the main process "
@@ -54,12 +61,23 @@ def get_parser():
 
 
 def main(argv=None) -> int:
-    args = get_parser().parse_args(argv)
+    parser = get_parser()
+    args = parser.parse_args(argv)
     setup_logging(args.log_file, args.verbose)
-    dump(args.data, args.out, feats_type=args.feats_type, ssl_model=args.ssl_model, ssl_layer=args.ssl_layer,
-         speed_perturb=args.speed_perturb, nj=args.nj, ngpu=args.ngpu, dtype=args.dtype,
-         compute_dtype=args.compute_dtype, batch_seconds=args.batch_seconds, max_seconds=args.max_seconds,
-         n_mels=args.n_mels, force=args.force)
+    if len(args.data) != len(args.out):
+        parser.error(f"{len(args.data)} --data lists but {len(args.out)} --out stores: give one store per list")
+    perturbed = set(args.data if args.speed_perturb_data is None else args.speed_perturb_data)
+    if unknown := perturbed - set(args.data):
+        parser.error(f"--speed_perturb_data {' '.join(sorted(unknown))}: not among the --data lists")
+    # built once for all the lists (with several GPUs, each GPU's process builds its own)
+    extractor = None if args.ngpu > 1 else build_extractor(
+        args.feats_type, args.ssl_model, args.ssl_layer, check_gpus(args.ngpu), args.dtype, args.compute_dtype,
+        args.n_mels)
+    for data, out in zip(args.data, args.out):
+        dump(data, out, feats_type=args.feats_type, ssl_model=args.ssl_model, ssl_layer=args.ssl_layer,
+             speed_perturb=args.speed_perturb if data in perturbed else "", nj=args.nj, ngpu=args.ngpu,
+             dtype=args.dtype, compute_dtype=args.compute_dtype, batch_seconds=args.batch_seconds,
+             max_seconds=args.max_seconds, n_mels=args.n_mels, force=args.force, extractor=extractor)
     return 0
 
 

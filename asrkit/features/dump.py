@@ -114,6 +114,13 @@ class _BatchAudio(torch.utils.data.Dataset):
         return out
 
 
+def check_gpus(ngpu: int) -> str:
+    """The device the first extractor runs on, once it is sure that `ngpu` GPUs are there."""
+    if ngpu > 0 and not torch.cuda.is_available():
+        raise DataError(f"--ngpu {ngpu} but no GPU is visible", "--ngpu", "use --ngpu 0 to run on CPU")
+    return "cuda:0" if ngpu > 0 else "cpu"
+
+
 def build_extractor(feats_type: str, ssl_model: str, ssl_layer: str, device: str, dtype: str,
                     compute_dtype: str = "auto", n_mels: int = 80):
     from asrkit.features.extractors import FbankExtractor, SSLExtractor
@@ -206,18 +213,19 @@ def verify_store(out: Path, attrs: dict, items: list[Item], extractor) -> str:
 def dump(data: str, out: str, feats_type: str = "wavlm", ssl_model: str = "microsoft/wavlm-base-plus",
          ssl_layer: str = "9", speed_perturb: str = "", nj: int = 2, ngpu: int = 0, dtype: str = "float16",
          compute_dtype: str = "auto", batch_seconds: float = 0.0, max_seconds: float = 60.0,
-         n_mels: int = 80, force: bool = False, progress: bool = True, process_per_gpu: bool | None = None) -> dict:
+         n_mels: int = 80, force: bool = False, progress: bool = True, process_per_gpu: bool | None = None,
+         extractor=None) -> dict:
     """Dump the features of split list `data` into the store `out`; returns the store's statistics.
     On GPUs, `process_per_gpu` (default: with more than one GPU) spawns one process per GPU, each
-    writing its own shard, merged at the end."""
+    writing its own shard, merged at the end. `extractor`: one already built with these options
+    (several splits in one process load the model once)."""
     out = Path(out)
     speeds = [float(s) for s in speed_perturb.replace(",", " ").split()] or [1.0]
     if any(s <= 0 for s in speeds):
         raise DataError(f"speed factors must be positive, got {speed_perturb!r}", "--speed_perturb")
-    device = "cuda:0" if ngpu > 0 else "cpu"
-    if ngpu > 0 and not torch.cuda.is_available():
-        raise DataError(f"--ngpu {ngpu} but no GPU is visible", "--ngpu", "use --ngpu 0 to run on CPU")
-    extractor = build_extractor(feats_type, ssl_model, ssl_layer, device, dtype, compute_dtype, n_mels)
+    device = check_gpus(ngpu)
+    if extractor is None:
+        extractor = build_extractor(feats_type, ssl_model, ssl_layer, device, dtype, compute_dtype, n_mels)
     attrs = extractor.attrs
     items, bad = plan_items(data, speeds)
     if out.exists() and not force:
