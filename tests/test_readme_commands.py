@@ -137,13 +137,16 @@ def workspace(tmp_path_factory):
             rel = f"wav/spk{s}/u{u}.wav"
             write_tone(fx / rel, seconds=0.6 + 0.25 * u, freq=150 + 40 * s, seed=s * 10 + u)
             text = " ".join(rng.sample(vocab, 4 + u)).capitalize() + "."
-            records.append({"utt_id": f"spk{s}_u{u}", "audio": rel, "text": text, "speaker": f"spk{s}", "age": 6 + s})
+            records.append({"utt_id": f"spk{s}_u{u}", "audio": rel, "text": text, "speaker": f"spk{s}",
+                            "age": str(6 + s)})  # a string, as Kaldi's spk2age gives it
     manifest = write_manifest(fx / "manifest.jsonl", records)
     kaldi = fx / "kaldi"
     kaldi.mkdir()
     (kaldi / "wav.scp").write_text("".join(f"{r['utt_id']} {fx / r['audio']}\n" for r in records))
     (kaldi / "text").write_text("".join(f"{r['utt_id']} {r['text']}\n" for r in records))
     (kaldi / "utt2spk").write_text("".join(f"{r['utt_id']} {r['speaker']}\n" for r in records))
+    # the same corpus as the manifest, so that after its stage 0 the Kaldi dir's run finds the rest up to date
+    (kaldi / "spk2age").write_text("".join(f"spk{s} {6 + s}\n" for s in range(6)))
     myst = make_fake_myst(fx / "LDC2021S05")
     from asrkit.ssl import save_random_wavlm
 
