@@ -208,6 +208,24 @@ def test_cli_and_bad_list(tmp_path, tiny_corpus, tiny_wavlm):
         main(["--data", str(bad), "--out", str(tmp_path / "b.h5"), "--feats_type", "fbank"])
 
 
+def test_cli_several_lists_one_model_load(tmp_path, tiny_corpus, tiny_wavlm, monkeypatch):
+    from asrkit.bin import dump_feats
+    from asrkit.fileio import load_jsonl
+
+    recs = [dict(r, audio=str(tiny_corpus.parent / r["audio"])) for r in load_jsonl(tiny_corpus)]
+    a, b = write_manifest(tmp_path / "a.jsonl", recs[:5]), write_manifest(tmp_path / "b.jsonl", recs[5:8])
+    built = []
+    real = dump_feats.build_extractor
+    monkeypatch.setattr(dump_feats, "build_extractor", lambda *args: built.append(args) or real(*args))
+    dump_feats.main(["--data", str(a), str(b), "--out", str(tmp_path / "a.h5"), str(tmp_path / "b.h5"),
+                     "--feats_type", "wavlm", "--ssl_model", str(tiny_wavlm), "--ssl_layer", "1", "--nj", "0",
+                     "--speed_perturb", "0.9 1.0", "--speed_perturb_data", str(a)])
+    assert len(built) == 1  # one model for both lists
+    assert len(FeatureReader(tmp_path / "a.h5")) == 10 and len(FeatureReader(tmp_path / "b.h5")) == 3  # a perturbed
+    with pytest.raises(SystemExit):  # a store for each list
+        dump_feats.main(["--data", str(a), str(b), "--out", str(tmp_path / "c.h5"), "--feats_type", "fbank"])
+
+
 def _rel_rms(a, b):
     return float(np.sqrt(np.mean((a - b) ** 2) / np.mean(b ** 2)))
 
