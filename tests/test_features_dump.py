@@ -6,7 +6,6 @@ import os
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
 
 from asrkit.audio import load_audio, resample

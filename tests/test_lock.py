@@ -31,7 +31,7 @@ def test_a_drift_is_named(tmp_path):
     del pins["numpy"]
     fake.write_text("# a comment\n\n" + "".join(f"{n}=={v}\n" for n, v in pins.items()))
     problems = lock.drift(lock.read_lock(fake), have)
-    assert problems == [f"not-a-package: locked 1.0, not installed",
+    assert problems == ["not-a-package: locked 1.0, not installed",
                         f"numpy: installed {have['numpy']}, not in the lock",
                         f"torch: locked {have['torch']}.post9, installed {have['torch']}"]
     assert lock.drift(lock.read_lock(fake), have, allow_extra=True) == problems[::2]

@@ -5,7 +5,6 @@ import json
 
 import pytest
 import torch
-import yaml
 
 from asrkit.bin import decode, transcribe
 from asrkit.fileio import load_jsonl, write_jsonl
