@@ -1,10 +1,26 @@
 """A tiny random-weight CTC/attention model with the decoding interface of asrkit.nets (see
-docs/INTERNALS.md), small enough for brute-force checks: GRU decoder with a reorderable cache,
+docs/INTERNALS.md), small enough for brute-force checks: GRU decoder with a reorderable state,
 attention over the encoder output masked by its lengths."""
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import nn
+
+
+class TinyState(NamedTuple):
+    """The GRU's hidden state per row (None before the first step), the memory per utterance."""
+    h: torch.Tensor | None
+    memory: torch.Tensor
+    memory_lens: torch.Tensor
+    rows_per_utt: int
+
+    def select(self, index):
+        return self if self.h is None else self._replace(h=self.h.index_select(0, index))
+
+    def keep(self, utts):
+        return self._replace(memory=self.memory[utts], memory_lens=self.memory_lens[utts])
 
 
 class TinyASR(nn.Module):
@@ -35,14 +51,15 @@ class TinyASR(nn.Module):
     def _out(self, h, memory, memory_lens):
         return self.out(torch.cat([h, self._attend(h, memory, memory_lens)], -1)).log_softmax(-1)
 
-    def decoder_step(self, ys_in, memory, memory_lens, cache=None):
-        if cache is None:  # run over the whole prefix
-            h = torch.zeros(ys_in.size(0), self.rnn.hidden_size, device=ys_in.device)
-            for t in range(ys_in.size(1)):
-                h = self.rnn(self.emb(ys_in[:, t]), h)
-        else:
-            h = self.rnn(self.emb(ys_in[:, -1]), cache[0])
-        return self._out(h, memory, memory_lens), [h]
+    def decoder_init(self, enc, enc_lens, rows_per_utt):
+        return TinyState(None, enc, enc_lens, rows_per_utt)
+
+    def decoder_step(self, tokens, state, live=None):
+        rows = torch.arange(len(tokens)) if live is None else live
+        utt = rows // state.rows_per_utt
+        h = torch.zeros(len(tokens), self.rnn.hidden_size) if state.h is None else state.h
+        h = self.rnn(self.emb(tokens), h)
+        return self._out(h, state.memory[utt], state.memory_lens[utt]), state._replace(h=h)
 
     def decoder_forward(self, ys_in, ys_lens, memory, memory_lens):
         h = torch.zeros(ys_in.size(0), self.rnn.hidden_size, device=ys_in.device)

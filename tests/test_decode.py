@@ -108,14 +108,12 @@ def test_stopping_when_the_nbest_is_decided_changes_nothing_but_the_steps(monkey
     import asrkit.decode.beam as beam_mod
     steps = []
 
-    def counting_stepper(*args, **kwargs):
-        stepper = make_stepper(*args, **kwargs)
-        step = stepper.step
-        stepper.step = lambda *a, **k: (steps.append(1), step(*a, **k))[1]
-        return stepper
+    class CountingStepper(beam_mod.Stepper):
+        def step(self, *a, **k):
+            steps.append(1)
+            return super().step(*a, **k)
 
-    make_stepper = beam_mod.make_stepper
-    monkeypatch.setattr(beam_mod, "make_stepper", counting_stepper)
+    monkeypatch.setattr(beam_mod, "Stepper", CountingStepper)
     saved = 0
     for seed, w, nbest, ratio in itertools.product((1, 2, 3), (0.0, 0.3), (1, 3), (0.0, -12)):
         model = TinyASR(vocab_size=8, seed=seed).eval()
@@ -210,11 +208,11 @@ def test_attention_rescoring_scores_candidates_with_the_decoder():
     enc, enc_lens = model.encode(feats, lens)
     with torch.no_grad():
         for h in hyps:  # decoder score recomputed step by step through decoder_step
-            ys, att = torch.tensor([[model.sos]]), 0.0
+            state, last, att = model.decoder_init(enc, enc_lens, 1), torch.tensor([model.sos]), 0.0
             for t in [*h.tokens, model.eos]:
-                logp, _ = model.decoder_step(ys, enc, enc_lens)
+                logp, state = model.decoder_step(last, state)
                 att += float(logp[0, t])
-                ys = torch.cat([ys, torch.tensor([[t]])], 1)
+                last = torch.tensor([t])
             assert h.att == pytest.approx(att, abs=1e-4)
             assert h.score == pytest.approx(0.5 * att + 0.5 * h.ctc, abs=1e-4)
 
@@ -222,10 +220,10 @@ def test_attention_rescoring_scores_candidates_with_the_decoder():
 class OOMOnBigBatches(TinyASR):
     """Fails like a full GPU when more than 8 hypotheses are scored at once."""
 
-    def decoder_step(self, ys_in, memory, memory_lens, cache=None):
-        if ys_in.size(0) > 8:
+    def decoder_step(self, tokens, state, live=None):
+        if tokens.size(0) > 8:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return super().decoder_step(ys_in, memory, memory_lens, cache)
+        return super().decoder_step(tokens, state, live)
 
 
 def test_out_of_memory_splits_the_batch_and_retries(caplog):
@@ -258,55 +256,54 @@ def test_real_transformer_decoder_with_cache_batched_equals_alone():
             assert [h.score for h in alone] == pytest.approx([h.score for h in both[b]], abs=1e-4)
 
 
-def test_fast_transformer_stepper_equals_decoder_step():
-    """The fast path (shared cross-attention, two-chunk self-attention cache) gives decoder_step's
-    log-probs, through reorders within and across chunk merges and utterances leaving."""
-    from asrkit.decode.stepper import GenericStepper, TransformerStepper
+def test_transformer_steps_equal_teacher_forcing():
+    """Search steps (shared cross-attention, two-chunk self-attention cache) give the log-probs of the
+    decoder's teacher-forcing forward on the whole prefixes, through reorders within and across chunk
+    merges and utterances leaving."""
+    from asrkit.decode.stepper import Stepper
     from asrkit.nets import build_model
     from train_fixtures import TINY_MODEL
 
     torch.manual_seed(1)
     model = build_model(TINY_MODEL, 8, 1, 12).eval()
     K, enc, enc_lens = 3, torch.randn(3, 7, 16), torch.tensor([7, 4, 6])
-    fast = TransformerStepper(model, enc, enc_lens, K, merge_every=3)
-    slow = GenericStepper(model, enc, enc_lens, K)
+    stepper = Stepper(model, enc, enc_lens, K, merge_every=3)
     g = torch.Generator().manual_seed(2)
-    ys = torch.full((3 * K, 1), model.sos)
+    ys, utts = torch.full((3 * K, 1), model.sos), torch.arange(3)
     with torch.no_grad():
         for step in range(9):
-            lf, ls = fast.step(ys), slow.step(ys)
-            assert torch.allclose(lf, ls, atol=1e-5), step
+            row_utt = utts.repeat_interleave(K)
+            want = model.decoder_forward(ys, torch.full((len(ys),), ys.size(1)), enc[row_utt], enc_lens[row_utt])
+            assert torch.allclose(stepper.step(ys), want[:, -1], atol=1e-5), step
             A = ys.size(0) // K  # beams take rows of their own utterance, in any order, some twice
             perm = (torch.arange(A)[:, None] * K + torch.randint(0, K, (A, K), generator=g)).view(-1)
-            fast.reorder(perm)
-            slow.reorder(perm)
+            stepper.reorder(perm)
             ys = torch.cat([ys[perm], torch.randint(1, 11, (A * K, 1), generator=g)], 1)
             if step in (2, 5):  # the first (then the last) remaining utterance leaves
                 keep = torch.tensor([1, 2]) if step == 2 else torch.tensor([0])
                 rows = (keep[:, None] * K + torch.arange(K)).view(-1)
-                for s in (fast, slow):
-                    s.reorder(rows)
-                    s.keep(keep)
-                ys = ys[rows]
-        assert fast.old is not None and fast.old[0].size(2) == 9  # chunks merged three times
+                stepper.reorder(rows)
+                stepper.keep(keep)
+                ys, utts = ys[rows], utts[keep]
+        assert [k.size(2) for k in stepper.state.cache[0].keys] == [6, 3]  # chunks merged at steps 4 and 7
+        assert stepper.state.memory[0].keys.size(2) == 4  # the frames of utterance 1, the one left
     with pytest.raises(ValueError, match="one position at a time"):
-        fast.step(ys[:, :-1])  # a step skipped or repeated is an error, not wrong log-probs
+        stepper.step(ys[:, :-1])  # a step skipped or repeated is an error, not wrong log-probs
 
 
-@pytest.mark.parametrize("fast", [True, False])
-def test_steppers_on_live_rows_only_equal_all_rows(fast):
+@pytest.mark.parametrize("merge_every", [2, 16])
+def test_steps_on_live_rows_only_equal_all_rows(merge_every):
     """Rows of dead hypotheses are not computed (nor their caches kept): the live rows' log-probs are
     those of a stepper that computes every row, through reorders that take parents among live rows."""
-    from asrkit.decode.stepper import GenericStepper, TransformerStepper
+    from asrkit.decode.stepper import Stepper
     from asrkit.nets import build_model
     from train_fixtures import TINY_MODEL
 
     torch.manual_seed(3)
     model = build_model(TINY_MODEL, 8, 1, 12).eval()
     K, enc, enc_lens = 4, torch.randn(2, 6, 16), torch.tensor([6, 5])
-    part = TransformerStepper(model, enc, enc_lens, K, merge_every=2) if fast \
-        else GenericStepper(model, enc, enc_lens, K)
-    every = GenericStepper(model, enc, enc_lens, K)
+    part = Stepper(model, enc, enc_lens, K, merge_every=merge_every)
+    every = Stepper(model, enc, enc_lens, K)
     g = torch.Generator().manual_seed(4)
     ys = torch.full((2 * K, 1), model.sos)
     live = torch.tensor([0, K])  # one hypothesis per utterance at the start

@@ -109,22 +109,24 @@ def test_cached_decoder_step_equals_teacher_forcing(encoder):
     enc, enc_lens = model.encode(feats, lens)
     ys_in = torch.tensor([[V - 1, 3, 4, 5, 6], [V - 1, 7, 2, 8, 8]])
     full = model.decoder_forward(ys_in, torch.tensor([5, 5]), enc, enc_lens)
-    cache = None
+    state = model.decoder_init(enc, enc_lens, 1)
     for length in range(1, 6):
-        logp, cache = model.decoder_step(ys_in[:, :length], enc, enc_lens, cache)
+        logp, state = model.decoder_step(ys_in[:, length - 1], state)
         torch.testing.assert_close(logp, full[:, length - 1], atol=1e-5, rtol=1e-4)
-        uncached, _ = model.decoder_step(ys_in[:, :length], enc, enc_lens)
-        torch.testing.assert_close(logp, uncached, atol=1e-5, rtol=1e-4)
-    # a search reorders hypotheses: rows of the cache follow index_select like those of ys_in
+    # a search reorders hypotheses: rows of the cache follow index_select like those of ys_in; here
+    # row 0 and 1 continue utterance 1's prefix, row 2 utterance 0's (one utterance, three rows)
     order = torch.tensor([1, 1, 0])
-    cache = [c.index_select(0, order) for c in cache]
     nxt = torch.cat([ys_in.index_select(0, order), torch.tensor([[9], [3], [4]])], 1)
-    logp, cache = model.decoder_step(nxt, enc.index_select(0, order), enc_lens.index_select(0, order), cache)
-    ref = model.decoder_forward(nxt, torch.tensor([6, 6, 6]), enc.index_select(0, order), enc_lens.index_select(0, order))
+    ref = model.decoder_forward(nxt, torch.tensor([6, 6, 6]), enc[:1].expand(3, -1, -1), enc_lens[:1].expand(3))
+    replay = model.decoder_init(enc[:1], enc_lens[:1], 3)
+    for length in range(1, 6):
+        _, replay = model.decoder_step(nxt[:, length - 1], replay)
+    logp, replay = model.decoder_step(nxt[:, 5], replay)
     torch.testing.assert_close(logp, ref[:, -1], atol=1e-5, rtol=1e-4)
-    assert all(c.shape[:2] == (3, 6) for c in cache)
-    with pytest.raises(ValueError, match="decoder cache"):
-        model.decoder_step(nxt[:2], enc[:2], enc_lens[:2], cache)
+    reordered = state.select(order)
+    assert all(k.size(0) == 3 and k.size(2) == 5 for c in reordered.cache for k in c.keys)
+    with pytest.raises(ValueError, match="eval mode"):
+        model.train().decoder_init(enc, enc_lens, 1)
 
 
 def test_decoder_is_causal():
@@ -177,7 +179,7 @@ def test_hybrid_loss_weights_and_branches():
         m(feats, lens, ys, ys_lens)["loss"].backward()
         assert all(p.grad is not None for p in m.parameters())
     with pytest.raises(ValueError, match="no attention decoder"):
-        build_model(tiny("bilstm", model_conf=dict(ctc_weight=1.0)), 10, 1, V).decoder_step(ys[:, :1], None, None)
+        build_model(tiny("bilstm", model_conf=dict(ctc_weight=1.0)), 10, 1, V).decoder_init(None, None, 1)
 
 
 def test_label_smoothing_loss():

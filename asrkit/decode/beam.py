@@ -12,18 +12,19 @@ from <eos>); at the length limit <eos> is scored rather than appended unscored; 
 utterance can end (every candidate impossible), its best unfinished one is returned instead of nothing.
 On ordinary inputs both give the same hypotheses and scores (bench/bench_decode.py checks it).
 
-The model needs `decoder_step(ys (N, L), memory, memory_lens, cache) -> (logp (N, V), cache)` whose cache
-rows follow the rows of ys, and `sos`, `eos`, `blank`, `vocab_size` (see docs/INTERNALS.md).
+The model needs `decoder_init` and `decoder_step` (see decode/stepper.py), `ctc_log_probs`, and `sos`,
+`eos`, `blank`, `vocab_size` (see docs/INTERNALS.md).
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
 from asrkit.decode.ctc import NEG_INF, CTCPrefixScorer
-from asrkit.decode.stepper import make_stepper
+from asrkit.decode.stepper import Stepper
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,22 @@ class SearchOptions:
     minlenratio: float = 0.0
     pre_beam_ratio: float = 1.5
     nbest: int = 1
+
+
+class Beams(NamedTuple):
+    """The hypotheses of the utterances still searching: prefixes ys (A*K, L) from <sos>, scores
+    (A, K), summed decoder log-probs att (A*K,) and CTC prefix scores ctc (A*K,) (None without CTC)."""
+    ys: torch.Tensor
+    scores: torch.Tensor
+    att: torch.Tensor
+    ctc: torch.Tensor | None
+
+    def best(self, a: int) -> Hyp:
+        """The best hypothesis of utterance a, as it is (unfinished)."""
+        k = int(self.scores[a].argmax())
+        r = a * self.scores.size(1) + k
+        return Hyp(self.ys[r, 1:].tolist(), float(self.scores[a, k]), float(self.att[r]),
+                   0.0 if self.ctc is None else float(self.ctc[r]))
 
 
 def length_limits(enc_lens: torch.Tensor, opts: SearchOptions) -> tuple[list[int], list[int]]:
@@ -99,7 +116,7 @@ def beam_search(model, enc: torch.Tensor, enc_lens: torch.Tensor, opts: SearchOp
 
     active = torch.arange(B, device=device)  # utterances still searching
     row_utt = active.repeat_interleave(K)  # utterance of each row
-    stepper = make_stepper(model, enc, enc_lens, K) if use_att else None
+    stepper = Stepper(model, enc, enc_lens, K) if use_att else None
     ys = torch.full((B * K, 1), sos, dtype=torch.long, device=device)
     scores = torch.full((B, K), NEG_INF, device=device)
     scores[:, 0] = 0.0  # one live hypothesis per utterance at the start
@@ -144,7 +161,7 @@ def beam_search(model, enc: torch.Tensor, enc_lens: torch.Tensor, opts: SearchOp
             cand_score = cand_score + w * torch.where(alive, psi - state.psi[:, None], NEG_INF)
         cand_score = cand_score + opts.length_bonus + scores.view(N, 1)
 
-        prev = (ys, scores, att_sum, state.psi if use_ctc else att_sum)  # for utterances that die out
+        before = Beams(ys, scores, att_sum, state.psi if use_ctc else None)  # for utterances that die out
         Cx = cand.size(1)
         top_s, top_i = cand_score.reshape(A, K * Cx).topk(K, dim=1)  # (A, K)
         parent = (torch.arange(A, device=device)[:, None] * K + top_i // Cx).view(-1)
@@ -174,10 +191,7 @@ def beam_search(model, enc: torch.Tensor, enc_lens: torch.Tensor, opts: SearchOp
             dead = best_live[a] == NEG_INF
             if dead and not ended[b]:
                 # every candidate was impossible (e.g. CTC cannot fit it): keep the best unfinished one
-                k = int(prev[1][a].argmax())
-                r = a * K + k
-                ended[b].append(Hyp(prev[0][r, 1:].tolist(), float(prev[1][a, k]), float(prev[2][r]),
-                                    float(prev[3][r]) if use_ctc else 0.0))
+                ended[b].append(before.best(a))
                 log.warning("utterance %d: no hypothesis reached eos; keeping the best unfinished one", b)
             decided = (stop_when_decided and opts.length_bonus <= 0 and len(ended[b]) >= opts.nbest
                        and best_live[a] < sorted(h.score for h in ended[b])[-opts.nbest])

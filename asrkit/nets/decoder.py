@@ -1,40 +1,71 @@
-"""Transformer decoder (pre-norm, as ESPnet's TransformerDecoder) with incremental decoding.
+"""Transformer decoder (pre-norm, as ESPnet's TransformerDecoder), for teacher forcing and search steps.
 
-The incremental cache is ESPnet's: per layer, that layer's outputs at the earlier positions.
-A step then computes only the newest position in every layer (its self-attention reads the
-cached outputs of the layer below), so the cost per step does not grow with FFN/cross-attention
-over the whole prefix.
+Both go through the same layers. A step computes only the newest position of each row: its
+self-attention reads the keys and values of the earlier positions from a KVCache, its cross-attention
+the encoder output's keys and values (MemoryKV), computed once per batch of utterances. Unlike
+ESPnet's cache of layer outputs, no key or value of an earlier position is computed again.
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from asrkit.nets.attention import MultiHeadAttention, PositionalEncoding, length_mask
+from asrkit.nets.attention import CrossAttention, KVCache, MemoryKV, PositionalEncoding, SelfAttention, length_mask
+
+
+class DecoderState(NamedTuple):
+    """What a search keeps between decoder steps: per layer, the cross-attention memory of each
+    utterance and the self-attention cache of each row (rows_per_utt consecutive rows an utterance)."""
+    memory: tuple[MemoryKV, ...]
+    cache: tuple[KVCache, ...]
+    length: int = 0  # positions decoded so far
+
+    def select(self, index: torch.Tensor) -> DecoderState:
+        """Row r continues row index[r] (beam reordering; rows of finished utterances left out)."""
+        return self._replace(cache=tuple(c.select(index) for c in self.cache))
+
+    def keep(self, utts: torch.Tensor) -> DecoderState:
+        """Only these utterances (indices into the current ones) go on."""
+        return self._replace(memory=tuple(m.select(utts) for m in self.memory))
+
+
+class FeedForward(nn.Sequential):
+    """Linear -> ReLU -> dropout -> Linear. An nn.Sequential for its parameter names (0.*, 3.*, those
+    of saved models); forward skips the per-module calls, which cost as much as the math at a step."""
+
+    def __init__(self, dim: int, hidden: int, dropout_rate: float):
+        super().__init__(nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout_rate), nn.Linear(hidden, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w1, _, dropout, w2 = self
+        h = F.linear(x, w1.weight, w1.bias).relu_()
+        return F.linear(dropout(h) if self.training else h, w2.weight, w2.bias)
 
 
 class DecoderLayer(nn.Module):
     def __init__(self, dim: int, heads: int, linear_units: int, dropout_rate: float,
                  self_attention_dropout_rate: float, src_attention_dropout_rate: float):
         super().__init__()
-        self.self_attn = MultiHeadAttention(heads, dim, self_attention_dropout_rate)
-        self.src_attn = MultiHeadAttention(heads, dim, src_attention_dropout_rate)
-        self.feed_forward = nn.Sequential(nn.Linear(dim, linear_units), nn.ReLU(), nn.Dropout(dropout_rate),
-                                          nn.Linear(linear_units, dim))
+        self.self_attn = SelfAttention(heads, dim, self_attention_dropout_rate)
+        self.src_attn = CrossAttention(heads, dim, src_attention_dropout_rate)
+        self.feed_forward = FeedForward(dim, linear_units, dropout_rate)
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout_rate)
 
-    def forward(self, x, x_mask, memory, memory_mask, cache=None):
-        """x (B, L, D) with x_mask (B, L, L); with `cache` (B, L-1, D), only position L is computed."""
-        xn = self.norm1(x)
-        if cache is None:
-            q, residual, q_mask = xn, x, x_mask
-        else:
-            q, residual, q_mask = xn[:, -1:], x[:, -1:], x_mask[:, -1:]
-        x = residual + self.dropout(self.self_attn(q, xn, xn, q_mask))
-        x = x + self.dropout(self.src_attn(self.norm2(x), memory, memory, memory_mask))
-        x = x + self.dropout(self.feed_forward(self.norm3(x)))
-        return x if cache is None else torch.cat([cache, x], dim=1)
+    def forward(self, x: torch.Tensor, x_mask: torch.Tensor | None, memory: MemoryKV,
+                cache: KVCache | None = None) -> tuple[torch.Tensor, KVCache | None]:
+        """Teacher forcing: x (B, L, D), x_mask (B, L, L). A step: x (N, D) and the rows' cache."""
+        att, cache = self.self_attn(self.norm1(x), x_mask, cache)
+        x = x + self.drop(att)
+        x = x + self.drop(self.src_attn(self.norm2(x), memory))
+        x = x + self.drop(self.feed_forward(self.norm3(x)))
+        return x, cache
+
+    def drop(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(x) if self.training else x  # (a module call per use costs at a step)
 
 
 class TransformerDecoder(nn.Module):
@@ -53,32 +84,36 @@ class TransformerDecoder(nn.Module):
         self.after_norm = nn.LayerNorm(dim)
         self.output_layer = nn.Linear(dim, vocab_size)
 
-    def _inputs(self, ys_in, ys_lens, memory, memory_lens):
-        length = ys_in.size(1)
-        causal = torch.ones(length, length, dtype=torch.bool, device=ys_in.device).tril()
-        tgt_mask = causal[None] & length_mask(ys_lens, length)[:, None, :]
-        memory_mask = length_mask(memory_lens, memory.size(1))[:, None, :]
+    def memories(self, memory, memory_lens, rows_per_utt: int | None = None) -> tuple[MemoryKV, ...]:
         if self.memory_proj is not None:
             memory = self.memory_proj(memory)
-        return self.pos_enc(self.embed(ys_in)), tgt_mask, memory, memory_mask
+        return tuple(layer.src_attn.memory(memory, memory_lens, rows_per_utt) for layer in self.decoders)
 
     def forward(self, ys_in, ys_lens, memory, memory_lens) -> torch.Tensor:
         """Teacher forcing: logits (B, L, V) of the token after each prefix."""
-        x, tgt_mask, memory, memory_mask = self._inputs(ys_in, ys_lens, memory, memory_lens)
-        for layer in self.decoders:
-            x = layer(x, tgt_mask, memory, memory_mask)
+        length = ys_in.size(1)
+        causal = torch.ones(length, length, dtype=torch.bool, device=ys_in.device).tril()
+        tgt_mask = causal[None] & length_mask(ys_lens, length)[:, None, :]
+        x = self.pos_enc(self.embed(ys_in))
+        for layer, mem in zip(self.decoders, self.memories(memory, memory_lens)):
+            x, _ = layer(x, tgt_mask, mem)
         return self.output_layer(self.after_norm(x))
 
-    def forward_one_step(self, ys_in, memory, memory_lens, cache=None):
-        """Logits (N, V) after the full prefixes ys_in (N, L), and the new cache (list of (N, L, D))."""
-        n, length = ys_in.shape
-        if cache is not None and (len(cache) != len(self.decoders) or cache[0].shape[:2] != (n, length - 1)):
-            raise ValueError(f"decoder cache holds {cache[0].shape[:2]} (rows, positions) but a step "
-                             f"on {n} prefixes of length {length} needs ({n}, {length - 1})")
-        ys_lens = torch.full((n,), length, dtype=torch.long, device=ys_in.device)
-        x, tgt_mask, memory, memory_mask = self._inputs(ys_in, ys_lens, memory, memory_lens)
-        new_cache = []
-        for i, layer in enumerate(self.decoders):
-            x = layer(x, tgt_mask, memory, memory_mask, None if cache is None else cache[i])
-            new_cache.append(x)
-        return self.output_layer(self.after_norm(x[:, -1])), new_cache
+    def init_state(self, memory, memory_lens, rows_per_utt: int, merge_every: int = 16) -> DecoderState:
+        """The state before the first step of a search with rows_per_utt rows per utterance."""
+        if self.training:
+            raise ValueError("decoding steps run in eval mode (no dropout): call model.eval() first")
+        return DecoderState(self.memories(memory, memory_lens, rows_per_utt),
+                            tuple(layer.self_attn.empty_cache(merge_every) for layer in self.decoders))
+
+    def step(self, tokens: torch.Tensor, state: DecoderState,
+             live: torch.Tensor | None = None) -> tuple[torch.Tensor, DecoderState]:
+        """Logits (M, V) of the token after each row's prefix, given its newest token (M,), for the
+        rows `live` (M,) of the utterances x rows_per_utt (all when None), and the next state.
+        The state's caches hold these M rows (DecoderState.select)."""
+        x = self.pos_enc(self.embed(tokens[:, None]), offset=state.length)[:, 0]  # (M, D)
+        caches = []
+        for layer, mem, cache in zip(self.decoders, state.memory, state.cache):
+            x, cache = layer(x, None, mem._replace(live=live), cache)
+            caches.append(cache)
+        return self.output_layer(self.after_norm(x)), DecoderState(state.memory, tuple(caches), state.length + 1)

@@ -108,9 +108,14 @@ class ASRModel(nn.Module):
         self._need_decoder()
         return self.decoder(ys_in, ys_lens, memory, memory_lens).float().log_softmax(-1)
 
-    def decoder_step(self, ys_in, memory, memory_lens, cache=None):
-        """Log-probabilities (N, V) of the next token after each full prefix ys_in (N, L), and a cache
-        (list of per-layer (N, L, D)) to pass to the next step; reorder its rows with index_select."""
+    def decoder_init(self, enc, enc_lens, rows_per_utt: int, **options):
+        """The decoder's state before the first step of a search over rows_per_utt rows (hypotheses)
+        per utterance of enc (B, T, D); see TransformerDecoder.init_state."""
         self._need_decoder()
-        logits, cache = self.decoder.forward_one_step(ys_in, memory, memory_lens, cache)
-        return logits.float().log_softmax(-1), cache
+        return self.decoder.init_state(enc, enc_lens, rows_per_utt, **options)
+
+    def decoder_step(self, tokens, state, live=None):
+        """Log-probabilities (M, V) of the token after each row's prefix, given its newest token (M,),
+        for the rows `live` (all when None), and the next state (see TransformerDecoder.step)."""
+        logits, state = self.decoder.step(tokens, state, live)
+        return logits.float().log_softmax(-1), state
