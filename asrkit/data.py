@@ -108,15 +108,22 @@ def pad_to(arrays: Sequence[np.ndarray], axis: int, value) -> np.ndarray:
     return out
 
 
+def pad_feats(arrays: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features (T, D) or (L, T, D) of a batch -> (B, [L,] T_max, D) zero-padded in their dtype, lengths (B,)."""
+    return (torch.from_numpy(pad_to(arrays, -2, 0)),
+            torch.tensor([a.shape[-2] for a in arrays], dtype=torch.long))
+
+
 def collate(items: Sequence[dict[str, Any] | None]) -> dict[str, Any] | None:
     """Pad a batch: feats (B, [L,] T, D) with zeros in the stored dtype, ys (B, U) with -1."""
     items = [it for it in items if it is not None]
     if not items:
         return None
+    feats, feat_lens = pad_feats([it["feats"] for it in items])
     return {
         "utt_ids": [it["utt_id"] for it in items],
-        "feats": torch.from_numpy(pad_to([it["feats"] for it in items], -2, 0)),
-        "feat_lens": torch.tensor([it["feats"].shape[-2] for it in items], dtype=torch.long),
+        "feats": feats,
+        "feat_lens": feat_lens,
         "ys": torch.from_numpy(pad_to([it["ys"] for it in items], 0, IGNORE_ID)),
         "ys_lens": torch.tensor([len(it["ys"]) for it in items], dtype=torch.long),
     }

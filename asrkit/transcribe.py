@@ -8,13 +8,12 @@ its feats_attrs.json), then the decoder; optional word timings from CTC forced a
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from asrkit.audio import SAMPLE_RATE, load_audio
-from asrkit.decode.search import DecodeOptions, check_model, decode_batch
+from asrkit.decode.search import DecodeOptions, check_model
 from asrkit.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -69,7 +68,7 @@ def word_timings(ctc_logp: torch.Tensor, token_ids: list[int], token_strs: list[
 
 
 class Transcriber:
-    """A model dir ready to transcribe files; search options as in asrkit.bin.decode."""
+    """A model dir ready to transcribe files; search options: asrkit.decode.DecodeOptions' fields."""
 
     def __init__(self, model_dir, checkpoint: str = "model.avg.pth", device: str = "cpu", **search):
         from asrkit.model_io import load_model
@@ -81,7 +80,7 @@ class Transcriber:
         check_model(self.model, self.opts, str(model_dir))
         self.frame_s = self.model.subsampling / float(self.attrs["frame_rate"])
 
-    def features(self, path: str) -> torch.Tensor:
+    def features(self, path: str) -> np.ndarray:
         audio = load_audio(path, sample_rate=SAMPLE_RATE)
         # the length check is on the samples: `prepare` returns what the extractor's batch step takes,
         # which for fbank is already frames
@@ -92,14 +91,16 @@ class Transcriber:
             feats = self.extractor.extract_long(wav, LONG_SAMPLES)
         else:
             feats = self.extractor([wav])[0]
-        return torch.from_numpy(np.asarray(feats, dtype=np.float32))
+        return np.asarray(feats, dtype=np.float32)
 
     @torch.no_grad()
     def transcribe(self, paths, timings: bool = False, batch_size: int = 8) -> list[dict]:
-        """One record per file, in order; a file that cannot be read gets {"file", "error"} instead of text.
-        Files are decoded `batch_size` at a time (the search batches utterances x beams)."""
+        """One record per file, in order; a file that cannot be read or decoded gets {"file", "error"}
+        instead of text. Files are decoded `batch_size` at a time (the search batches utterances x beams)."""
+        from asrkit.decode.runner import Utterance, decode_utterances
+
         paths = [str(p) for p in paths]
-        feats: dict[str, torch.Tensor] = {}
+        feats: dict[str, np.ndarray] = {}
         out: dict[str, dict] = {}
         for path in paths:
             try:
@@ -107,22 +108,20 @@ class Transcriber:
             except DataError as e:
                 log.warning("%s", e)
                 out[path] = {"file": path, "error": str(e)}
-        ok = [p for p in paths if p in feats]
-        for i in range(0, len(ok), batch_size):
-            chunk = ok[i: i + batch_size]
-            lens = torch.tensor([feats[p].shape[-2] for p in chunk], device=self.device)
-            x = torch.zeros(len(chunk), *feats[chunk[0]].shape[:-2], int(lens.max()), feats[chunk[0]].shape[-1])
-            for j, p in enumerate(chunk):
-                x[j, ..., : feats[p].shape[-2], :] = feats[p]
-            x = x.to(self.device)
-            for j, (p, nbest) in enumerate(zip(chunk, decode_batch(self.model, x, lens, self.opts))):
-                h = nbest[0] if nbest else None
-                rec = {"file": p, "text": self.tokenizer.decode(h.tokens) if h else "", "score": h.score if h else None}
-                if timings and h:
-                    enc, enc_lens = self.model.encode(x[j: j + 1, ..., : int(lens[j]), :], lens[j: j + 1])
-                    logp = self.model.ctc_log_probs(enc)[0, : int(enc_lens[0])]
-                    strs = [self.tokenizer.tokens[t] for t in h.tokens]
-                    rec["words"] = word_timings(logp, h.tokens, strs, self.tokenizer.token_type, self.frame_s,
-                                                self.model.blank)
-                out[p] = rec
+        utts = [Utterance(p, feats[p].shape[-2], 0.0) for p in paths if p in feats]
+        failed: list[tuple[str, str]] = []
+        for u, nbest, _ in decode_utterances(self.model, utts, feats.__getitem__, self.opts, batch_size,
+                                             self.device, failed, progress=False):
+            h = nbest[0] if nbest else None
+            rec = {"file": u.utt_id, "text": self.tokenizer.decode(h.tokens) if h else "",
+                   "score": h.score if h else None}
+            if timings and h:
+                x = torch.from_numpy(feats[u.utt_id][None]).to(self.device)
+                enc, enc_lens = self.model.encode(x, torch.tensor([u.frames], device=self.device))
+                logp = self.model.ctc_log_probs(enc)[0, : int(enc_lens[0])]
+                strs = [self.tokenizer.tokens[t] for t in h.tokens]
+                rec["words"] = word_timings(logp, h.tokens, strs, self.tokenizer.token_type, self.frame_s,
+                                            self.model.blank)
+            out[u.utt_id] = rec
+        out.update({p: {"file": p, "error": why} for p, why in failed})
         return [out[p] for p in paths]

@@ -27,7 +27,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from machine import print_header  # noqa: E402
 from asrkit.decode.beam import SearchOptions, beam_search  # noqa: E402
+from asrkit.data import pad_feats  # noqa: E402
 from asrkit.decode.ctc import ctc_prefix_beam_search, ctc_prefix_beam_search_batch  # noqa: E402
+from asrkit.decode.runner import longest_first  # noqa: E402
 from asrkit.nets import build_model  # noqa: E402
 
 HOT = 10
@@ -81,14 +83,9 @@ def run_espnet(python: str, model, encs, a) -> dict:
 
 
 def batches(encs, batch_size):
-    """Longest first, padded: (indices, enc (B, T, D), lens (B,)) per batch."""
-    order = sorted(range(len(encs)), key=lambda i: -len(encs[i]))
-    for s in range(0, len(order), batch_size):
-        idx = order[s: s + batch_size]
-        lens = torch.tensor([len(encs[i]) for i in idx])
-        enc = torch.zeros(len(idx), int(lens.max()), encs[0].size(1))
-        for j, i in enumerate(idx):
-            enc[j, : len(encs[i])] = encs[i]
+    """Longest first, padded as decoding pads features: (indices, enc (B, T, D), lens (B,)) per batch."""
+    for idx in longest_first(list(range(len(encs))), batch_size, frames=lambda i: len(encs[i])):
+        enc, lens = pad_feats([encs[i].numpy() for i in idx])
         yield idx, enc, lens
 
 

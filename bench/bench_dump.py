@@ -152,6 +152,8 @@ def main():
         layer = args.layer or str(ext.config.num_hidden_layers)
         ext = SSLExtractor(model_dir, layer, device=dev, compute_dtype=args.compute_dtype)
         ext32 = SSLExtractor(model_dir, layer, device=dev, compute_dtype="float32")
+        stock = SSLExtractor(model_dir, layer, device=dev, compute_dtype=ext.attrs["compute_dtype"],
+                             speedups=False)  # without features/speedups.py
         from transformers import AutoModel
 
         model = AutoModel.from_pretrained(model_dir).eval().to(dev)
@@ -167,7 +169,7 @@ def main():
               f"THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE', '')!r}; "
               f"dumper: {ext.attrs['compute_dtype']}, nj {args.nj}, {len(batches)} batches")
 
-        for e in (ext, ext32):
+        for e in (ext, ext32, stock):
             e([np.zeros(SAMPLE_RATE, np.float32)])  # warm-up (oneDNN kernels, cuDNN/cuBLAS handles)
         t_naive, t_batched, cpu = [], [], {"naive": [], "batched": []}
         for r in range(args.rounds):  # take turns: the machine may be shared
@@ -188,7 +190,8 @@ def main():
         loaded = [[(k, a) for k, a, _, _ in audio[i]] for i in range(len(batches))]
         wavs = [a for b in loaded for _, a in b]
         parts = {k: [] for k in ("read", "naive fp32 compute", "dumper fp32 compute",
-                                 f"dumper {ext.attrs['compute_dtype']} compute", "HDF5 writes")}
+                                 f"dumper {ext.attrs['compute_dtype']} compute",
+                                 f"dumper {ext.attrs['compute_dtype']} compute, speedups off", "HDF5 writes")}
 
         def hf_fp32():
             with torch.inference_mode():
@@ -208,13 +211,15 @@ def main():
             steps = [("read", lambda: [audio[i] for i in range(len(batches))]),
                      ("naive fp32 compute", hf_fp32),
                      ("dumper fp32 compute", lambda: [ext32([a for _, a in b]) for b in loaded]),
-                     (f"dumper {ext.attrs['compute_dtype']} compute", lambda: [ext([a for _, a in b]) for b in loaded])]
+                     (f"dumper {ext.attrs['compute_dtype']} compute", lambda: [ext([a for _, a in b]) for b in loaded]),
+                     (f"dumper {ext.attrs['compute_dtype']} compute, speedups off",
+                      lambda: [stock([a for _, a in b]) for b in loaded])]
             for name, fn in steps if r % 2 == 0 else steps[::-1]:
                 t, out = timed(fn, dev)
                 parts[name].append(t)
                 if name.startswith("dumper fp32"):
                     feats32 = out
-                elif name.startswith("dumper"):
+                elif name == f"dumper {ext.attrs['compute_dtype']} compute":
                     feats = out
             parts["HDF5 writes"].append(timed(lambda: write(feats), dev)[0])
 
@@ -229,6 +234,9 @@ def main():
           f"CPU seconds of this process and its workers, less sensitive to other processes' load)")
     print("parts alone (x real time, median): " + "; ".join(f"{k} {audio_s / med(v):.0f}"
                                                              for k, v in parts.items()))
+    on, off = (med(parts[f"dumper {ext.attrs['compute_dtype']} compute{s}"]) for s in ("", ", speedups off"))
+    print(f"speedups (asrkit/features/speedups.py, on by default on CPU): compute {off / on:.2f}x faster than the "
+          f"stock HF layers in {ext.attrs['compute_dtype']}")
     print(f"padding: batches hold {padded_s / audio_s - 1:.1%} padding; the store: "
           f"{gb / (audio_s / 3600):.3f} GB per hour of audio")
     diff = np.concatenate([(a.astype(np.float32) - b.astype(np.float32)).ravel()

@@ -29,7 +29,9 @@ from bench_dump import make_corpus  # noqa: E402
 from machine import print_header, sync  # noqa: E402
 
 from asrkit.audio import load_audio  # noqa: E402
-from asrkit.bin.train import get_parser, resolve_config, seed_everything  # noqa: E402
+from asrkit.bin.train import get_parser  # noqa: E402
+from asrkit.train.config import resolve_config  # noqa: E402
+from asrkit.train.experiment import seed_everything  # noqa: E402
 from asrkit.data import SpeechDataset, collate  # noqa: E402
 from asrkit.features.dump import dump  # noqa: E402
 from asrkit.features.extractors import SSLExtractor  # noqa: E402

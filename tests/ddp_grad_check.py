@@ -10,7 +10,9 @@ import sys
 import torch
 import torch.distributed as dist
 
-from asrkit.bin.train import get_parser, resolve_config, seed_everything
+from asrkit.bin.train import get_parser
+from asrkit.train.config import resolve_config
+from asrkit.train.experiment import seed_everything
 from asrkit.data import SpeechDataset, collate
 from asrkit.model_io import build_from_config
 from asrkit.tokenizer import Tokenizer

@@ -88,7 +88,7 @@ def make_exp_dir(root, n_test: int = 7, seed: int = 0, epochs: int = 0, ctc_only
 
     from asrkit.model_io import build_from_config, save_exp_files
     from asrkit.tokenizer import Tokenizer
-    from train_fixtures import ATTRS, DIM, TINY_MODEL, make_experiment, write_split
+    from train_fixtures import ATTRS, DIM, make_experiment, write_split
 
     root = Path(root)
     paths = make_experiment(root, n_train=8, n_valid=2)

@@ -8,6 +8,7 @@ import torch
 
 from asrkit.bin import decode
 from asrkit.decode import DecodeOptions
+from asrkit.decode.runner import run_stamp
 from asrkit.fileio import load_jsonl, write_jsonl
 from decode_fixtures import make_exp_dir
 
@@ -42,7 +43,7 @@ def test_resume_keeps_decoded_utterances(tmp_path):
     out.mkdir()
     # an earlier run with the same options had decoded one utterance (marked as such) when killed
     first = dict(next(iter(full.values())), text="FROM THE FIRST RUN")
-    stamp = decode.run_stamp(DecodeOptions(mode="ctc_greedy", beam=3), "model.avg.pth", data, feats)
+    stamp = run_stamp(DecodeOptions(mode="ctc_greedy", beam=3), "model.avg.pth", data, feats)
     (out / ".partial.options.json").write_text(json.dumps(stamp))
     write_jsonl(out / ".partial.jsonl", [first])
     resumed = run(exp, data, feats, out, "--mode=ctc_greedy")

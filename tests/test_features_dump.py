@@ -23,12 +23,17 @@ def read_store(path):
     return r, {k: r[k] for k in r.keys()}
 
 
-def test_batched_equals_one_by_one(tiny_wavlm):
+@pytest.mark.parametrize("speedups", [True, False])
+def test_batched_equals_one_by_one(tiny_wavlm, speedups):
+    """Batched output equals the stock HF model's one by one, with the CPU speed patches and without."""
     from transformers import AutoModel
 
     rng = np.random.default_rng(0)
     wavs = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (16000, 9000, 1600, 12345, 4000)]
-    ext = SSLExtractor(str(tiny_wavlm), "all", dtype="float32", compute_dtype="float32")
+    ext = SSLExtractor(str(tiny_wavlm), "all", dtype="float32", compute_dtype="float32", speedups=speedups)
+    assert ext.speedups == speedups and SSLExtractor(str(tiny_wavlm), "1").speedups  # on by default on CPU
+    patched = type(ext.model.feature_extractor.conv_layers[1]).__module__ == "asrkit.features.speedups"
+    assert patched == speedups
     batched = ext(wavs)
     ref_model = AutoModel.from_pretrained(tiny_wavlm).eval()  # unmodified HF model, one at a time
     with torch.inference_mode():
@@ -209,19 +214,20 @@ def test_cli_and_bad_list(tmp_path, tiny_corpus, tiny_wavlm):
 
 def test_cli_several_lists_one_model_load(tmp_path, tiny_corpus, tiny_wavlm, monkeypatch):
     from asrkit.bin import dump_feats
+    from asrkit.features import dump as dump_mod
     from asrkit.fileio import load_jsonl
 
     recs = [dict(r, audio=str(tiny_corpus.parent / r["audio"])) for r in load_jsonl(tiny_corpus)]
     a, b = write_manifest(tmp_path / "a.jsonl", recs[:5]), write_manifest(tmp_path / "b.jsonl", recs[5:8])
     built = []
-    real = dump_feats.build_extractor
-    monkeypatch.setattr(dump_feats, "build_extractor", lambda *args: built.append(args) or real(*args))
+    real = dump_mod.build_extractor
+    monkeypatch.setattr(dump_mod, "build_extractor", lambda *args: built.append(args) or real(*args))
     dump_feats.main(["--data", str(a), str(b), "--out", str(tmp_path / "a.h5"), str(tmp_path / "b.h5"),
                      "--feats_type", "wavlm", "--ssl_model", str(tiny_wavlm), "--ssl_layer", "1", "--nj", "0",
                      "--speed_perturb", "0.9 1.0", "--speed_perturb_data", str(a)])
     assert len(built) == 1  # one model for both lists
     assert len(FeatureReader(tmp_path / "a.h5")) == 10 and len(FeatureReader(tmp_path / "b.h5")) == 3  # a perturbed
-    with pytest.raises(SystemExit):  # a store for each list
+    with pytest.raises(DataError, match="one store per list"):
         dump_feats.main(["--data", str(a), str(b), "--out", str(tmp_path / "c.h5"), "--feats_type", "fbank"])
 
 
@@ -267,13 +273,13 @@ def test_auto_compute_dtype_follows_the_cpu(tiny_wavlm, monkeypatch):
 
 
 def test_conv_without_the_fused_activation_gives_the_same(tiny_wavlm, monkeypatch):
-    from asrkit.features import extractors
+    from asrkit.features import speedups
 
     wav = [(0.1 * np.random.default_rng(4).standard_normal(12000)).astype(np.float32)]
     for dt, tol in [("float32", 1e-6), ("bfloat16", 0.02)]:
         fused = SSLExtractor(str(tiny_wavlm), "2", dtype="float32", compute_dtype=dt)(wav)[0]
         with monkeypatch.context() as m:
-            m.setattr(extractors, "_is_erf_gelu", lambda act: False)
+            m.setattr(speedups, "_is_erf_gelu", lambda act: False)
             plain = SSLExtractor(str(tiny_wavlm), "2", dtype="float32", compute_dtype=dt)(wav)[0]
         assert _rel_rms(fused, plain) < tol  # bf16: GELU on the rounded conv output, or before rounding
 

@@ -21,7 +21,7 @@ import os
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 from asrkit.cli import make_parser, run_main, setup_logging, str2bool, usable_cores
-from asrkit.features.dump import build_extractor, check_gpus, dump
+from asrkit.features.dump import dump_lists
 from asrkit.ssl import LAYER_SPEC_HELP
 
 
@@ -64,20 +64,10 @@ def main(argv=None) -> int:
     parser = get_parser()
     args = parser.parse_args(argv)
     setup_logging(args.log_file, args.verbose)
-    if len(args.data) != len(args.out):
-        parser.error(f"{len(args.data)} --data lists but {len(args.out)} --out stores: give one store per list")
-    perturbed = set(args.data if args.speed_perturb_data is None else args.speed_perturb_data)
-    if unknown := perturbed - set(args.data):
-        parser.error(f"--speed_perturb_data {' '.join(sorted(unknown))}: not among the --data lists")
-    # built once for all the lists (with several GPUs, each GPU's process builds its own)
-    extractor = None if args.ngpu > 1 else build_extractor(
-        args.feats_type, args.ssl_model, args.ssl_layer, check_gpus(args.ngpu), args.dtype, args.compute_dtype,
-        args.n_mels)
-    for data, out in zip(args.data, args.out):
-        dump(data, out, feats_type=args.feats_type, ssl_model=args.ssl_model, ssl_layer=args.ssl_layer,
-             speed_perturb=args.speed_perturb if data in perturbed else "", nj=args.nj, ngpu=args.ngpu,
-             dtype=args.dtype, compute_dtype=args.compute_dtype, batch_seconds=args.batch_seconds,
-             max_seconds=args.max_seconds, n_mels=args.n_mels, force=args.force, extractor=extractor)
+    dump_lists(args.data, args.out, args.speed_perturb_data, args.speed_perturb, feats_type=args.feats_type,
+               ssl_model=args.ssl_model, ssl_layer=args.ssl_layer, nj=args.nj, ngpu=args.ngpu, dtype=args.dtype,
+               compute_dtype=args.compute_dtype, batch_seconds=args.batch_seconds, max_seconds=args.max_seconds,
+               n_mels=args.n_mels, force=args.force)
     return 0
 
 

@@ -11,47 +11,8 @@ Rerunning the same command resumes from exp_dir/checkpoint.pth.
 """
 from __future__ import annotations
 
-import ast
-import logging
-import random
-from pathlib import Path
-
-import numpy as np
-import torch
-import yaml
-
-from asrkit.cli import make_parser, run_main, setup_logging, str2bool
-from asrkit.errors import DataError
-from asrkit.fileio import atomic_open
-
-log = logging.getLogger("asrkit.train")
-
-
-def parse_value(text):
-    """A command-line or config value: YAML/JSON ('2', 'true', '{"a": 1}') or a Python literal."""
-    if not isinstance(text, str):
-        return text
-    try:
-        return ast.literal_eval(text)  # how configargparse passes a YAML dict: its Python repr
-    except (ValueError, SyntaxError):
-        return yaml.safe_load(text)
-
-
-def parse_dict(text) -> dict:
-    value = parse_value(text)
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise ValueError(f"expected a mapping like '{{\"lr\": 0.001}}', got {text!r}")
-    return value
-
-
-def merge(base: dict, override: dict) -> dict:
-    """Recursive dict update: keys of `override` win, nested dicts are merged."""
-    out = dict(base)
-    for k, v in override.items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+from asrkit.cli import make_parser, run_main, str2bool
+from asrkit.train.config import parse_dict, resolve_config
 
 
 def get_parser():
@@ -106,91 +67,10 @@ def get_parser():
     return p
 
 
-def resolve_config(parser, argv=None) -> tuple:
-    """(args, config): command line over YAML over defaults; every YAML key not a training option
-    (the model sections) goes into config too, with dict values merged rather than replaced."""
-    from asrkit.nets import MODEL_KEYS
-
-    args, extra = parser.parse_known_args(argv)
-    yaml_conf = {}
-    if args.config:
-        yaml_conf = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
-        if not isinstance(yaml_conf, dict):
-            raise DataError("a config file must be a YAML mapping", args.config)
-    known = set(vars(args))
-    model = {k: v for k, v in yaml_conf.items() if k not in known}
-    while extra:
-        arg = extra.pop(0)
-        key, eq, value = arg[2:].partition("=")
-        if not arg.startswith("--") or (not eq and not extra):
-            raise DataError(f"cannot parse {arg!r}", "command line", "give options as --name value")
-        value = value if eq else extra.pop(0)
-        top, *path = key.split(".")
-        if top not in MODEL_KEYS:
-            raise DataError(f"unknown option --{key}", "command line",
-                            f"see --help; model options are {', '.join(MODEL_KEYS)}")
-        override = parse_value(value)
-        for part in reversed(path):
-            override = {part: override}
-        model = merge(model, {top: override})
-    for key in ("optim_conf", "scheduler_conf"):  # merge a command-line dict into the config's
-        setattr(args, key, merge(parse_dict(yaml_conf.get(key)), getattr(args, key)))
-    unknown = [k for k in model if k not in MODEL_KEYS]
-    if unknown:
-        raise DataError(f"unknown key(s) {unknown}", args.config or "command line",
-                        f"training options are in --help; model keys are {', '.join(MODEL_KEYS)}")
-    config = {k: v for k, v in vars(args).items() if k not in ("config", "log_file", "verbose")}
-    return args, {**config, **model}
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def main(argv=None) -> int:
-    from asrkit.data import SpeechDataset
-    from asrkit.features.store import FeatureReader, check_compatible
-    from asrkit.model_io import FEATS_ATTRS, build_from_config, load_feats_attrs, save_exp_files
-    from asrkit.tokenizer import Tokenizer
-    from asrkit.train.distributed import cleanup, init_distributed
-    from asrkit.train.trainer import Trainer
+    from asrkit.train.experiment import train
 
-    args, config = resolve_config(get_parser(), argv)
-    dist = init_distributed(args.ngpu, args.dist_backend)
-    exp_dir = Path(args.exp_dir)
-    setup_logging(args.log_file or str(exp_dir / "train.log"), args.verbose, dist.rank)
-    if (args.ngpu or 0) > 1 and dist.world_size == 1:
-        log.warning("--ngpu %d but a single process: only one GPU is used; launch with "
-                    "torchrun --nproc_per_node %d -m asrkit.bin.train ...", args.ngpu, args.ngpu)
-    try:
-        tokenizer = Tokenizer.load(args.token_dir)
-        train_store, valid_store = FeatureReader(args.train_feats), FeatureReader(args.valid_feats)
-        check_compatible(valid_store.attrs, train_store.attrs, args.valid_feats)
-        if (exp_dir / FEATS_ATTRS).is_file():  # resuming: the features must be those trained on
-            check_compatible(train_store.attrs, load_feats_attrs(exp_dir), args.train_feats)
-        config.update(input_dim=train_store.dim, input_layers=train_store.num_layers,
-                      vocab_size=tokenizer.vocab_size)
-        seed_everything(args.seed)  # same initial weights on every rank
-        model = build_from_config(config)
-        min_frames = getattr(model, "min_frames", 1)
-        train_set = SpeechDataset(args.train_data, args.train_feats, tokenizer, min_frames)
-        valid_set = SpeechDataset(args.valid_data, args.valid_feats, tokenizer, min_frames)
-        if dist.is_main:
-            save_exp_files(exp_dir, config, args.token_dir, train_store.attrs)
-            for name, ds in (("train", train_set), ("valid", valid_set)):
-                if ds.skipped:
-                    with atomic_open(exp_dir / f"skipped_{name}.txt") as f:
-                        f.writelines(f"{u}\t{r}\n" for u, r in ds.skipped)
-            n_params = sum(p.numel() for p in model.parameters())
-            log.info("%s: %.2fM parameters; %d training and %d validation utterances; %d processes on %s",
-                     config.get("encoder"), n_params / 1e6, len(train_set), len(valid_set), dist.world_size,
-                     dist.device.type)
-        seed_everything(args.seed + dist.rank)  # but other SpecAugment/dropout draws per rank
-        Trainer(args, config, model, train_set, valid_set, tokenizer, dist).run()
-    finally:
-        cleanup()
+    train(*resolve_config(get_parser(), argv))
     return 0
 
 

@@ -15,8 +15,9 @@ import json
 import sys
 from pathlib import Path
 
-from asrkit.bin.decode import add_search_options, pick_device, search_options
 from asrkit.cli import make_parser, run_main, setup_logging
+from asrkit.decode.search import add_search_options, search_options
+from asrkit.device import first_device
 from asrkit.subtitles import FORMATS, write_transcripts
 
 
@@ -44,7 +45,7 @@ def main(argv=None) -> int:
     from asrkit.transcribe import Transcriber
 
     opts = search_options(args)
-    asr = Transcriber(args.model_dir, args.checkpoint, str(pick_device(args.ngpu)), **vars(opts))
+    asr = Transcriber(args.model_dir, args.checkpoint, first_device(args.ngpu), **vars(opts))
     failed = 0
     timings = args.json or bool(args.output_dir and {"srt", "vtt", "json"} & set(formats))
     for rec in asr.transcribe(args.audio, timings=timings, batch_size=args.batch_size):

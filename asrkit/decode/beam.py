@@ -18,7 +18,7 @@ The model needs `decoder_init` and `decoder_step` (see decode/stepper.py), `ctc_
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import NamedTuple
 
 import torch
@@ -40,15 +40,21 @@ class Hyp:
         return {"tokens": self.tokens, "score": self.score, "att": self.att, "ctc": self.ctc}
 
 
+def option(default, help: str):
+    """A search option: its default and --help text, defined here once for the API and the commands."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class SearchOptions:
-    beam: int = 10
-    ctc_weight: float = 0.3
-    length_bonus: float = 0.0
-    maxlenratio: float = 0.0  # 0: up to the number of encoder frames, with end detection; <0: -maxlenratio tokens
-    minlenratio: float = 0.0
-    pre_beam_ratio: float = 1.5
-    nbest: int = 1
+    beam: int = option(10, "beam size")
+    ctc_weight: float = option(0.3, "weight of the CTC prefix score (joint, attention_rescoring)")
+    length_bonus: float = option(0.0, "score added per token (ESPnet's penalty)")
+    maxlenratio: float = option(0.0, "max tokens = ratio x encoder frames; 0: encoder frames, with end "
+                                     "detection; <0: -ratio tokens")
+    minlenratio: float = option(0.0, "min tokens = ratio x encoder frames")
+    pre_beam_ratio: float = option(1.5, "CTC scores the decoder's best pre_beam_ratio x beam tokens")
+    nbest: int = option(1, "hypotheses kept per utterance")
 
 
 class Beams(NamedTuple):

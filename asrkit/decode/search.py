@@ -8,11 +8,11 @@ rescored by the decoder, as WeNet does). A batch that runs out of memory is spli
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import torch
 
-from asrkit.decode.beam import Hyp, SearchOptions, beam_search
+from asrkit.decode.beam import Hyp, SearchOptions, beam_search, option
 from asrkit.decode.ctc import ctc_greedy_search, ctc_prefix_beam_search_batch
 from asrkit.errors import DataError
 
@@ -22,7 +22,7 @@ MODES = ("ctc_greedy", "ctc_prefix_beam", "attention", "joint", "attention_resco
 
 @dataclass
 class DecodeOptions(SearchOptions):
-    mode: str = "joint"
+    mode: str = option("joint", "decoding mode: " + ", ".join(MODES))
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -31,6 +31,23 @@ class DecodeOptions(SearchOptions):
             raise ValueError(f"ctc_weight must be in [0, 1], got {self.ctc_weight}")
         if self.beam < 1:
             raise ValueError(f"beam must be at least 1, got {self.beam}")
+
+
+def add_search_options(parser) -> None:
+    """--mode, --beam, ... on a command line, with DecodeOptions' defaults and help."""
+    g = parser.add_argument_group("search")
+    for f in fields(DecodeOptions):
+        names = [f"--{f.name}"] + (["--penalty"] if f.name == "length_bonus" else [])  # ESPnet's name
+        g.add_argument(*names, type=type(f.default), default=f.default, help=f.metadata["help"],
+                       **({"choices": MODES} if f.name == "mode" else {}))
+
+
+def search_options(args) -> DecodeOptions:
+    """DecodeOptions from parsed arguments; a bad value is a DataError naming it."""
+    try:
+        return DecodeOptions(**{f.name: getattr(args, f.name) for f in fields(DecodeOptions)})
+    except ValueError as e:
+        raise DataError(str(e), "decoding options") from None
 
 
 def check_model(model, opts: DecodeOptions, where: str = "") -> None:

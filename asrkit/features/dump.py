@@ -9,6 +9,7 @@ A rerun skips what the shards already hold; the finished store is renamed (or me
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -17,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
-import numpy as np
 import torch
 from tqdm import tqdm
 
 from asrkit.audio import SAMPLE_RATE, audio_info, load_audio, resample
+from asrkit.device import first_device
 from asrkit.errors import DataError
 from asrkit.features.store import (FeatureReader, FeatureWriter, check_compatible, finalize_store,
                                    read_attrs, read_done, speed_key)
@@ -112,13 +113,6 @@ class _BatchAudio(torch.utils.data.Dataset):
             except Exception as e:  # any unreadable file is reported, never fatal
                 out.append((it.key, None, 0, str(e) if isinstance(e, DataError) else f"{it.audio}: {e!r}"))
         return out
-
-
-def check_gpus(ngpu: int) -> str:
-    """The device the first extractor runs on, once it is sure that `ngpu` GPUs are there."""
-    if ngpu > 0 and not torch.cuda.is_available():
-        raise DataError(f"--ngpu {ngpu} but no GPU is visible", "--ngpu", "use --ngpu 0 to run on CPU")
-    return "cuda:0" if ngpu > 0 else "cpu"
 
 
 def build_extractor(feats_type: str, ssl_model: str, ssl_layer: str, device: str, dtype: str,
@@ -223,7 +217,7 @@ def dump(data: str, out: str, feats_type: str = "wavlm", ssl_model: str = "micro
     speeds = [float(s) for s in speed_perturb.replace(",", " ").split()] or [1.0]
     if any(s <= 0 for s in speeds):
         raise DataError(f"speed factors must be positive, got {speed_perturb!r}", "--speed_perturb")
-    device = check_gpus(ngpu)
+    device = str(first_device(ngpu))
     if extractor is None:
         extractor = build_extractor(feats_type, ssl_model, ssl_layer, device, dtype, compute_dtype, n_mels)
     attrs = extractor.attrs
@@ -292,3 +286,24 @@ def _gpu_worker(rank, ranks, batches, partial, nj, max_samples, progress, ext_ar
                             progress and rank == 0)
     with atomic_open(partial / f"shard{rank}.skipped") as f:
         f.writelines(f"{k}\t{r}\n" for k, r in skipped)
+
+
+def dump_lists(data: list[str], out: list[str], speed_perturb_data: list[str] | None = None,
+               speed_perturb: str = "", **options) -> list[dict]:
+    """dump() of several split lists into their stores with one extractor, built once (with several
+    GPUs, each GPU's process builds its own); only the lists in speed_perturb_data (default: all)
+    are speed-perturbed. Returns each store's statistics."""
+    if len(data) != len(out):
+        raise DataError(f"{len(data)} --data lists but {len(out)} --out stores", "--out", "give one store per list")
+    perturbed = set(data if speed_perturb_data is None else speed_perturb_data)
+    if unknown := perturbed - set(data):
+        raise DataError(f"--speed_perturb_data {' '.join(sorted(unknown))}: not among the --data lists",
+                        "--speed_perturb_data")
+    names = ("feats_type", "ssl_model", "ssl_layer", "dtype", "compute_dtype", "n_mels")
+    if options.get("ngpu", 0) <= 1 and options.get("extractor") is None:
+        defaults = inspect.signature(dump).parameters
+        kw = {k: options.get(k, defaults[k].default) for k in names}
+        options["extractor"] = build_extractor(kw["feats_type"], kw["ssl_model"], kw["ssl_layer"],
+                                               str(first_device(options.get("ngpu", 0))), kw["dtype"],
+                                               kw["compute_dtype"], kw["n_mels"])
+    return [dump(d, o, speed_perturb=speed_perturb if d in perturbed else "", **options) for d, o in zip(data, out)]

@@ -80,7 +80,8 @@ class ASRModel(nn.Module):
             raise ValueError("this model has no CTC head (model_conf.ctc_weight: 0)")
         return self.ctc(self.ctc_dropout(enc)).float().log_softmax(-1)
 
-    def forward(self, feats, feat_lens, ys, ys_lens) -> dict[str, torch.Tensor]:
+    def forward(self, feats, feat_lens, ys, ys_lens, return_encoder: bool = False) -> dict[str, torch.Tensor]:
+        """The losses and attention accuracy of a batch; with return_encoder also its `enc`, `enc_lens`."""
         enc, enc_lens = self.encode(feats, feat_lens)
         ys = ys[:, : int(ys_lens.max())]
         zero = enc.new_zeros((), dtype=torch.float32)
@@ -97,7 +98,8 @@ class ASRModel(nn.Module):
             mask = ys_out != self.ignore_id
             acc = ((logits.argmax(-1) == ys_out) & mask).sum().float() / mask.sum().clamp(min=1)
         loss = self.ctc_weight * loss_ctc + (1.0 - self.ctc_weight) * loss_att
-        return {"loss": loss, "loss_ctc": loss_ctc.detach(), "loss_att": loss_att.detach(), "acc": acc.detach()}
+        out = {"loss": loss, "loss_ctc": loss_ctc.detach(), "loss_att": loss_att.detach(), "acc": acc.detach()}
+        return {**out, "enc": enc, "enc_lens": enc_lens} if return_encoder else out
 
     def _need_decoder(self):
         if self.decoder is None:

@@ -76,11 +76,15 @@ def prune_epochs(exp_dir: Path, history: Sequence[dict], criterion: str, nbest: 
 
 def average_best(exp_dir: str | Path, history: Sequence[dict], criterion: str, k: int,
                  out_name: str = "model.avg.pth") -> Path | None:
-    """Average the best k epochs' weights into exp_dir/out_name; also link model.best.pth to the best."""
+    """Average the best k epochs' weights into exp_dir/out_name; also link model.best.pth to the best.
+    None if none of them is on disk."""
     exp_dir = Path(exp_dir)
-    epochs = [e for e in best_epochs(history, criterion, k) if (exp_dir / f"epoch{e}.pth").is_file()]
+    best = best_epochs(history, criterion, k)
+    epochs = [e for e in best if (exp_dir / f"epoch{e}.pth").is_file()]
     if not epochs:
         return None
+    if len(epochs) < len(best):
+        log.warning("only %d of the best %d epochs are on disk: averaging those", len(epochs), len(best))
     save_atomic(average_states([exp_dir / f"epoch{e}.pth" for e in epochs]), exp_dir / out_name)
     best = exp_dir / "model.best.pth"
     with atomic_path(best) as tmp:
@@ -88,3 +92,22 @@ def average_best(exp_dir: str | Path, history: Sequence[dict], criterion: str, k
         tmp.symlink_to(f"epoch{epochs[0]}.pth")
     log.info("%s: average of epochs %s (best %s by valid %s)", exp_dir / out_name, epochs, epochs[0], criterion)
     return exp_dir / out_name
+
+
+def average_from_log(exp_dir: str | Path, k: int, out_name: str) -> Path:
+    """average_best after training: the epochs and the criterion from train_log.jsonl and config.yaml."""
+    from asrkit.errors import DataError
+    from asrkit.fileio import load_jsonl
+    from asrkit.model_io import load_config
+
+    exp_dir = Path(exp_dir)
+    log_path = exp_dir / "train_log.jsonl"
+    if not log_path.is_file():
+        raise DataError("no train_log.jsonl to pick the best epochs from", str(exp_dir), "train the model first")
+    history = [r for r in load_jsonl(log_path) if r.get("kind") == "epoch"]
+    criterion = load_config(exp_dir).get("best_model_criterion", "acc")
+    path = average_best(exp_dir, history, criterion, k, out_name)
+    if path is None:
+        raise DataError(f"none of the best {k} epochs by valid {criterion} is on disk", str(exp_dir),
+                        "keep more epochs (keep_nbest_models) or decode model.avg.pth")
+    return path

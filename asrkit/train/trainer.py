@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from asrkit.data import BucketBatchSampler, SpeechDataset, collate
+from asrkit.decode.ctc import ctc_greedy_search
 from asrkit.errors import DataError
 from asrkit.train import checkpoint as ckpt
 from asrkit.train.distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier
@@ -30,6 +31,14 @@ from asrkit.train.reporter import Reporter
 
 log = logging.getLogger(__name__)
 TRAIN_KEYS = ("loss", "loss_ctc", "loss_att", "acc")
+SUM_KEYS = (*TRAIN_KEYS, "utts", "frames")  # running train sums: each metric x utterances, then the counts
+VALID_KEYS = ("loss", "acc", "utts", "tokens", "char_edits", "chars")  # validation sums (loss x utts, acc x tokens)
+
+
+def train_metrics(sums) -> dict[str, float]:
+    """The mean of each train metric from running sums laid out as SUM_KEYS."""
+    s = dict(zip(SUM_KEYS, sums))
+    return {k: s[k] / max(s["utts"], 1) for k in TRAIN_KEYS}
 
 
 @dataclass
@@ -39,7 +48,7 @@ class State:
     batches_done: int = 0  # of this rank's batches in `epoch`
     step: int = 0  # optimizer updates so far (skipped ones included)
     history: list = field(default_factory=list)  # one record per finished epoch
-    sums: list = field(default_factory=lambda: [0.0] * (len(TRAIN_KEYS) + 2))  # running train sums
+    sums: list = field(default_factory=lambda: [0.0] * len(SUM_KEYS))  # running train sums
     stopped_early: bool = False
 
 
@@ -50,15 +59,6 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-
-
-def greedy_ctc(logp: torch.Tensor, lens: torch.Tensor, blank: int = 0) -> list[list[int]]:
-    """Best path: argmax per frame, repeats merged, blanks dropped."""
-    out = []
-    for ids, n in zip(logp.argmax(-1).tolist(), lens.tolist()):
-        seq = torch.unique_consecutive(torch.tensor(ids[:n])).tolist()
-        out.append([t for t in seq if t != blank])
-    return out
 
 
 class Trainer:
@@ -152,9 +152,9 @@ class Trainer:
     def autocast(self):
         return torch.autocast(self.device.type, self.amp) if self.amp else contextlib.nullcontext()
 
-    def forward(self, batch: dict, model: torch.nn.Module | None = None) -> dict:
+    def forward(self, batch: dict, model: torch.nn.Module | None = None, **options) -> dict:
         with self.autocast():
-            return (model or self.model)(*self._to_device(batch))
+            return (model or self.model)(*self._to_device(batch), **options)
 
     def backward(self, batch: dict, sync: bool, weight: float = 1.0) -> dict:
         """Forward and backward of one micro-batch; without `sync`, DDP skips its all-reduce."""
@@ -222,7 +222,7 @@ class Trainer:
         bar = tqdm(total=self.epoch_len, initial=st.batches_done, desc=f"epoch {st.epoch}", unit="batch",
                    disable=not self.dist.is_main, dynamic_ncols=True, leave=False,
                    mininterval=0.5 if sys.stderr.isatty() else 60)  # a log file gets a line a minute
-        window = torch.zeros(len(TRAIN_KEYS) + 2, dtype=torch.float64, device=self.device)
+        window = torch.zeros(len(SUM_KEYS), dtype=torch.float64, device=self.device)
         t_last = time.time()
         saved = self.buffers()
         for batch in self.train_loader:
@@ -235,7 +235,7 @@ class Trainer:
             out = self.backward(batch, sync, weight)
             n = len(batch["utt_ids"]) * weight
             frames = batch["feat_lens"].sum().to(self.device) * weight
-            # loss sums x utterances, utterances, frames; on the device, read once per update
+            # SUM_KEYS: metrics x utterances, utterances, frames; on the device, read once per update
             window += torch.cat([torch.stack([out[k].detach() for k in TRAIN_KEYS]) * n,
                                  torch.stack([frames.new_tensor(n), frames])]).double()
             bar.update(1)
@@ -250,9 +250,10 @@ class Trainer:
             st.sums = [a + b for a, b in zip(st.sums, win)]
             now = time.time()
             rate = self.dist.world_size / max(now - t_last, 1e-9)  # all ranks, estimated from rank 0
-            rec = {k: win[i] / max(win[-2], 1) for i, k in enumerate(TRAIN_KEYS)}
+            counts = dict(zip(SUM_KEYS, win))
+            rec = train_metrics(win)
             rec.update(epoch=st.epoch, lr=self.scheduler.get_last_lr()[0], grad_norm=norm, skipped=not ok,
-                       frames_per_s=win[-1] * rate, utts_per_s=win[-2] * rate)
+                       frames_per_s=counts["frames"] * rate, utts_per_s=counts["utts"] * rate)
             if self.device.type == "cuda":
                 rec["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
             if self.reporter:
@@ -275,35 +276,39 @@ class Trainer:
     def validate(self) -> dict:
         """Loss, attention accuracy and greedy CTC CER over the validation set (all ranks together)."""
         self.module.eval()
-        sums = torch.zeros(5, dtype=torch.float64)  # loss x utts, acc x tokens, utts, tokens, char edits
-        chars = 0
+        total = dict.fromkeys(VALID_KEYS, 0.0)
         has_ctc = getattr(self.module, "ctc", None) is not None
         for batch in self.valid_loader:
             if batch is None:
                 continue
-            out = self.forward(batch, self.module)
+            with self.autocast():  # the CER's CTC head runs on the forward's encoder output
+                out = self.forward(batch, self.module, return_encoder=has_ctc)
+                logp = self.module.ctc_log_probs(out["enc"]) if has_ctc else None
             n, tokens = len(batch["utt_ids"]), int(batch["ys_lens"].sum()) + len(batch["utt_ids"])  # + <eos>
-            sums[:4] += torch.tensor([float(out["loss"]) * n, float(out["acc"]) * tokens, n, tokens])
+            total["loss"] += float(out["loss"]) * n
+            total["acc"] += float(out["acc"]) * tokens
+            total["utts"] += n
+            total["tokens"] += tokens
             if has_ctc:
-                feats, lens, _, _ = self._to_device(batch)
-                with self.autocast():
-                    enc, enc_lens = self.module.encode(feats, lens)
-                    hyps = greedy_ctc(self.module.ctc_log_probs(enc), enc_lens, self.module.blank)
-                for hyp, ys, ylen in zip(hyps, batch["ys"], batch["ys_lens"]):
+                hyps = ctc_greedy_search(logp, out["enc_lens"], self.module.blank)
+                for (hyp, _), ys, ylen in zip(hyps, batch["ys"], batch["ys_lens"]):
                     ref = self.tokenizer.decode(ys[:ylen].tolist())
-                    sums[4] += AF.edit_distance(list(ref), list(self.tokenizer.decode(hyp)))
-                    chars += len(ref)
-        sums = all_reduce_sum(torch.cat([sums, torch.tensor([chars], dtype=torch.float64)]).to(self.device)).cpu()
-        res = {"loss": float(sums[0] / sums[2]), "acc": float(sums[1] / sums[3])}
+                    total["char_edits"] += AF.edit_distance(list(ref), list(self.tokenizer.decode(hyp)))
+                    total["chars"] += len(ref)
+        sums = all_reduce_sum(torch.tensor([total[k] for k in VALID_KEYS], dtype=torch.float64, device=self.device))
+        total = dict(zip(VALID_KEYS, sums.cpu().tolist()))
+        nan = float("nan")  # no readable validation utterance
+        res = {"loss": total["loss"] / total["utts"] if total["utts"] else nan,
+               "acc": total["acc"] / total["tokens"] if total["tokens"] else nan}
         if has_ctc:
-            res["cer"] = float(sums[4] / max(sums[5], 1))
+            res["cer"] = total["char_edits"] / max(total["chars"], 1)
         return res
 
     def end_epoch(self, valid: dict, seconds: float) -> bool:
         """Record the epoch, keep the best/last weights, checkpoint; True to go on training."""
         st, args = self.state, self.args
         sums = all_reduce_sum(torch.tensor(st.sums, dtype=torch.float64, device=self.device)).cpu().tolist()
-        train = {k: sums[i] / max(sums[-2], 1) for i, k in enumerate(TRAIN_KEYS)}
+        train = train_metrics(sums)
         record = {"epoch": st.epoch, "step": st.step, "train": train, "valid": valid, "time_s": seconds,
                   "lr": self.scheduler.get_last_lr()[0]}
         st.history.append(record)

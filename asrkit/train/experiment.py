@@ -1,0 +1,64 @@
+"""Stage 3 as a whole: the model, data and experiment dir a training run needs, then the Trainer."""
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from asrkit.cli import setup_logging
+from asrkit.fileio import atomic_open
+
+log = logging.getLogger("asrkit.train")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train(args, config: dict) -> None:
+    """Train (or resume) the experiment in args.exp_dir, in this process or as one rank under torchrun."""
+    from asrkit.data import SpeechDataset
+    from asrkit.features.store import FeatureReader, check_compatible
+    from asrkit.model_io import FEATS_ATTRS, build_from_config, load_feats_attrs, save_exp_files
+    from asrkit.tokenizer import Tokenizer
+    from asrkit.train.distributed import cleanup, init_distributed
+    from asrkit.train.trainer import Trainer
+
+    dist = init_distributed(args.ngpu, args.dist_backend)
+    exp_dir = Path(args.exp_dir)
+    setup_logging(args.log_file or str(exp_dir / "train.log"), args.verbose, dist.rank)
+    if (args.ngpu or 0) > 1 and dist.world_size == 1:
+        log.warning("--ngpu %d but a single process: only one GPU is used; launch with "
+                    "torchrun --nproc_per_node %d -m asrkit.bin.train ...", args.ngpu, args.ngpu)
+    try:
+        tokenizer = Tokenizer.load(args.token_dir)
+        train_store, valid_store = FeatureReader(args.train_feats), FeatureReader(args.valid_feats)
+        check_compatible(valid_store.attrs, train_store.attrs, args.valid_feats)
+        if (exp_dir / FEATS_ATTRS).is_file():  # resuming: the features must be those trained on
+            check_compatible(train_store.attrs, load_feats_attrs(exp_dir), args.train_feats)
+        config.update(input_dim=train_store.dim, input_layers=train_store.num_layers,
+                      vocab_size=tokenizer.vocab_size)
+        seed_everything(args.seed)  # same initial weights on every rank
+        model = build_from_config(config)
+        min_frames = getattr(model, "min_frames", 1)
+        train_set = SpeechDataset(args.train_data, args.train_feats, tokenizer, min_frames)
+        valid_set = SpeechDataset(args.valid_data, args.valid_feats, tokenizer, min_frames)
+        if dist.is_main:
+            save_exp_files(exp_dir, config, args.token_dir, train_store.attrs)
+            for name, ds in (("train", train_set), ("valid", valid_set)):
+                if ds.skipped:
+                    with atomic_open(exp_dir / f"skipped_{name}.txt") as f:
+                        f.writelines(f"{u}\t{r}\n" for u, r in ds.skipped)
+            n_params = sum(p.numel() for p in model.parameters())
+            log.info("%s: %.2fM parameters; %d training and %d validation utterances; %d processes on %s",
+                     config.get("encoder"), n_params / 1e6, len(train_set), len(valid_set), dist.world_size,
+                     dist.device.type)
+        seed_everything(args.seed + dist.rank)  # but other SpecAugment/dropout draws per rank
+        Trainer(args, config, model, train_set, valid_set, tokenizer, dist).run()
+    finally:
+        cleanup()
