@@ -6,6 +6,7 @@ a large corpus never dies on one bad file and never loses an utterance silently.
 from __future__ import annotations
 
 import csv
+import logging
 import random
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -18,8 +19,9 @@ from tqdm import tqdm
 
 from asrkit.audio import audio_info, load_audio
 from asrkit.errors import DataError
-from asrkit.fileio import read_jsonl, read_lines, resolve_audio_path
+from asrkit.fileio import atomic_open, read_jsonl, read_lines, resolve_audio_path, write_json, write_jsonl
 
+log = logging.getLogger("asrkit.prepare_data")
 SPLITS = ("train", "valid", "test")
 SPLIT_ALIASES = {"dev": "valid", "development": "valid", "validation": "valid", "eval": "test"}
 REQUIRED = ("audio", "text")
@@ -329,3 +331,46 @@ def iter_speaker_overlaps(splits: dict[str, list]) -> Iterable[tuple[str, str, s
         for b in names[i + 1:]:
             if spk[a] & spk[b]:
                 yield a, b, spk[a] & spk[b]
+
+
+def prepare_corpus(raw_data, out_dir, normalize: Callable[[str], str], splitter: tuple[str, Any], seed: int = 0,
+                   **filters) -> dict[str, Any]:
+    """Stage 0 as a whole: read `raw_data`, normalize and filter (`filters`: prepare's options), split
+    (`splitter`: ("ratios", {split: share}), ("field", name) or ("lists", {split: path})), and write
+    <out_dir>/{train,valid,test}.jsonl, dropped.tsv and prep_report.json; prints and returns the report."""
+    out_dir = Path(out_dir)
+    dropped = Dropped()
+    records = read_corpus(raw_data, dropped)
+    log.info("read %d utterances from %s", len(records), raw_data)
+    records = prepare(records, normalize, dropped, **filters)
+    if not records:
+        _write_dropped(out_dir, dropped)
+        raise DataError("no usable utterance left", str(raw_data),
+                        f"every one was dropped: see the reasons in {out_dir / 'dropped.tsv'}")
+    kind, how = splitter
+    if kind == "field":
+        splits = split_by_field(records, how, dropped)
+    elif kind == "lists":
+        splits = split_by_lists(records, how)
+    else:
+        splits = split_by_ratio(records, how, seed)
+    for a, b, shared in iter_speaker_overlaps(splits):
+        log.warning("splits %s and %s share %d speaker(s), e.g. %s", a, b, len(shared), sorted(shared)[:3])
+    for name, rs in splits.items():
+        if not rs:
+            log.warning("split %s is empty (too few speakers for the ratios?)", name)
+        write_jsonl(out_dir / f"{name}.jsonl", (output_record(r) for r in rs))
+    _write_dropped(out_dir, dropped)
+    report = summarize(splits, dropped)
+    write_json(out_dir / "prep_report.json", report)
+    print(format_report(report))
+    if dropped.rows:
+        print(f"(each dropped utterance and its reason: {out_dir / 'dropped.tsv'})")
+    return report
+
+
+def _write_dropped(out_dir: Path, dropped: Dropped) -> None:
+    with atomic_open(out_dir / "dropped.tsv") as f:
+        f.write("utt_id\twhere\treason\n")
+        for row in dropped.rows:
+            f.write("\t".join(row) + "\n")

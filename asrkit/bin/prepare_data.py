@@ -7,17 +7,12 @@ why) and data/prep_report.json (utterances, hours, speakers per split; dropped c
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from asrkit.cli import make_parser, run_main, setup_logging, str2bool
 from asrkit.errors import DataError
-from asrkit.fileio import atomic_open, write_json, write_jsonl
 from asrkit.normalize import NORMALIZERS, get_normalizer, parse_rule_overrides
-from asrkit.prep import (SPLITS, Dropped, format_report, iter_speaker_overlaps, output_record, prepare,
-                         read_corpus, split_by_field, split_by_lists, split_by_ratio, summarize)
-
-log = logging.getLogger("asrkit.prepare_data")
+from asrkit.prep import SPLITS, prepare_corpus
 
 
 def get_parser():
@@ -68,46 +63,16 @@ def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     setup_logging(args.log_file, args.verbose)
     normalize = get_normalizer(args.normalizer, **parse_rule_overrides(args.normalizer_opts))
-    out_dir = Path(args.out_dir)
-
-    dropped = Dropped()
-    records = read_corpus(args.raw_data, dropped)
-    log.info("read %d utterances from %s", len(records), args.raw_data)
-    records = prepare(records, normalize, dropped, min_duration=args.min_duration,
-                      max_duration=args.max_duration, min_words=args.min_words,
-                      check_silence=args.check_silence, nj=args.nj)
-    if not records:
-        raise DataError("no usable utterance left", args.raw_data,
-                        f"every one was dropped: see the reasons in {out_dir / 'dropped.tsv'}") \
-            from _write_dropped(out_dir, dropped)
-
     if args.split_field:
-        splits = split_by_field(records, args.split_field, dropped)
+        splitter = ("field", args.split_field)
     elif args.split_lists:
-        splits = split_by_lists(records, parse_lists(args.split_lists))
+        splitter = ("lists", parse_lists(args.split_lists))
     else:
-        splits = split_by_ratio(records, parse_ratios(args.split_ratios), args.seed)
-    for a, b, shared in iter_speaker_overlaps(splits):
-        log.warning("splits %s and %s share %d speaker(s), e.g. %s", a, b, len(shared), sorted(shared)[:3])
-    for name, rs in splits.items():
-        if not rs:
-            log.warning("split %s is empty (too few speakers for the ratios?)", name)
-        write_jsonl(out_dir / f"{name}.jsonl", (output_record(r) for r in rs))
-
-    _write_dropped(out_dir, dropped)
-    report = summarize(splits, dropped)
-    write_json(out_dir / "prep_report.json", report)
-    print(format_report(report))
-    if dropped.rows:
-        print(f"(each dropped utterance and its reason: {out_dir / 'dropped.tsv'})")
+        splitter = ("ratios", parse_ratios(args.split_ratios))
+    prepare_corpus(args.raw_data, args.out_dir, normalize, splitter, seed=args.seed, min_duration=args.min_duration,
+                   max_duration=args.max_duration, min_words=args.min_words, check_silence=args.check_silence,
+                   nj=args.nj)
     return 0
-
-
-def _write_dropped(out_dir: Path, dropped: Dropped) -> None:
-    with atomic_open(out_dir / "dropped.tsv") as f:
-        f.write("utt_id\twhere\treason\n")
-        for row in dropped.rows:
-            f.write("\t".join(row) + "\n")
 
 
 if __name__ == "__main__":

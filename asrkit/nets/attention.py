@@ -130,10 +130,11 @@ class MemoryKV(NamedTuple):
 
     def select(self, utts: torch.Tensor) -> MemoryKV:
         """Only these utterances go on; frames past the longest of them are dropped."""
-        mask = self.mask[utts]
+        keys, values, mask = self.keys[utts], self.values[utts], self.mask[utts]
         t = int((mask[:, 0, 0] == 0).sum(1).max())
-        keys, values = self.keys[utts, :, :t], self.values[utts, :, :t]
-        return self._replace(keys=keys.contiguous(), values=values.contiguous(), mask=mask[..., :t].contiguous())
+        if t < mask.size(-1):  # (the attention reads contiguous tensors faster)
+            keys, values, mask = keys[:, :, :t].contiguous(), values[:, :, :t].contiguous(), mask[..., :t].contiguous()
+        return self._replace(keys=keys, values=values, mask=mask)
 
 
 class CrossAttention(MultiHeadAttention):
@@ -199,16 +200,21 @@ def sinusoids(positions: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class PositionalEncoding(nn.Module):
-    """x * sqrt(d) + absolute sinusoidal positions, then dropout (the decoder's embedding)."""
+    """x * sqrt(d) + absolute sinusoidal positions, then dropout (the decoder's embedding). The
+    encodings are computed once for the first `max_len` positions (more when needed), not per call:
+    a search step would otherwise spend a dozen small ops on them."""
 
-    def __init__(self, dim: int, dropout_rate: float = 0.0):
+    def __init__(self, dim: int, dropout_rate: float = 0.0, max_len: int = 512):
         super().__init__()
         self.dim, self.dropout = dim, nn.Dropout(dropout_rate)
+        self.register_buffer("pe", sinusoids(torch.arange(max_len), dim), persistent=False)
 
     def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
         """x (B, L, D) at positions offset .. offset+L-1 (a search step: the newest position only)."""
-        pe = sinusoids(torch.arange(offset, offset + x.size(1), device=x.device), self.dim).to(x.dtype)
-        return self.dropout(x * math.sqrt(self.dim) + pe)
+        end = offset + x.size(1)
+        if end > self.pe.size(0):
+            self.pe = sinusoids(torch.arange(max(end, 2 * self.pe.size(0))), self.dim).to(self.pe.device)
+        return self.dropout(x * math.sqrt(self.dim) + self.pe[offset:end].to(x.dtype))
 
 
 class RelPositionalEncoding(nn.Module):
