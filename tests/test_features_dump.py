@@ -290,3 +290,23 @@ def test_batches_cap_padding():
     assert [[it.key for it in b] for b in batches] == [["u0", "u1", "u2"], ["u3", "u4"], ["u5"]]
     assert [len(b) for b in dump_mod.make_batches(items, 1000, max_padding=1.0)] == [6]
     assert [len(b) for b in dump_mod.make_batches(items, 200, max_padding=1.0)] == [2, 2, 2]
+
+
+def test_dump_with_the_int8_codec(tiny_corpus, tiny_wavlm, caplog):
+    """--store_codec int8: a smaller store, decoded transparently close to the plain one; a store made
+    with another codec is redone, not reused."""
+    plain, small = tiny_corpus.parent / "plain.h5", tiny_corpus.parent / "int8.h5"
+    opts = dict(ssl_model=str(tiny_wavlm), ssl_layer="all", nj=0, progress=False)
+    dump(str(tiny_corpus), str(plain), **opts)
+    dump(str(tiny_corpus), str(small), store_codec="int8", **opts)
+    a, b = FeatureReader(plain), FeatureReader(small)
+    assert b.attrs["store_codec"] == "int8" and a.codec == "none" and sorted(a.keys()) == sorted(b.keys())
+    for k in a.keys():
+        assert b[k].dtype == np.float16 and b[k].shape == a[k].shape
+        assert _rel_rms(b[k].astype(np.float32), a[k].astype(np.float32)) < 0.01
+    assert small.stat().st_size < 0.75 * plain.stat().st_size  # tiny arrays: HDF5's overhead weighs more
+    caplog.set_level(logging.INFO, logger="asrkit")
+    dump(str(tiny_corpus), str(small), **opts)
+    assert "store codec is int8, not none" in caplog.text and FeatureReader(small).codec == "none"
+    with pytest.raises(DataError, match="unknown store codec"):
+        dump(str(tiny_corpus), str(small), store_codec="int4", **opts)

@@ -85,3 +85,43 @@ def test_missing_or_unfinished_store(tmp_path):
 def test_speed_keys():
     assert speed_key("u1", 1.0) == "u1" and speed_key("u1", 0.9) == "u1-sp0.9"
     assert split_speed_key("u1-sp1.1") == ("u1", 1.1) and split_speed_key("u-sp") == ("u-sp", 1.0)
+
+
+@pytest.mark.parametrize("codec", ["int8", "int8f"])
+def test_int8_codecs_round_trip_merge_and_resume(tmp_path, codec):
+    """Decoded features are float16 within half a quantization step of the stored ones; the arrays
+    take about half the bytes; merging shards and resuming keep the scales with their features."""
+    from asrkit.features.codecs import decode, encode
+
+    g = np.random.default_rng(7)
+    x = (g.standard_normal((2, 300, 64)) * g.uniform(0.1, 20, (1, 1, 64))).astype(np.float16)  # channels of
+    q, s = encode(x, codec)  # very different scales, as WavLM's are
+    assert q.dtype == np.int8 and s.dtype == np.float16 and s.shape == ((2, 64) if codec == "int8" else (2, 300))
+    y = decode(q, s, codec, "float16")
+    assert y.dtype == np.float16 and y.shape == x.shape
+    step = np.expand_dims(s.astype(np.float32), -2 if codec == "int8" else -1)
+    assert np.all(np.abs(y.astype(np.float32) - x.astype(np.float32)) <= 0.51 * step + 1e-2 * np.abs(x))
+    assert (q.nbytes + s.nbytes) / x.nbytes < 0.55
+    zero = np.zeros((3, 4), np.float16)  # an all-zero channel or frame has scale 0: decodes to zeros
+    np.testing.assert_array_equal(decode(*encode(zero, codec), codec, "float16"), zero)
+
+    attrs = {**ATTRS, "store_codec": codec}
+    shards = []
+    for k in range(2):
+        shards.append(tmp_path / f"shard{k}.h5")
+        w = FeatureWriter(shards[-1], attrs)
+        w.write([(f"u{k}", feats(5 + k, k))])
+        if k == 1:  # killed after writing u2's arrays, before recording it
+            w.h5["feats"].create_dataset("u2", data=q[0])
+            w.h5["scales"].create_dataset("u2", data=s[0])
+        w.close()
+    w = FeatureWriter(shards[1], attrs)  # resumed: the unrecorded arrays and scales are gone
+    assert w.done == {"u1": 6} and list(w.h5["feats"]) == ["u1"] == list(w.h5["scales"])
+    w.close()
+    finalize_store(shards, tmp_path / "out.h5", attrs, [])
+    r = FeatureReader(tmp_path / "out.h5")
+    assert r.codec == codec and sorted(r.keys()) == ["u0", "u1"]
+    for k in range(2):
+        want = decode(*encode(feats(5 + k, k), codec), codec, "float16")
+        np.testing.assert_array_equal(r[f"u{k}"], want)
+        assert np.abs(r[f"u{k}"].astype(np.float32) - feats(5 + k, k)).max() < 0.05

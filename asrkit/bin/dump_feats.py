@@ -21,6 +21,7 @@ import os
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 from asrkit.cli import make_parser, run_main, setup_logging, str2bool, usable_cores
+from asrkit.features.codecs import CODECS
 from asrkit.features.dump import dump_lists
 from asrkit.ssl import LAYER_SPEC_HELP
 
@@ -57,6 +58,9 @@ def get_parser():
                    help="longer utterances are run in overlapping windows of this length (bounds memory)")
     p.add_argument("--n_mels", type=int, default=80, help="fbank bins")
     p.add_argument("--force", type=str2bool, default=False, help="redo a finished store")
+    p.add_argument("--store_codec", default="none", choices=CODECS,
+                   help="how the store keeps the arrays: none (in --dtype), int8 (a scale per layer and channel, "
+                        "about half of float16), int8f (a scale per layer and frame)")
     return p
 
 
@@ -67,7 +71,7 @@ def main(argv=None) -> int:
     dump_lists(args.data, args.out, args.speed_perturb_data, args.speed_perturb, feats_type=args.feats_type,
                ssl_model=args.ssl_model, ssl_layer=args.ssl_layer, nj=args.nj, ngpu=args.ngpu, dtype=args.dtype,
                compute_dtype=args.compute_dtype, batch_seconds=args.batch_seconds, max_seconds=args.max_seconds,
-               n_mels=args.n_mels, force=args.force)
+               n_mels=args.n_mels, force=args.force, store_codec=args.store_codec)
     return 0
 
 

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from asrkit.audio import SAMPLE_RATE, audio_info, load_audio, resample
 from asrkit.device import first_device
 from asrkit.errors import DataError
+from asrkit.features.codecs import CODECS
 from asrkit.features.store import (FeatureReader, FeatureWriter, check_compatible, finalize_store,
                                    read_attrs, read_done, speed_key)
 from asrkit.fileio import atomic_open, read_jsonl, resolve_audio_path
@@ -125,7 +126,7 @@ def build_extractor(feats_type: str, ssl_model: str, ssl_layer: str, device: str
 
 
 def extract_shard(extractor, batches: list[list[Item]], shard: Path, nj: int,
-                  max_samples: int, progress: bool = True) -> list[tuple[str, str]]:
+                  max_samples: int, progress: bool = True, attrs: dict | None = None) -> list[tuple[str, str]]:
     """Extract `batches` into a partial shard; returns (key, reason) of the skipped utterances.
 
     On CPU with nj > 0, nj DataLoader workers each read and extract whole batches with one torch
@@ -133,7 +134,7 @@ def extract_shard(extractor, batches: list[list[Item]], shard: Path, nj: int,
     that uses more). Unlike one process's threads, the jobs never wait for each other between ops,
     which counts on a loaded machine or on many cores. With nj = 0 the main process does everything
     with torch's threads. On GPU the workers read and the main process runs the model."""
-    writer = FeatureWriter(shard, extractor.attrs)
+    writer = FeatureWriter(shard, attrs or extractor.attrs)
     skipped = []
     in_workers = nj > 0 and getattr(extractor, "device", torch.device("cpu")).type == "cpu"
     dataset = _BatchAudio(batches, extractor, max_samples if in_workers else None)
@@ -192,6 +193,8 @@ def verify_store(out: Path, attrs: dict, items: list[Item], extractor) -> str:
         return str(e)
     if reader.attrs.get("dtype") != attrs["dtype"]:
         return f"its dtype is {reader.attrs.get('dtype')}, not {attrs['dtype']}"
+    if reader.codec != attrs.get("store_codec", "none"):
+        return f"its store codec is {reader.codec}, not {attrs.get('store_codec', 'none')}"
     skipped = {k for k, _ in reader.skipped}
     for it in items:
         if it.key in skipped:
@@ -208,11 +211,12 @@ def dump(data: str, out: str, feats_type: str = "wavlm", ssl_model: str = "micro
          ssl_layer: str = "9", speed_perturb: str = "", nj: int = 2, ngpu: int = 0, dtype: str = "float16",
          compute_dtype: str = "auto", batch_seconds: float = 0.0, max_seconds: float = 60.0,
          n_mels: int = 80, force: bool = False, progress: bool = True, process_per_gpu: bool | None = None,
-         extractor=None) -> dict:
+         extractor=None, store_codec: str = "none") -> dict:
     """Dump the features of split list `data` into the store `out`; returns the store's statistics.
     On GPUs, `process_per_gpu` (default: with more than one GPU) spawns one process per GPU, each
     writing its own shard, merged at the end. `extractor`: one already built with these options
-    (several splits in one process load the model once)."""
+    (several splits in one process load the model once). `store_codec`: how the store keeps the
+    arrays (features/codecs.py)."""
     out = Path(out)
     speeds = [float(s) for s in speed_perturb.replace(",", " ").split()] or [1.0]
     if any(s <= 0 for s in speeds):
@@ -220,7 +224,9 @@ def dump(data: str, out: str, feats_type: str = "wavlm", ssl_model: str = "micro
     device = str(first_device(ngpu))
     if extractor is None:
         extractor = build_extractor(feats_type, ssl_model, ssl_layer, device, dtype, compute_dtype, n_mels)
-    attrs = extractor.attrs
+    if store_codec not in CODECS:
+        raise DataError(f"unknown store codec {store_codec!r}", "--store_codec", f"choose one of {', '.join(CODECS)}")
+    attrs = {**extractor.attrs, "store_codec": store_codec}
     items, bad = plan_items(data, speeds)
     if out.exists() and not force:
         why = verify_store(out, attrs, items, extractor)
@@ -255,12 +261,12 @@ def dump(data: str, out: str, feats_type: str = "wavlm", ssl_model: str = "micro
     if process_per_gpu is None:
         process_per_gpu = ngpu > 1
     if not (ngpu > 0 and process_per_gpu):
-        skipped = extract_shard(extractor, batches, partial / "shard0.h5", nj, max_samples, progress)
+        skipped = extract_shard(extractor, batches, partial / "shard0.h5", nj, max_samples, progress, attrs)
     else:
         del extractor
         torch.multiprocessing.spawn(_gpu_worker, nprocs=ranks, args=(
             ranks, batches, partial, nj, max_samples, progress,
-            (feats_type, ssl_model, ssl_layer, dtype, compute_dtype, n_mels)))
+            (feats_type, ssl_model, ssl_layer, dtype, compute_dtype, n_mels), attrs))
         skipped = []
         for r in range(ranks):
             skipped += [tuple(line.split("\t", 1)) for line in
@@ -278,12 +284,12 @@ def dump(data: str, out: str, feats_type: str = "wavlm", ssl_model: str = "micro
     return {**attrs, **stats}
 
 
-def _gpu_worker(rank, ranks, batches, partial, nj, max_samples, progress, ext_args):
+def _gpu_worker(rank, ranks, batches, partial, nj, max_samples, progress, ext_args, attrs):
     feats_type, ssl_model, ssl_layer, dtype, compute_dtype, n_mels = ext_args
     torch.cuda.set_device(rank)
     extractor = build_extractor(feats_type, ssl_model, ssl_layer, f"cuda:{rank}", dtype, compute_dtype, n_mels)
     skipped = extract_shard(extractor, batches[rank::ranks], partial / f"shard{rank}.h5", nj, max_samples,
-                            progress and rank == 0)
+                            progress and rank == 0, attrs)
     with atomic_open(partial / f"shard{rank}.skipped") as f:
         f.writelines(f"{k}\t{r}\n" for k, r in skipped)
 

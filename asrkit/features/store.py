@@ -2,7 +2,9 @@
 
 Layout of `<split>.h5`:
     attrs            extractor description (feats_type, model, weights hash, layers, dtype, rates, ...)
+                     and store_codec (how the arrays are kept: features/codecs.py; none if absent)
     feats/<utt_id>   (frames, dim), or (layers, frames, dim) when several layers are stacked
+    scales/<utt_id>  the codec's scales, for a codec that has them
     index/utt_ids    every stored key, in writing order (length-sorted)
     index/num_frames their frame counts, so that samplers need not touch the datasets
     index/skipped    utterances that could not be read, with the reason ("utt_id\treason")
@@ -22,6 +24,7 @@ import h5py
 import numpy as np
 
 from asrkit.errors import DataError
+from asrkit.features.codecs import decode, encode
 
 # Extractor attributes that change what a model sees; anything else (the path a model was loaded
 # from, the asrkit version, storage dtype, corpus statistics) may differ between stores.
@@ -103,6 +106,7 @@ class FeatureReader:
             raise DataError(f"cannot open the feature store: {e}", self.path,
                             "the file is damaged; delete it and run dump_feats again") from None
         self._frames = dict(zip(ids, frames))
+        self.codec = self.attrs.get("store_codec", "none")
         self.dim = int(self.attrs["dim"])
         self.num_layers = int(self.attrs["num_layers"])
         self._h5 = self._pid = None
@@ -131,7 +135,10 @@ class FeatureReader:
         if utt_id not in self._frames:
             raise DataError(f"utterance {utt_id!r} is not in the feature store", self.path,
                             "dump the features of this split again, or check the utt_ids")
-        return self._file()["feats"][h5_name(utt_id)][()]
+        f, name = self._file(), h5_name(utt_id)
+        if self.codec == "none":
+            return f["feats"][name][()]
+        return decode(f["feats"][name][()], f["scales"][name][()], self.codec, self.attrs["dtype"])
 
     def close(self) -> None:
         if self._h5 is not None and self._pid == os.getpid():
@@ -162,6 +169,7 @@ class FeatureWriter:
         self.path, self.done_path = Path(path), Path(f"{path}.done")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.done: dict[str, int] = {}
+        self.codec = attrs.get("store_codec", "none")
         self.h5 = self._resume(attrs) if self.path.exists() and self.done_path.exists() else None
         if self.h5 is None:
             self.h5 = h5py.File(self.path, "w")
@@ -180,18 +188,25 @@ class FeatureWriter:
             h5.close()
             return None
         self.done = {k: n for k, n in read_done(self.path).items() if h5_name(k) in h5["feats"]}
-        for name in list(h5["feats"]):  # written but not recorded as done: redo
-            if name not in {h5_name(k) for k in self.done}:
-                del h5["feats"][name]
+        names = {h5_name(k) for k in self.done}
+        for group in ("feats", "scales"):  # written but not recorded as done: redo
+            for name in list(h5.get(group, [])):
+                if name not in names:
+                    del h5[group][name]
         return h5
 
     def write(self, items: Iterable[tuple[str, np.ndarray]]) -> None:
         lines = []
         for key, feats in items:
             name = h5_name(key)
-            if name in self.h5["feats"]:
-                del self.h5["feats"][name]
-            self.h5["feats"].create_dataset(name, data=feats)
+            stored, scales = encode(feats, self.codec)
+            for group, data in (("feats", stored), ("scales", scales)):
+                if data is None:
+                    continue
+                g = self.h5.require_group(group)
+                if name in g:
+                    del g[name]
+                g.create_dataset(name, data=data)
             frames = feats.shape[-2]
             self.done[key] = frames
             lines.append(f"{key}\t{frames}\n")
@@ -231,11 +246,15 @@ def finalize_store(shards: list[Path], out: str | os.PathLike, attrs: dict,
         os.replace(shards[0], out)
         return stats
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as dst:
-        feats = dst.create_group("feats")
+        dst.create_group("feats")
         for shard in shards:
             with h5py.File(shard, "r") as src:
-                for key in read_done(shard):
-                    src.copy(src["feats"][h5_name(key)], feats, name=h5_name(key))
+                for group in ("feats", "scales"):
+                    if group not in src:
+                        continue
+                    dst_group = dst.require_group(group)
+                    for key in read_done(shard):
+                        src.copy(src[group][h5_name(key)], dst_group, name=h5_name(key))
         _write_index(dst, {**attrs, **stats}, done, skipped)
     return stats
 
