@@ -37,10 +37,10 @@ ATTRS = dict(feats_type="wavlm", ssl_model="bench", weights_hash="bench", layer_
              sample_rate=16000, frame_rate=50.0, dtype="float16", asrkit_version="bench")
 
 
-def make_store(root: Path, seconds: float, dim: int, layers: int) -> dict:
+def make_store(root: Path, seconds: float, dim: int, layers: int, codec: str = "none") -> dict:
     rng = np.random.default_rng(0)
     attrs = dict(ATTRS, dim=dim, num_layers=layers, layers=list(range(layers)),
-                 layer_reduce="stack" if layers > 1 else "none")
+                 layer_reduce="stack" if layers > 1 else "none", store_codec=codec)
     shard = root / "train.h5.partial" / "shard0.h5"
     w = FeatureWriter(shard, attrs)
     records, total, i = [], 0.0, 0
@@ -82,6 +82,7 @@ def main() -> None:
     p.add_argument("--hours", type=float, default=None, help="features in the store (default 1, quick 1/6)")
     p.add_argument("--dim", type=int, default=768)
     p.add_argument("--layers", type=int, default=1, help="stacked layers per utterance")
+    p.add_argument("--store_codec", default="none", help="how the store keeps the arrays (features/codecs.py)")
     p.add_argument("--batch_bins", type=int, default=None, help="default: the config's (4000 with --quick)")
     p.add_argument("--workers", type=int, nargs="+", default=[0, 2, 4])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -95,14 +96,14 @@ def main() -> None:
     batch_bins = a.batch_bins or (4000 if a.quick else None)
     steps = a.steps or (2 if a.quick else 10)
     with tempfile.TemporaryDirectory() as tmp:
-        d = make_store(Path(tmp), hours * 3600, a.dim, a.layers)
+        d = make_store(Path(tmp), hours * 3600, a.dim, a.layers, a.store_codec)
         overrides = ["--num_workers", "0", "--preflight_batches", "0"]
         if batch_bins:
             overrides += ["--batch_bins", str(batch_bins)]
         trainer = build_trainer(a.config, d, device, Path(tmp) / "exp", *overrides)
         ds, sampler = trainer.train_set, trainer.train_sampler
         size = d["feats"].stat().st_size / 2**30
-        print(f"store: {len(ds)} utterances, {hours:.2f} h, {a.layers} x {a.dim}-dim fp16, {size:.2f} GiB; "
+        print(f"store: {len(ds)} utterances, {hours:.2f} h, {a.layers} x {a.dim}-dim fp16 (store codec {a.store_codec}), {size:.2f} GiB; "
               f"{len(sampler)} batches of <= {trainer.args.batch_bins} frames", flush=True)
         rates = {}
         for w in a.workers:

