@@ -221,7 +221,7 @@ def dump(data: str, out: str, feats_type: str = "wavlm", ssl_model: str = "micro
     speeds = [float(s) for s in speed_perturb.replace(",", " ").split()] or [1.0]
     if any(s <= 0 for s in speeds):
         raise DataError(f"speed factors must be positive, got {speed_perturb!r}", "--speed_perturb")
-    device = str(first_device(ngpu))
+    device = str(process_device(ngpu))
     if extractor is None:
         extractor = build_extractor(feats_type, ssl_model, ssl_layer, device, dtype, compute_dtype, n_mels)
     if store_codec not in CODECS:
@@ -237,6 +237,10 @@ def dump(data: str, out: str, feats_type: str = "wavlm", ssl_model: str = "micro
 
     partial = Path(f"{out}.partial")
     partial.mkdir(parents=True, exist_ok=True)
+    rank, world, _ = launch()
+    if world > 1:
+        return _dump_rank(extractor, attrs, items, bad, out, partial, rank, world, nj, ngpu, batch_seconds,
+                          max_seconds, progress)
     done = set()
     for shard in sorted(partial.glob("shard*.h5")):
         try:
@@ -284,6 +288,68 @@ def dump(data: str, out: str, feats_type: str = "wavlm", ssl_model: str = "micro
     return {**attrs, **stats}
 
 
+def launch() -> tuple[int, int, int]:
+    """(rank, world size, local rank) of this process under torchrun or srun; (0, 1, 0) alone."""
+    env = os.environ
+    world = int(env.get("WORLD_SIZE", env.get("SLURM_NTASKS", 1)))
+    if world == 1:
+        return 0, 1, 0
+    return (int(env.get("RANK", env.get("SLURM_PROCID", 0))), world,
+            int(env.get("LOCAL_RANK", env.get("SLURM_LOCALID", 0))))
+
+
+def process_device(ngpu: int) -> torch.device:
+    """Where this process extracts: the CPU, the first GPU, or under torchrun/srun its local rank's."""
+    device = first_device(ngpu)
+    return torch.device("cuda", launch()[2] % torch.cuda.device_count()) if device.type == "cuda" else device
+
+
+def _dump_rank(extractor, attrs, items, bad, out: Path, partial: Path, rank: int, world: int, nj: int, ngpu: int,
+               batch_seconds: float, max_seconds: float, progress: bool) -> dict:
+    """One of `world` processes (torchrun, srun, on one node or many): utterances rank, rank + world,
+    ... of the list into its own resumable shard <out>.partial/rank<r>-of<world>.h5; once all are
+    done, rank 0 merges the shards into the store, and every rank returns when the store is there.
+    A resumed run must have the same world size (shards of another size are not reused)."""
+    from asrkit.train.distributed import barrier, init_distributed
+
+    init_distributed(ngpu, "gloo")  # for the barriers only: the ranks share nothing else
+    name = f"rank{rank}-of{world}"
+    shard = partial / f"{name}.h5"
+    done = set()
+    if shard.exists():
+        try:
+            with h5py.File(shard, "r") as f:
+                same = read_attrs(f) == attrs
+        except OSError:
+            same = False
+        if same:
+            done = set(read_done(shard))
+        else:
+            shard.unlink()
+            Path(f"{shard}.done").unlink(missing_ok=True)
+    todo = [it for it in items[rank::world] if it.key not in done]
+    log.info("rank %d of %d: %d utterances to extract (%d already done)", rank, world, len(todo),
+             len(items[rank::world]) - len(todo))
+    batches = make_batches(todo, int((batch_seconds or (200.0 if ngpu > 0 else 20.0)) * SAMPLE_RATE))
+    skipped = extract_shard(extractor, batches, shard, nj, int(max_seconds * SAMPLE_RATE), progress and rank == 0,
+                            attrs)
+    with atomic_open(partial / f"{name}.skipped") as f:
+        f.writelines(f"{k}\t{r}\n" for k, r in skipped)
+    barrier()
+    if rank == 0:
+        skipped = list(bad)
+        for r in range(world):
+            skipped += [tuple(line.split("\t", 1)) for line in
+                        (partial / f"rank{r}-of{world}.skipped").read_text(encoding="utf-8").splitlines()]
+        finalize_store([partial / f"rank{r}-of{world}.h5" for r in range(world)], out, attrs, skipped)
+        with atomic_open(f"{out}.skipped.tsv") as f:
+            f.writelines(f"{k}\t{r}\n" for k, r in skipped)
+        shutil.rmtree(partial)
+        log.info("merged %d shards into %s", world, out)
+    barrier()
+    return FeatureReader(out).attrs
+
+
 def _gpu_worker(rank, ranks, batches, partial, nj, max_samples, progress, ext_args, attrs):
     feats_type, ssl_model, ssl_layer, dtype, compute_dtype, n_mels = ext_args
     torch.cuda.set_device(rank)
@@ -310,6 +376,6 @@ def dump_lists(data: list[str], out: list[str], speed_perturb_data: list[str] | 
         defaults = inspect.signature(dump).parameters
         kw = {k: options.get(k, defaults[k].default) for k in names}
         options["extractor"] = build_extractor(kw["feats_type"], kw["ssl_model"], kw["ssl_layer"],
-                                               str(first_device(options.get("ngpu", 0))), kw["dtype"],
+                                               str(process_device(options.get("ngpu", 0))), kw["dtype"],
                                                kw["compute_dtype"], kw["n_mels"])
     return [dump(d, o, speed_perturb=speed_perturb if d in perturbed else "", **options) for d, o in zip(data, out)]
