@@ -229,6 +229,23 @@ run_stage 0 "data preparation" "$stage0_inputs" "$datadir/$train_set.jsonl" \
     "raw_data local_data normalizer normalizer_opts min_duration max_duration min_words split_ratios split_field split_lists seed prep_args" \
     stage0
 
+# The command that runs python module $1 as $2 processes per node under the launcher (stages 1, 3).
+launch_cmd() {
+    local module=$1 procs=$2 id="asrkit-$tag-$3"
+    if [ "$launcher" = slurm ]; then
+        launch=(srun --nodes "$num_nodes" --ntasks-per-node 1 torchrun --nnodes "$num_nodes"
+                --nproc_per_node "$procs" --rdzv_backend c10d
+                --rdzv_endpoint "$master_addr:$master_port" --rdzv_id "$id" -m "$module")
+    elif [ "$num_nodes" -gt 1 ]; then
+        launch=(torchrun --nnodes "$num_nodes" --node_rank "$node_rank" --nproc_per_node "$procs"
+                --rdzv_backend c10d --rdzv_endpoint "$master_addr:$master_port" --rdzv_id "$id" -m "$module")
+    elif [ "$procs" -gt 1 ]; then
+        launch=(torchrun --standalone --nproc_per_node "$procs" -m "$module")
+    else
+        launch=(python -m "$module")
+    fi
+}
+
 # ------------------------------------------------------------------ stage 1: feature dump
 stage1() {
     local s data=() out=()
@@ -236,9 +253,17 @@ stage1() {
     for s in $all_sets; do
         data+=("$datadir/$s.jsonl"); out+=("$dumpdir/$feats_tag/$s.h5")
     done
-    # one process for every split (the model is loaded once); speed perturbation for training data only
+    # one process for every split (the model is loaded once; it spawns one per GPU itself); across
+    # nodes one per GPU (or per node on CPU), each taking a share of the utterances; speed
+    # perturbation for training data only
+    local launch
+    if [ "$launcher" = slurm ] || [ "$num_nodes" -gt 1 ]; then
+        launch_cmd asrkit.bin.dump_feats "$(( ngpu > 0 ? ngpu : 1 ))" dump
+    else
+        launch_cmd asrkit.bin.dump_feats 1 dump
+    fi
     # shellcheck disable=SC2086
-    python -m asrkit.bin.dump_feats --data "${data[@]}" --out "${out[@]}" \
+    "${launch[@]}" --data "${data[@]}" --out "${out[@]}" \
         --feats_type "$feats_type" --ssl_model "$ssl_model" --ssl_layer "$ssl_layer" \
         --speed_perturb "$speed_perturb" --speed_perturb_data "$datadir/$train_set.jsonl" \
         --nj "$nj" --ngpu "$ngpu" $dump_args
@@ -266,18 +291,8 @@ stage3() {
         echo "stage 3's inputs or options changed since $exp was trained: moving it to $old"
         mv "$exp" "$old"
     fi
-    local launch=(python -m asrkit.bin.train)
-    if [ "$launcher" = slurm ]; then
-        launch=(srun --nodes "$num_nodes" --ntasks-per-node 1 torchrun --nnodes "$num_nodes"
-                --nproc_per_node "$nproc_per_node" --rdzv_backend c10d
-                --rdzv_endpoint "$master_addr:$master_port" --rdzv_id "asrkit-$tag" -m asrkit.bin.train)
-    elif [ "$num_nodes" -gt 1 ]; then
-        launch=(torchrun --nnodes "$num_nodes" --node_rank "$node_rank" --nproc_per_node "$nproc_per_node"
-                --rdzv_backend c10d --rdzv_endpoint "$master_addr:$master_port" --rdzv_id "asrkit-$tag"
-                -m asrkit.bin.train)
-    elif [ "$nproc_per_node" -gt 1 ]; then
-        launch=(torchrun --standalone --nproc_per_node "$nproc_per_node" -m asrkit.bin.train)
-    fi
+    local launch
+    launch_cmd asrkit.bin.train "$nproc_per_node" train
     # shellcheck disable=SC2086
     "${launch[@]}" --config "$train_config" \
         --train_data "$datadir/$train_set.jsonl" --train_feats "$dumpdir/$feats_tag/$train_set.h5" \
