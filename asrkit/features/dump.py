@@ -243,17 +243,7 @@ def dump(data: str, out: str, feats_type: str = "wavlm", ssl_model: str = "micro
                           max_seconds, progress)
     done = set()
     for shard in sorted(partial.glob("shard*.h5")):
-        try:
-            with h5py.File(shard, "r") as f:
-                same = read_attrs(f) == attrs
-        except OSError:
-            same = False
-        if same:
-            done |= set(read_done(shard))
-        else:
-            log.info("discarding %s: damaged or made with other options", shard)
-            shard.unlink()
-            Path(f"{shard}.done").unlink(missing_ok=True)
+        done |= resumable(shard, attrs)
     todo = [it for it in items if it.key not in done]
     if done:
         log.info("resuming %s: %d of %d utterances already done", out, len(items) - len(todo), len(items))
@@ -273,8 +263,7 @@ def dump(data: str, out: str, feats_type: str = "wavlm", ssl_model: str = "micro
             (feats_type, ssl_model, ssl_layer, dtype, compute_dtype, n_mels), attrs))
         skipped = []
         for r in range(ranks):
-            skipped += [tuple(line.split("\t", 1)) for line in
-                        (partial / f"shard{r}.skipped").read_text(encoding="utf-8").splitlines()]
+            skipped += read_skipped(partial / f"shard{r}.skipped")
     skipped = bad + skipped
     shards = sorted(partial.glob("shard*.h5"))
     stats = finalize_store(shards, out, attrs, skipped)
@@ -286,6 +275,26 @@ def dump(data: str, out: str, feats_type: str = "wavlm", ssl_model: str = "micro
              out, stats["num_utts"], hours, gb, gb / hours if hours else math.nan, len(skipped),
              f", listed in {out}.skipped.tsv" if skipped else "")
     return {**attrs, **stats}
+
+
+def resumable(shard: Path, attrs: dict) -> set[str]:
+    """The keys a partial shard holds, if it was made with these attributes; else it is deleted."""
+    try:
+        with h5py.File(shard, "r") as f:
+            same = read_attrs(f) == attrs
+    except OSError:
+        same = False
+    if same:
+        return set(read_done(shard))
+    log.info("discarding %s: damaged or made with other options", shard)
+    shard.unlink()
+    Path(f"{shard}.done").unlink(missing_ok=True)
+    return set()
+
+
+def read_skipped(path: Path) -> list[tuple[str, str]]:
+    """(key, reason) lines a process wrote for the utterances it could not extract."""
+    return [tuple(line.split("\t", 1)) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 def launch() -> tuple[int, int, int]:
@@ -315,18 +324,7 @@ def _dump_rank(extractor, attrs, items, bad, out: Path, partial: Path, rank: int
     init_distributed(ngpu, "gloo")  # for the barriers only: the ranks share nothing else
     name = f"rank{rank}-of{world}"
     shard = partial / f"{name}.h5"
-    done = set()
-    if shard.exists():
-        try:
-            with h5py.File(shard, "r") as f:
-                same = read_attrs(f) == attrs
-        except OSError:
-            same = False
-        if same:
-            done = set(read_done(shard))
-        else:
-            shard.unlink()
-            Path(f"{shard}.done").unlink(missing_ok=True)
+    done = resumable(shard, attrs) if shard.exists() else set()
     todo = [it for it in items[rank::world] if it.key not in done]
     log.info("rank %d of %d: %d utterances to extract (%d already done)", rank, world, len(todo),
              len(items[rank::world]) - len(todo))
@@ -339,8 +337,7 @@ def _dump_rank(extractor, attrs, items, bad, out: Path, partial: Path, rank: int
     if rank == 0:
         skipped = list(bad)
         for r in range(world):
-            skipped += [tuple(line.split("\t", 1)) for line in
-                        (partial / f"rank{r}-of{world}.skipped").read_text(encoding="utf-8").splitlines()]
+            skipped += read_skipped(partial / f"rank{r}-of{world}.skipped")
         finalize_store([partial / f"rank{r}-of{world}.h5" for r in range(world)], out, attrs, skipped)
         with atomic_open(f"{out}.skipped.tsv") as f:
             f.writelines(f"{k}\t{r}\n" for k, r in skipped)
