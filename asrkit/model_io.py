@@ -78,3 +78,33 @@ def load_model(exp_dir: str | Path, checkpoint: str = "model.avg.pth", device: s
     model = build_from_config(config)
     model.load_state_dict(model_state(path))
     return model.to(device).eval(), tokenizer, config, feats_attrs
+
+
+def layer_weights(exp_dir: str | Path, checkpoint: str = "model.avg.pth") -> list[tuple[int, float]]:
+    """(stored layer, weight) of a model's learned weighted sum over layers (softmax, summing to 1),
+    in layer order; [] for a model without one (a single layer, or concatenated layers)."""
+    from asrkit.train.checkpoint import model_state
+
+    path = Path(exp_dir) / checkpoint
+    if not path.is_file():
+        return []
+    weights = model_state(path).get("frontend.layer_weights")
+    if weights is None:
+        return []
+    return list(zip(load_feats_attrs(exp_dir)["layers"], weights.float().softmax(0).tolist()))
+
+
+def format_layer_weights(pairs: list[tuple[int, float]]) -> list[str]:
+    """A markdown table of layer_weights, with a bar each and the heaviest marked."""
+    top = max(w for _, w in pairs)
+    return ["|layer|weight||", "|---|---|---|"] + [
+        f"|{layer}|{w:.3f}|{'#' * round(40 * w)}{' (heaviest)' if w == top else ''}|" for layer, w in pairs]
+
+
+def heaviest_layers(exp_dir: str | Path, k: int, checkpoint: str = "model.avg.pth") -> list[int]:
+    """The k stored layers a model's weighted sum weighs most, in layer order."""
+    pairs = layer_weights(exp_dir, checkpoint)
+    if not pairs:
+        raise DataError("the model has no learned weights over layers", str(exp_dir),
+                        "it was trained on one layer (or concatenated layers): give --layers instead")
+    return sorted(layer for layer, _ in sorted(pairs, key=lambda p: -p[1])[:k])

@@ -281,4 +281,10 @@ def gather(exp_dir) -> str:
         lines.append(f"|{name}|{info.get('mode', '')}|{info.get('beam', '')}|{info.get('ctc_weight', '')}|"
                      f"{info.get('checkpoint', '')}|{js['normalizer']}|{f'{ci[0]:.2f}-{ci[1]:.2f}' if ci else ''}|"
                      f"{'' if rtf is None else f'{rtf:.4f}'}|")
+    from asrkit.model_io import format_layer_weights, layer_weights
+
+    if (exp_dir / "config.yaml").is_file() and (pairs := layer_weights(exp_dir)):
+        lines += ["", "### feature layers: learned weights (model.avg.pth)", "",
+                  "Slice the stores to the heaviest: `python -m asrkit.bin.slice_store --model_dir "
+                  f"{exp_dir} --top K ...`.", "", *format_layer_weights(pairs)]
     return "\n".join(lines) + "\n"

@@ -125,3 +125,33 @@ def test_int8_codecs_round_trip_merge_and_resume(tmp_path, codec):
         want = decode(*encode(feats(5 + k, k), codec), codec, "float16")
         np.testing.assert_array_equal(r[f"u{k}"], want)
         assert np.abs(r[f"u{k}"].astype(np.float32) - feats(5 + k, k)).max() < 0.05
+
+
+@pytest.mark.parametrize("codec", ["none", "int8"])
+def test_slice_layers(tmp_path, codec):
+    """slice_store keeps the chosen stacked layers, in the order given, in the same codec; one layer
+    left is stored unstacked; a layer the store lacks, or a one-layer store, is a clear error."""
+    from asrkit.bin import slice_store
+
+    attrs = {**ATTRS, "layers": [0, 4, 8], "num_layers": 3, "store_codec": codec}
+    shard = tmp_path / "src.partial" / "shard0.h5"
+    w = FeatureWriter(shard, attrs)
+    x = {f"u{i}": np.random.default_rng(i).standard_normal((3, 5 + i, 4)).astype(np.float16) for i in range(3)}
+    w.write(list(x.items()))
+    w.close()
+    finalize_store([shard], tmp_path / "train.h5", attrs, [("bad", "unreadable")])
+    src = FeatureReader(tmp_path / "train.h5")
+    slice_store.main(["--src", str(tmp_path / "train.h5"), "--out_dir", str(tmp_path / "two"), "--layers", "8,0"])
+    two = FeatureReader(tmp_path / "two" / "train.h5")
+    assert two.attrs["layers"] == [8, 0] and two.num_layers == 2 and two.codec == codec
+    assert two.skipped == [["bad", "unreadable"]] and two.attrs["num_utts"] == 3
+    for k in x:
+        np.testing.assert_allclose(two[k], src[k][[2, 0]], atol=0.02 if codec == "int8" else 0)
+    slice_store.main(["--src", str(tmp_path / "train.h5"), "--out_dir", str(tmp_path / "one"), "--layers", "4"])
+    one = FeatureReader(tmp_path / "one" / "train.h5")
+    assert one.num_layers == 1 and one.attrs["layer_reduce"] == "none" and one["u1"].shape == (6, 4)
+    with pytest.raises(DataError, match=r"layer\(s\) \[5\] are not in the store"):
+        slice_store.main(["--src", str(tmp_path / "train.h5"), "--out_dir", str(tmp_path / "x"), "--layers", "5"])
+    with pytest.raises(DataError, match="nothing to slice"):
+        slice_store.main(["--src", str(tmp_path / "one" / "train.h5"), "--out_dir", str(tmp_path / "y"),
+                          "--layers", "4"])

@@ -273,3 +273,27 @@ def test_amp_bfloat16_forward():
         out = model(*batch())
     assert out["loss"].dtype == torch.float32 and torch.isfinite(out["loss"])
     out["loss"].backward()
+
+
+def test_learned_layer_weights_are_reported_and_choose_layers(tmp_path):
+    """The weighted sum's softmax weights, by stored layer: what training prints, RESULTS.md shows and
+    slice_store --top picks from."""
+    import json
+
+    from asrkit.model_io import format_layer_weights, heaviest_layers, layer_weights, save_config
+
+    model = build_model(tiny("bilstm"), input_dim=10, input_layers=3, vocab_size=V)
+    with torch.no_grad():
+        model.frontend.layer_weights.copy_(torch.tensor([0.0, 2.0, 1.0]))
+    torch.save(model.state_dict(), tmp_path / "model.avg.pth")
+    (tmp_path / "feats_attrs.json").write_text(json.dumps({"layers": [3, 6, 9]}))
+    pairs = layer_weights(tmp_path)
+    assert [layer for layer, _ in pairs] == [3, 6, 9] and sum(w for _, w in pairs) == pytest.approx(1.0)
+    assert pairs[1][1] > pairs[2][1] > pairs[0][1]
+    assert heaviest_layers(tmp_path, 2) == [6, 9]  # in layer order
+    table = format_layer_weights(pairs)
+    assert "(heaviest)" in table[3] and table[3].startswith("|6|")
+    save_config(tmp_path, {})
+    one = build_model(tiny("bilstm"), input_dim=10, input_layers=1, vocab_size=V)
+    torch.save(one.state_dict(), tmp_path / "one.pth")
+    assert layer_weights(tmp_path, "one.pth") == []

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -269,3 +270,36 @@ def _write_index(h5: h5py.File, attrs: dict, done: dict[str, int], skipped: list
     index.create_dataset("num_frames", data=np.array(list(done.values()), dtype=np.int64))
     index.create_dataset("skipped", data=np.array([f"{k}\t{r}" for k, r in skipped], dtype=object),
                          dtype=str_dt)
+
+
+def slice_layers(src: str | os.PathLike, dst: str | os.PathLike, layers: list[int]) -> dict:
+    """A copy of the store `src` with only these stored layers (the model's layer numbers, as in
+    attrs["layers"], in the order given), in the same codec; `dst` appears complete or not at all.
+    Returns its attrs. One layer left gives (frames, dim) features, several a stack."""
+    reader = FeatureReader(src)
+    have = list(reader.attrs.get("layers", []))
+    if reader.num_layers == 1 or reader.attrs.get("layer_reduce") != "stack":
+        raise DataError("this store keeps one (or one averaged) layer: nothing to slice", str(src),
+                        "slice a store dumped with several layers (--ssl_layer all, or a list)")
+    if missing := [x for x in layers if x not in have]:
+        raise DataError(f"layer(s) {missing} are not in the store", str(src), f"it has layers {have}")
+    if len(set(layers)) != len(layers) or not layers:
+        raise DataError(f"give each layer once, at least one: got {layers}", "--layers")
+    index = [have.index(x) for x in layers]
+    attrs = {k: v for k, v in reader.attrs.items() if k not in STATS_KEYS}
+    attrs.update(layers=list(layers), num_layers=len(layers), layer_reduce="stack" if len(layers) > 1 else "none")
+    shard = Path(f"{dst}.partial") / "shard0.h5"
+    if shard.parent.exists():  # an interrupted slicing: start over
+        shutil.rmtree(shard.parent)
+    writer = FeatureWriter(shard, attrs)
+    keys = reader.keys()
+    for i in range(0, len(keys), 64):
+        batch = []
+        for k in keys[i: i + 64]:
+            feats = reader[k][index]
+            batch.append((k, feats[0] if len(layers) == 1 else feats))
+        writer.write(batch)
+    writer.close()
+    finalize_store([shard], dst, attrs, [tuple(x) for x in reader.skipped])
+    shutil.rmtree(shard.parent)
+    return FeatureReader(dst).attrs

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from asrkit.data import BucketBatchSampler, SpeechDataset, collate
 from asrkit.decode.ctc import ctc_greedy_search
 from asrkit.errors import DataError
+from asrkit.model_io import format_layer_weights, layer_weights
 from asrkit.train import checkpoint as ckpt
 from asrkit.train.distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier
 from asrkit.train.optim import build_optimizer, build_scheduler
@@ -349,6 +350,9 @@ class Trainer:
                     break
         if self.dist.is_main:
             ckpt.average_best(self.exp_dir, st.history, self.args.best_model_criterion, self.args.keep_nbest_models)
+            if pairs := layer_weights(self.exp_dir):  # which layers the model uses (python -m asrkit.bin.slice_store keeps fewer)
+                log.info("learned weights of the feature layers (model.avg.pth):\n%s",
+                         "\n".join(format_layer_weights(pairs)))
             self.reporter.plot()
             self.reporter.close()
         barrier()
