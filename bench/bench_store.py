@@ -12,8 +12,8 @@ $ASRKIT_FSDD), or tones where it is absent.
 
 With --wer, also the FSDD connected-digit model (tests/test_real_speech.py's: fbank, the tiny
 Conformer of conf/tuning, 16 epochs on CPU) trained and decoded through run.sh once per codec, the
-same seed and options but `--dump_args "--store_codec C"`: WER on held-out takes and on 2 unseen
-speakers (a few minutes per codec).
+same options but `--dump_args "--store_codec C"`, for each of --seeds: WER on held-out takes and on
+2 unseen speakers, and their mean over the seeds (a few minutes per codec and seed).
 """
 from __future__ import annotations
 
@@ -85,8 +85,8 @@ def store_row(feats: dict[str, np.ndarray], attrs: dict, codec: str, tmp: Path, 
     return size / (seconds / 3600), err, seconds / t_write, seconds / t_read, back
 
 
-def wer_rows(codecs: list[str], tmp: Path) -> list[tuple[str, float, float]]:
-    """(codec, WER held-out takes, WER unseen speakers) of the FSDD connected-digit recipe per codec."""
+def wer_rows(codecs: list[str], tmp: Path, seeds: list[int]) -> list[tuple[str, int, float, float]]:
+    """(codec, seed, WER held-out takes, WER unseen speakers) of the FSDD connected-digit recipe."""
     import re
     import subprocess
 
@@ -96,21 +96,21 @@ def wer_rows(codecs: list[str], tmp: Path) -> list[tuple[str, float, float]]:
     subprocess.run([sys.executable, "-m", "asrkit.bin.make_connected_digits", "--fsdd", str(fsdd), "--out",
                     str(corpus), "--unseen_speakers", "theo", "yweweler"], check=True, capture_output=True)
     rows = []
-    for codec in codecs:
-        work = tmp / f"run_{codec}"
+    for codec, seed in ((c, s) for s in seeds for c in codecs):
+        work = tmp / f"run_{codec}_{seed}"
         work.mkdir()
         p = subprocess.run([str(repo / "run.sh"), "--raw_data", str(corpus / "manifest.jsonl"), "--split_field",
                             "split", "--test_sets", "test test_unseen", "--feats_type", "fbank", "--token_type",
                             "char", "--ngpu", "0", "--nj", "2", "--dump_args", f"--store_codec {codec}",
                             "--train_config", str(repo / "conf/tuning/train_conformer_tiny.yaml"),
-                            "--train_args", "--num_workers 0", "--decode_args", "--beam 4"],
+                            "--train_args", "--num_workers 0", "--decode_args", "--beam 4", "--seed", str(seed)],
                            cwd=work, capture_output=True, text=True)
         if p.returncode:
             raise SystemExit(f"run.sh failed for codec {codec}:\n{p.stdout[-3000:]}{p.stderr[-3000:]}")
         results = next(work.glob("exp/*/RESULTS.md")).read_text()
         wers = [float(re.search(r"^\|decode_%s_\S*?\|(?:[^|]*\|){6}([\d.]+)\|" % t, results, re.M).group(1))
                 for t in ("test", "test_unseen")]
-        rows.append((codec, *wers))
+        rows.append((codec, seed, *wers))
     return rows
 
 
@@ -119,6 +119,7 @@ def main():
     p.add_argument("--minutes", type=float, default=1.0, help="audio to extract")
     p.add_argument("--codecs", default=",".join(CODECS), help="comma-separated; none is always measured")
     p.add_argument("--wer", action="store_true", help="also train and score the FSDD digit model per codec")
+    p.add_argument("--seeds", default="0", help="with --wer: training seeds (run.sh --seed), comma-separated")
     a = p.parse_args()
     print_header()
     codecs = ["none"] + [c for c in a.codecs.split(",") if c and c != "none"]
@@ -146,10 +147,15 @@ def main():
                 print(f"| {name} | {codec} | {size / 1e9:.3f} | {size / base[0]:.1%} | {err:.2e} | {w:.0f} | {r:.0f} "
                       f"| {r / base[3]:.2f}x |")
         if a.wer:
-            print("\n| FSDD connected digits, fbank, tiny Conformer | WER held-out takes | WER unseen speakers |"
-                  "\n|---|---|---|")
-            for codec, seen, unseen in wer_rows(codecs, tmp):
-                print(f"| store codec {codec} | {seen:.1f}% | {unseen:.1f}% |")
+            print("\n| FSDD connected digits, fbank, tiny Conformer | seed | WER held-out takes | WER unseen speakers |"
+                  "\n|---|---|---|---|")
+            rows = wer_rows(codecs, tmp, [int(x) for x in a.seeds.split(",")])
+            for codec, seed, seen, unseen in rows:
+                print(f"| store codec {codec} | {seed} | {seen:.1f}% | {unseen:.1f}% |")
+            for codec in codecs:  # the mean over seeds: one seed's run-to-run noise is larger than a point
+                mine = [r for r in rows if r[0] == codec]
+                print(f"| store codec {codec} | mean of {len(mine)} | {np.mean([r[2] for r in mine]):.1f}% | "
+                      f"{np.mean([r[3] for r in mine]):.1f}% |")
 
 
 if __name__ == "__main__":
