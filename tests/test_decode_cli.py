@@ -87,3 +87,17 @@ def test_ctc_only_model_decodes_with_ctc_modes_and_refuses_joint(tmp_path):
     beam = run(exp, data, feats, tmp_path / "beam", "--mode=ctc_prefix_beam", "--nbest=3")
     assert sorted(greedy) == sorted(beam) and all(len(r["nbest"]) >= 1 for r in beam.values())
     assert all(r["nbest"][0]["score"] >= r["nbest"][-1]["score"] for r in beam.values())
+
+
+def test_conf_decode_yaml_states_the_defaults():
+    """The search defaults are defined once (DecodeOptions); conf/decode.yaml, the recipes' config that
+    users edit, spells them out and must not drift from them."""
+    from dataclasses import fields
+
+    import yaml
+
+    from conftest import REPO
+
+    conf = yaml.safe_load((REPO / "conf" / "decode.yaml").read_text())
+    defaults = {f.name: f.default for f in fields(DecodeOptions)}
+    assert {k: v for k, v in conf.items() if k in defaults} == defaults

@@ -45,7 +45,7 @@ class RowMap:
 
 class Stepper:
     def __init__(self, model, enc: torch.Tensor, enc_lens: torch.Tensor, beam: int, **state_options):
-        self.model, self.K = model, beam
+        self.model = model
         self.state = model.decoder_init(enc, enc_lens, beam, **state_options)
         self.rows, self.length = RowMap(), 0
 
