@@ -55,7 +55,7 @@ class KVCache(NamedTuple):
     search, and the q/k/v projections fused into one matrix for the search (one matmul a step).
 
     The keys and values are chunks along time, (N, h, T_i, d_k) each: a large one and a recent one of
-    fewer than `merge_every` positions, which joins the large one when full. A step appends to the
+    at most `merge_every` positions, which joins the large one when full. A step appends to the
     small chunk only, and a reorder of the rows (nearly every step of a beam search) copies each chunk
     once; one growing tensor would be copied twice a step, and on CPU the alternative of strided views
     into a preallocated buffer attends 2-3x slower."""
