@@ -27,6 +27,7 @@ setup(
         "transformers>=4.40,<6",
         "h5py>=3.8",
         "jiwer>=3.0",
+        "whisper-normalizer>=0.1.12",  # --normalizer whisper: Whisper's English normalizer and spelling map
         "sentencepiece>=0.2",
         "numpy>=1.24",
         "configargparse>=1.7",

@@ -3,15 +3,21 @@
     normalize = get_normalizer("child")
     normalize("*Th-* they 're (( )) +um+ 3 <laugh> dogs!")  ->  "they're three dogs"
 
-Names: `none` (whitespace only), `basic` (unicode, case, punctuation, whitespace) and `child`
-(children's-speech transcript markup, then `basic`). Each rule is a flag of `Normalizer`, so a
-recipe can switch one off: get_normalizer("child", digits_to_words=False).
+Names: `none` (whitespace only), `basic` (unicode, case, punctuation, whitespace), `child`
+(children's-speech transcript markup, then `basic`: numbers become words) and `whisper` (the same
+markup rules, then Whisper's English normalizer, the convention of most published MyST figures:
+numbers become digits, British spellings American, contractions and titles expanded, fillers
+dropped). Each rule is a flag of `Normalizer`, so a recipe can switch one off:
+get_normalizer("child", digits_to_words=False).
+
+    get_normalizer("whisper")("Mr. Smith, your colour is twenty-one, um")  ->  "mister smith your color is 21"
 """
 from __future__ import annotations
 
 import re
 import unicodedata
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 from asrkit.errors import DataError
 
@@ -83,6 +89,8 @@ class Normalizer:
     lowercase: bool = False
     drop_punctuation: bool = False     # keeps apostrophes inside words
     collapse_whitespace: bool = True
+    # Whisper's EnglishTextNormalizer (package whisper-normalizer, with its spelling map)
+    whisper_english: bool = False
 
     def __call__(self, text: str) -> str:
         if self.unicode:
@@ -108,19 +116,30 @@ class Normalizer:
             # every non-letter, non-digit becomes a space, but an apostrophe inside a word stays
             text = "".join(c if (c.isalnum() or c == "'" or c.isspace()) else " " for c in text)
             text = re.sub(r"(?<!\w)'|'(?!\w)", " ", text)
+        if self.whisper_english:
+            text = _whisper_english()(text)
         if self.collapse_whitespace:
             text = " ".join(text.split())
         return text
+
+
+@lru_cache(maxsize=1)
+def _whisper_english():
+    from whisper_normalizer.english import EnglishTextNormalizer
+
+    return EnglishTextNormalizer()
 
 
 _BASIC = dict(unicode=True, lowercase=True, drop_punctuation=True)
 _CHILD = dict(_BASIC, drop_tags=True, drop_unintelligible=True, drop_fillers=True,
               unmark_mispronounced=True, drop_truncated=True, join_contractions=True,
               digits_to_words=True)
+_WHISPER = dict(_CHILD, digits_to_words=False, whisper_english=True, **{k: False for k in _BASIC})
 NORMALIZERS = {
     "none": Normalizer("none"),
     "basic": Normalizer("basic", **_BASIC),
     "child": Normalizer("child", **_CHILD),
+    "whisper": Normalizer("whisper", **_WHISPER),
 }
 
 

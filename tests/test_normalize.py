@@ -58,3 +58,38 @@ def test_unknown_names_are_clear_errors():
         get_normalizer("basic", shout=True)
     with pytest.raises(DataError, match="rule=true"):
         parse_rule_overrides("digits_to_words")
+
+
+@pytest.mark.parametrize("text, child, whisper", [
+    ("twenty-one", "twenty one", "21"),             # numbers: words under child, digits under whisper
+    ("I have 3 dogs", "i have three dogs", "i have 3 dogs"),
+    ("the colour grey", "the colour grey", "the color gray"),  # Whisper's British -> American map
+    ("Mr. Jones", "mr jones", "mister jones"),        # titles spelled out
+    ("he's here and they 're not", "he's here and they're not", "he is here and they are not"),
+    ("um I uh think hmm", "um i uh think hmm", "i think"),   # bare fillers: kept by child only
+    ("+um+ so (( )) <laugh> *th-* the *aminal*", "so the aminal", "so the aminal"),  # MyST markup: both
+])
+def test_whisper_differs_from_child_where_the_conventions_do(text, child, whisper):
+    assert get_normalizer("child")(text) == child
+    assert get_normalizer("whisper")(text) == whisper
+
+
+def test_whisper_is_whispers_own_english_normalizer():
+    """On text without transcript markup, `whisper` is exactly Whisper's EnglishTextNormalizer, and
+    that agrees with transformers' port given the same spelling map (two implementations, one rule)."""
+    import json
+    from importlib.resources import files
+
+    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer as HFNormalizer
+    from whisper_normalizer.english import EnglishTextNormalizer
+
+    spelling = json.loads((files("whisper_normalizer") / "normalizers" / "english.json").read_text())
+    assert len(spelling) > 1000 and spelling["colour"] == "color"
+    reference, hf = EnglishTextNormalizer(), HFNormalizer(spelling)
+    for text in ("Twenty-one colours, Mr. Jones!", "He's got 3 dogs and uh one cat.",
+                 "I've seen the 1st one; it costs $5.50", "They won't go at ten past two."):
+        ours = get_normalizer("whisper")(text)
+        assert ours == reference(text) == hf(text), text
+    # the markup rules stay switchable as for child
+    assert get_normalizer("whisper", drop_fillers=False)("+um+ yes") == "yes"  # Whisper drops um itself
+    assert get_normalizer("whisper", drop_truncated=False)("th- the cat") == "th the cat"
