@@ -30,8 +30,9 @@ opt expdir exp "experiments and logs"
 # stage 0
 opt raw_data "" "raw corpus: a manifest (.jsonl/.csv/.tsv) or a Kaldi data dir; empty: the offline demo"
 opt local_data "" "command run first in stage 0 as '<command> --out DATADIR/local'; it writes DATADIR/local/manifest.jsonl"
-opt normalizer basic "text normalizer for training text, references and hypotheses (none, basic, child)"
+opt normalizer basic "text normalizer for training text, references and hypotheses (none, basic, child, whisper)"
 opt normalizer_opts "" "normalizer rule overrides, e.g. digits_to_words=false"
+opt score_normalizers "" "stage 5 also scores under these normalizers, e.g. whisper (comma-separated; a table each)"
 opt min_duration 0.1 "drop utterances shorter than this (seconds)"
 opt max_duration 30 "drop utterances longer than this (seconds)"
 opt min_words 1 "drop utterances with fewer words"
@@ -326,12 +327,13 @@ stage5() {
     need_command score
     for s in $test_sets; do
         python -m asrkit.bin.score --data "$datadir/$s.jsonl" --hyp "$exp/decode_${s}_${dtag}/hyp.jsonl" \
-            --out "$exp/decode_${s}_${dtag}" --normalizer "$normalizer" --normalizer_opts "$normalizer_opts"
+            --out "$exp/decode_${s}_${dtag}" --normalizers "$normalizer${score_normalizers:+,$score_normalizers}" \
+            --normalizer_opts "$normalizer_opts"
     done
     python -m asrkit.bin.score --gather "$exp"
 }
 run_stage 5 "scoring" "$(for s in $test_sets; do echo "$datadir/$s.jsonl $exp/decode_${s}_${dtag}/hyp.jsonl"; done)" \
-    "$exp/RESULTS.md" "test_sets normalizer normalizer_opts" stage5
+    "$exp/RESULTS.md" "test_sets normalizer normalizer_opts score_normalizers" stage5
 
 if [ "$stop_stage" -ge 5 ] && [ -f "$exp/RESULTS.md" ]; then
     echo

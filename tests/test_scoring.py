@@ -70,3 +70,29 @@ def test_score_cli_and_gather(tmp_path, capsys):
     results = (exp / "RESULTS.md").read_text()
     assert results.count("|decode_test_a|4|9|") == 1 and results.count("|decode_valid_a|4|9|") == 1
     assert "Git hash" in results and "|0.0123|" in results and "### CER" in results
+
+
+def test_score_under_two_normalizers_side_by_side(tmp_path, capsys):
+    """The same hypotheses under child (numbers as words) and whisper (digits, American spelling,
+    fillers dropped): two tables, two files, and RESULTS.md with a row for each."""
+    refs = [{"utt_id": "u1", "text": "i have twenty one red balls", "speaker": "A"},
+            {"utt_id": "u2", "text": "the colour is grey", "speaker": "A"}]
+    hyps = [{"utt_id": "u1", "text": "um i have twenty one red balls"},   # child: 1 insertion; whisper: 0
+            {"utt_id": "u2", "text": "the color is gray"}]                # child: 2 substitutions; whisper: 0
+    data, out = tmp_path / "test.jsonl", tmp_path / "exp" / "decode_test_x"
+    write_jsonl(data, refs)
+    write_jsonl(out / "hyp.jsonl", hyps)
+    score.main([f"--data={data}", f"--hyp={out / 'hyp.jsonl'}", "--normalizers=child,whisper"])
+    printed = capsys.readouterr().out
+    assert "# decode_test_x  (normalizer: child)" in printed and "# decode_test_x  (normalizer: whisper)" in printed
+    child, whisper = (json.loads((out / f).read_text()) for f in ("scores.json", "scores_whisper.json"))
+    assert (child["normalizer"], whisper["normalizer"]) == ("child", "whisper")
+    assert child["word"]["wrd"] == 10 and child["wer"] == pytest.approx(100 * 3 / 10)
+    assert whisper["word"]["wrd"] == 9 and whisper["wer"] == 0.0  # "twenty one" -> "21": one word
+    assert "REF:  the COLOUR is GREY\nHYP:  the COLOR  is GRAY" in (out / "result.txt").read_text()
+    assert "REF:  the color is gray" in (out / "result_whisper.txt").read_text()
+    results = score.gather(tmp_path / "exp")
+    assert "|decode_test_x|2|10|80.0|20.0|0.0|10.0|30.0|100.0|" in results
+    assert "|decode_test_x [whisper]|2|9|100.0|0.0|0.0|0.0|0.0|0.0|" in results
+    with pytest.raises(Exception, match="bad --normalizers"):
+        score.main([f"--data={data}", f"--hyp={out / 'hyp.jsonl'}", "--normalizers=child,klingon"])

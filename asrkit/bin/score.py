@@ -1,7 +1,7 @@
 """Stage 5: score a decoding (WER/CER, alignments, breakdowns), or gather an experiment's RESULTS.md.
 
     python -m asrkit.bin.score --data data/test.jsonl --hyp exp/<tag>/decode_test_<dtag>/hyp.jsonl \\
-        --out exp/<tag>/decode_test_<dtag> --normalizer basic
+        --out exp/<tag>/decode_test_<dtag> --normalizers child,whisper
     python -m asrkit.bin.score --gather exp/<tag>        # -> exp/<tag>/RESULTS.md
 """
 from __future__ import annotations
@@ -23,7 +23,12 @@ def main(argv=None) -> int:
     parser.add_argument("--name", default=None, help="set name in the tables (default: the name of --out)")
     parser.add_argument("--normalizer", default="basic", choices=sorted(NORMALIZERS),
                         help="applied to references and hypotheses alike (use the one of stage 0)")
-    parser.add_argument("--normalizer_opts", default="", help="rule overrides, e.g. digits_to_words=false")
+    parser.add_argument("--normalizers", default="",
+                        help="several conventions side by side on the same hypotheses, e.g. child,whisper: "
+                             "the first is written to result.txt / scores.json, each other one to "
+                             "result_<name>.txt / scores_<name>.json; every table is printed (default: --normalizer)")
+    parser.add_argument("--normalizer_opts", default="",
+                        help="rule overrides of the (first) normalizer, e.g. digits_to_words=false")
     parser.add_argument("--gather", metavar="EXP_DIR", default=None,
                         help="write EXP_DIR/RESULTS.md from every scored decode_* dir in it, and stop")
     args = parser.parse_args(argv)
@@ -38,13 +43,21 @@ def main(argv=None) -> int:
         raise DataError("--data and --hyp are needed (or --gather EXP_DIR)", "command line")
     out = Path(args.out or Path(args.hyp).parent)
     name = args.name or out.name
-    normalize = get_normalizer(args.normalizer, **parse_rule_overrides(args.normalizer_opts))
-    scores, missing = score_set(load_refs(args.data), load_hyps(args.hyp), normalize, args.hyp)
-    text, js = report(scores, name, args.normalizer, missing)
-    with atomic_open(out / "result.txt") as f:
-        f.write(text)
-    write_json(out / "scores.json", js)
-    print(text[: text.index("## alignments")].rstrip())
+    names = [n.strip() for n in args.normalizers.split(",") if n.strip()] or [args.normalizer]
+    bad = [n for n in names if n not in NORMALIZERS]
+    if bad or len(set(names)) < len(names):
+        raise DataError(f"bad --normalizers {args.normalizers!r}", "command line",
+                        f"name each once, from: {', '.join(NORMALIZERS)}")
+    refs, hyps = load_refs(args.data), load_hyps(args.hyp)
+    for i, n in enumerate(names):
+        normalize = get_normalizer(n, **(parse_rule_overrides(args.normalizer_opts) if i == 0 else {}))
+        scores, missing = score_set(refs, hyps, normalize, args.hyp)
+        text, js = report(scores, name, n, missing)
+        suffix = "" if i == 0 else f"_{n}"
+        with atomic_open(out / f"result{suffix}.txt") as f:
+            f.write(text)
+        write_json(out / f"scores{suffix}.json", js)
+        print(("\n" if i else "") + text[: text.index("## alignments")].rstrip())
     return 0
 
 
