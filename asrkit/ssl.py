@@ -1,8 +1,10 @@
-"""Self-supervised speech encoders through HuggingFace `transformers` (WavLM, wav2vec2, HuBERT).
+"""Pretrained speech encoders through HuggingFace `transformers`: self-supervised ones (WavLM, wav2vec2,
+HuBERT) and Whisper's encoder.
 
-Users load pretrained checkpoints by id or local dir (`microsoft/wavlm-base-plus`). Tests, benchmarks
-and the offline demo build random-weight models from a config and save them to a local dir, so that
-they are loaded back through the very same `from_pretrained` path.
+Users load pretrained checkpoints by id or local dir (`microsoft/wavlm-base-plus`,
+`openai/whisper-base`). Tests, benchmarks and the offline demo build random-weight models from a
+config and save them to a local dir, so that they are loaded back through the very same
+`from_pretrained` path.
 """
 from __future__ import annotations
 
@@ -37,8 +39,107 @@ def save_random_wavlm(out_dir: str | Path, preset: str = "tiny", seed: int = 0) 
     return out_dir
 
 
+# Whisper's architectures (encoder and decoder alike); "tiny" is for tests, "base" is whisper-base's.
+WHISPER_PRESETS = {
+    "tiny": dict(d_model=64, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=128,
+                 decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=128, max_target_positions=64),
+    "base": dict(d_model=512, encoder_layers=6, encoder_attention_heads=8, encoder_ffn_dim=2048,
+                 decoder_layers=6, decoder_attention_heads=8, decoder_ffn_dim=2048),
+}
+_WHISPER_SPECIALS = ("<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|translate|>", "<|transcribe|>",
+                     "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>")
+
+
+def save_random_whisper(out_dir: str | Path, preset: str = "tiny", seed: int = 0) -> Path:
+    """Build a random-weight Whisper of a preset size and save all that `generate` needs: config,
+    weights, generation config (English, transcribe), feature extractor and a byte-level tokenizer
+    (the 256 bytes and Whisper's special tokens, no merges)."""
+    import json
+
+    import torch
+    from transformers import (GenerationConfig, WhisperConfig, WhisperFeatureExtractor,
+                              WhisperForConditionalGeneration, WhisperProcessor, WhisperTokenizer)
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    if preset not in WHISPER_PRESETS:
+        raise ValueError(f"unknown Whisper preset {preset!r}; choose one of {sorted(WHISPER_PRESETS)}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    vocab = {c: i for i, c in enumerate(bytes_to_unicode().values())}
+    vocab.update({t: len(vocab) + i for i, t in enumerate(_WHISPER_SPECIALS)})
+    (out_dir / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (out_dir / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    eot, sot = vocab["<|endoftext|>"], vocab["<|startoftranscript|>"]
+    tokenizer = WhisperTokenizer(str(out_dir / "vocab.json"), str(out_dir / "merges.txt"), unk_token=_WHISPER_SPECIALS[0],
+                                 bos_token=_WHISPER_SPECIALS[0], eos_token=_WHISPER_SPECIALS[0],
+                                 pad_token=_WHISPER_SPECIALS[0], additional_special_tokens=list(_WHISPER_SPECIALS[1:]))
+    torch.manual_seed(seed)
+    config = WhisperConfig(vocab_size=len(vocab), pad_token_id=eot, bos_token_id=eot, eos_token_id=eot,
+                           decoder_start_token_id=sot, begin_suppress_tokens=None, suppress_tokens=None,
+                           **WHISPER_PRESETS[preset])
+    model = WhisperForConditionalGeneration(config).eval()
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=sot, eos_token_id=eot, pad_token_id=eot, bos_token_id=eot, is_multilingual=True,
+        lang_to_id={"<|en|>": vocab["<|en|>"]}, no_timestamps_token_id=vocab["<|notimestamps|>"],
+        task_to_id={"transcribe": vocab["<|transcribe|>"], "translate": vocab["<|translate|>"]},
+        max_length=config.max_target_positions)
+    model.save_pretrained(out_dir)
+    WhisperProcessor(WhisperFeatureExtractor(), tokenizer).save_pretrained(out_dir)
+    return out_dir
+
+
 # ---------------------------------------------------------------------------------------------
-# Loading any HF speech encoder with hidden states (WavLM, wav2vec2, HuBERT) and choosing layers.
+# Loading any HF speech encoder with hidden states (WavLM, wav2vec2, HuBERT; Whisper) and choosing layers.
+
+def _source(name_or_dir: str) -> str:
+    """What from_pretrained is given: a local dir (checked), else the model id."""
+    from asrkit.errors import DataError
+
+    looks_local = Path(name_or_dir).expanduser().exists() or name_or_dir.startswith((".", "/", "~"))
+    if looks_local and not (Path(name_or_dir).expanduser() / "config.json").is_file():
+        raise DataError("not a HuggingFace model dir (no config.json)", name_or_dir,
+                        "pass a dir written by save_pretrained, or a model id such as microsoft/wavlm-base-plus")
+    return str(Path(name_or_dir).expanduser()) if looks_local else name_or_dir
+
+
+def _load_error(e: OSError, name_or_dir: str):
+    from asrkit.errors import DataError
+
+    return DataError(f"cannot load the model: {str(e).splitlines()[0]}", name_or_dir,
+                     "check the model id, or download it on a machine with internet "
+                     "(huggingface-cli download ID) and pass its local dir")
+
+
+def model_type(name_or_dir: str) -> str:
+    """The checkpoint's `model_type` ("wavlm", "hubert", "whisper", ...) from its config alone."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(_source(name_or_dir)).model_type
+    except OSError as e:
+        raise _load_error(e, name_or_dir) from None
+
+
+def load_whisper_encoder(name_or_dir: str, device: str = "cpu"):
+    """(Whisper's encoder in eval mode on `device`, its WhisperFeatureExtractor): the decoder is dropped."""
+    from transformers import WhisperFeatureExtractor, WhisperModel
+    from transformers.utils import logging as hf_logging
+
+    from asrkit.errors import DataError
+
+    hf_logging.disable_progress_bar()
+    src = _source(name_or_dir)
+    try:
+        # sdpa: the encoder's layers are given a boolean padding mask (see WhisperExtractor)
+        encoder = WhisperModel.from_pretrained(src, attn_implementation="sdpa").get_encoder()
+    except OSError as e:
+        raise _load_error(e, name_or_dir) from None
+    try:
+        fe = WhisperFeatureExtractor.from_pretrained(src)
+    except OSError:
+        raise DataError("the Whisper checkpoint has no feature extractor (preprocessor_config.json)", name_or_dir,
+                        "save the checkpoint's WhisperFeatureExtractor (or WhisperProcessor) into it") from None
+    return encoder.eval().requires_grad_(False).to(device), fe
 
 def load_ssl_model(name_or_dir: str, device: str = "cpu"):
     """(model in eval mode on `device`, do_normalize) for an HF model id or a local dir.
@@ -52,18 +153,12 @@ def load_ssl_model(name_or_dir: str, device: str = "cpu"):
     from asrkit.errors import DataError
 
     hf_logging.disable_progress_bar()
-    looks_local = Path(name_or_dir).expanduser().exists() or name_or_dir.startswith((".", "/", "~"))
-    if looks_local and not (Path(name_or_dir).expanduser() / "config.json").is_file():
-        raise DataError("not a HuggingFace model dir (no config.json)", name_or_dir,
-                        "pass a dir written by save_pretrained, or a model id such as microsoft/wavlm-base-plus")
-    src = str(Path(name_or_dir).expanduser()) if looks_local else name_or_dir
+    src = _source(name_or_dir)
     try:
         config = AutoConfig.from_pretrained(src)
         model = AutoModel.from_pretrained(src)
     except OSError as e:
-        raise DataError(f"cannot load the SSL model: {str(e).splitlines()[0]}", name_or_dir,
-                        "check the model id, or download it on a machine with internet "
-                        "(huggingface-cli download ID) and pass its local dir") from None
+        raise _load_error(e, name_or_dir) from None
     if not hasattr(model, "feature_extractor") or not hasattr(model, "encoder"):
         raise DataError(f"{type(model).__name__} is not a speech encoder with a convolutional front end",
                         name_or_dir, "use a WavLM, wav2vec2 or HuBERT checkpoint")

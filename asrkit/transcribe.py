@@ -22,7 +22,7 @@ LONG_SAMPLES = 30 * SAMPLE_RATE  # longer files are extracted in overlapping win
 
 def extractor_from_attrs(attrs: dict, device: str | torch.device = "cpu"):
     """Rebuild the stage-1 extractor that a model's features came from, and check it is the same."""
-    from asrkit.features.dump import build_extractor
+    from asrkit.features.extractors import build_extractor
     from asrkit.features.store import check_compatible
 
     if attrs.get("feats_type") == "fbank":

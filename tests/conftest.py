@@ -1,4 +1,4 @@
-"""Fixtures shared by the whole suite: generated audio, manifests, a tiny WavLM saved to disk."""
+"""Fixtures shared by the whole suite: generated audio, manifests, a tiny WavLM and a tiny Whisper saved to disk."""
 from __future__ import annotations
 
 import json
@@ -56,6 +56,14 @@ def tiny_wavlm(tmp_path_factory) -> Path:
     from asrkit.ssl import save_random_wavlm
 
     return save_random_wavlm(tmp_path_factory.mktemp("wavlm") / "tiny-wavlm", preset="tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_whisper(tmp_path_factory) -> Path:
+    """A random-weight Whisper (tiny preset: model, feature extractor, tokenizer), loadable by from_pretrained."""
+    from asrkit.ssl import save_random_whisper
+
+    return save_random_whisper(tmp_path_factory.mktemp("whisper") / "tiny-whisper", preset="tiny")
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from asrkit.audio import SAMPLE_RATE, audio_info, load_audio, resample
 from asrkit.device import first_device
 from asrkit.errors import DataError
 from asrkit.features.codecs import CODECS
+from asrkit.features.extractors import build_extractor
 from asrkit.features.store import (FeatureReader, FeatureWriter, check_compatible, finalize_store,
                                    read_attrs, read_done, speed_key)
 from asrkit.fileio import atomic_open, read_jsonl, resolve_audio_path
@@ -114,15 +115,6 @@ class _BatchAudio(torch.utils.data.Dataset):
             except Exception as e:  # any unreadable file is reported, never fatal
                 out.append((it.key, None, 0, str(e) if isinstance(e, DataError) else f"{it.audio}: {e!r}"))
         return out
-
-
-def build_extractor(feats_type: str, ssl_model: str, ssl_layer: str, device: str, dtype: str,
-                    compute_dtype: str = "auto", n_mels: int = 80):
-    from asrkit.features.extractors import FbankExtractor, SSLExtractor
-
-    if feats_type == "fbank":
-        return FbankExtractor(n_mels=n_mels, dtype=dtype)
-    return SSLExtractor(ssl_model, ssl_layer, device=device, dtype=dtype, compute_dtype=compute_dtype)
 
 
 def extract_shard(extractor, batches: list[list[Item]], shard: Path, nj: int,

@@ -1,9 +1,10 @@
-"""Feature extractors: an HF speech encoder's hidden states (WavLM, wav2vec2, HuBERT), or fbank.
+"""Feature extractors: an HF speech encoder's hidden states (WavLM, wav2vec2, HuBERT; Whisper's
+encoder), or fbank.
 
 Each extractor has `prepare(wav)`, run in the DataLoader workers on one mono 16 kHz waveform,
 and `__call__(arrays)`, run on a batch in the main process (on the GPU for SSL models); both
 return numpy arrays. `num_frames(samples)` is the exact frame count for an input length and
-`attrs` the description that the store records.
+`attrs` the description that the store records. `build_extractor` picks the class for a checkpoint.
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from torch import nn
 
 import asrkit
 from asrkit.audio import SAMPLE_RATE
-from asrkit.ssl import conv_geometry, load_ssl_model, num_frames, parse_layers, weights_hash
+from asrkit.ssl import (conv_geometry, load_ssl_model, load_whisper_encoder, model_type, num_frames, parse_layers,
+                        weights_hash)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -66,7 +68,46 @@ def default_compute_dtype(device: torch.device) -> str:
     return "bfloat16" if device.type == "cpu" and cpu_has_native_bf16() else "float32"
 
 
-class SSLExtractor:
+def build_extractor(feats_type: str, ssl_model: str, ssl_layer: str, device: str, dtype: str,
+                    compute_dtype: str = "auto", n_mels: int = 80):
+    """The stage-1 extractor: fbank, or the hidden states of `ssl_model` (Whisper or a wav2vec2-like)."""
+    if feats_type == "fbank":
+        return FbankExtractor(n_mels=n_mels, dtype=dtype)
+    cls = WhisperExtractor if model_type(ssl_model) == "whisper" else SSLExtractor
+    return cls(ssl_model, ssl_layer, device=device, dtype=dtype, compute_dtype=compute_dtype)
+
+
+class _EncoderStates:
+    """What the hidden-state extractors share: the layer choice, the dtypes, the store's attrs and
+    the step from the encoder's hidden states to each utterance's stored array."""
+
+    def _setup(self, model: str, encoder: nn.Module, num_layers: int, dim: int, layers: str, dtype: str,
+               compute_dtype: str, stride: int, **attrs) -> None:
+        self.layers, self.reduce = parse_layers(layers, num_layers)
+        if compute_dtype == "auto":
+            compute_dtype = default_compute_dtype(self.device)
+        self.compute_dtype, self.dtype, self.stride = DTYPES[compute_dtype], dtype, stride
+        self.attrs = dict(feats_type="wavlm", ssl_model=str(model), weights_hash=weights_hash(encoder), **attrs,
+                          layers=self.layers, layer_reduce=self.reduce, dim=dim,
+                          num_layers=len(self.layers) if self.reduce == "stack" else 1, sample_rate=SAMPLE_RATE,
+                          frame_rate=SAMPLE_RATE / stride, dtype=dtype, compute_dtype=compute_dtype,
+                          asrkit_version=asrkit.__version__)
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=self.compute_dtype != torch.float32)
+
+    def _pick(self, hidden: tuple[torch.Tensor, ...], frames: list[int]) -> list[np.ndarray]:
+        """Row i of the chosen layers, its first frames[i] frames: (frames, dim), or (layers, frames, dim) stacked."""
+        out = torch.stack([hidden[i] for i in self.layers])  # (layers, batch, frames, dim)
+        if self.reduce == "mean":
+            out = out.float().mean(0, keepdim=True)
+        out = out.to(DTYPES[self.dtype]).cpu().numpy()
+        if self.reduce != "stack":
+            out = out[0]
+        return [out[..., i, :n, :] for i, n in enumerate(frames)]
+
+
+class SSLExtractor(_EncoderStates):
     """Hidden states of a frozen HF speech encoder, batched so that an utterance's features do not
     depend on what it is batched with (see MaskedGroupNorm). With a 16-bit `compute_dtype` the model
     runs under autocast. `speedups` (default: on CPU) applies features/speedups.py: there the first
@@ -76,17 +117,10 @@ class SSLExtractor:
                  compute_dtype: str = "auto", speedups: bool | None = None):
         self.device = torch.device(device)
         self.model, self.do_normalize = load_ssl_model(model, self.device)
-        config = self.model.config
-        self.layers, self.reduce = parse_layers(layers, config.num_hidden_layers)
-        if compute_dtype == "auto":
-            compute_dtype = default_compute_dtype(self.device)
-        self.compute_dtype, self.dtype, self.config = DTYPES[compute_dtype], dtype, config
-        self.field, self.stride = conv_geometry(config)
-        self.attrs = dict(feats_type="wavlm", ssl_model=str(model), model_type=config.model_type,
-                          weights_hash=weights_hash(self.model), layers=self.layers, layer_reduce=self.reduce,
-                          dim=config.hidden_size, num_layers=len(self.layers) if self.reduce == "stack" else 1,
-                          sample_rate=SAMPLE_RATE, frame_rate=SAMPLE_RATE / self.stride, dtype=dtype,
-                          compute_dtype=compute_dtype, asrkit_version=asrkit.__version__)
+        self.config = config = self.model.config
+        self.field, stride = conv_geometry(config)
+        self._setup(model, self.model, config.num_hidden_layers, config.hidden_size, layers, dtype, compute_dtype,
+                    stride, model_type=config.model_type)
         # layers above the last one kept are never needed: drop them (WavLM's relative position bias
         # lives in layer 0, so the lower layers compute exactly what they compute in the full model)
         self.model.encoder.layers = self.model.encoder.layers[:max(self.layers)]
@@ -122,18 +156,11 @@ class SSLExtractor:
         mask = torch.arange(x.shape[1], device=self.device)[None] < dev_lengths[:, None]
         for m in self._length_aware:
             m.lengths = dev_lengths
-        with torch.autocast(self.device.type, dtype=self.compute_dtype,
-                            enabled=self.compute_dtype != torch.float32), warnings.catch_warnings():
+        with self._autocast(), warnings.catch_warnings():
             # WavLM passes a bool padding mask with a float position bias; torch warns, results are right
             warnings.filterwarnings("ignore", message=".*mismatched key_padding_mask")
             hidden = self.model(x, attention_mask=mask.long(), output_hidden_states=True).hidden_states
-        out = torch.stack([hidden[i] for i in self.layers])  # (layers, batch, frames, dim)
-        if self.reduce == "mean":
-            out = out.float().mean(0, keepdim=True)
-        out = out.to(DTYPES[self.dtype]).cpu().numpy()
-        if self.reduce != "stack":
-            out = out[0]
-        return [out[..., i, :self.num_frames(int(n)), :] for i, n in enumerate(lengths)]
+        return self._pick(hidden, [self.num_frames(int(n)) for n in lengths])
 
     def extract_long(self, wav: np.ndarray, max_samples: int) -> np.ndarray:
         """Features of an utterance too long for one pass: windows of `max_samples` that overlap by
@@ -169,3 +196,85 @@ class MaskedGroupNorm(nn.Module):
         for i in range(len(n)):
             out[i:i + 1, :, :n[i]] = self.norm(y[i:i + 1, :, :n[i]])
         return out
+
+
+class WhisperExtractor(_EncoderStates):
+    """Hidden states of Whisper's frozen encoder (layer 0: its input embeddings; the last layer: after
+    its final layer norm, as transformers' `hidden_states`), 50 frames/s.
+
+    Whisper's encoder was trained on 30 s windows of log-mel frames (100/s; shorter audio padded
+    with silence) with one learned embedding per position. Here a shorter utterance is not padded:
+    its log-mel frames are exactly the first frames of its padded window's (WhisperFeatureExtractor on
+    the audio and n_fft zero samples), and the encoder runs on those alone, at positions 0..T-1, so
+    that a 2 s utterance costs about 1/15 of a window. That is not what the padded encoder computes
+    (its padding frames are keys of every attention): bench/bench_whisper.py measures both the cost
+    and the difference. A longer utterance is cut into 30 s windows, encoded independently and
+    concatenated. In a batch the padding is masked (after the first convolution and as attention
+    keys), so that an utterance's features do not depend on what it is batched with.
+    """
+
+    def __init__(self, model: str, layers: str = "6", device: str = "cpu", dtype: str = "float16",
+                 compute_dtype: str = "auto"):
+        self.device = torch.device(device)
+        self.encoder, self.fe = load_whisper_encoder(model, self.device)
+        config = self.encoder.config
+        self.hop, self.window_frames = self.fe.hop_length, 2 * config.max_source_positions  # 160, 3000
+        self.window_samples = self.window_frames * self.hop                                # 30 s
+        self._setup(model, self.encoder, config.encoder_layers, config.d_model, layers, dtype, compute_dtype,
+                    2 * self.hop, model_type="whisper", n_mels=config.num_mel_bins,
+                    whisper_input=f"trimmed, {self.window_samples / SAMPLE_RATE:g} s windows")
+        self.final_norm = max(self.layers) == config.encoder_layers
+        self.encoder.layers = self.encoder.layers[:max(self.layers)]
+
+    def num_frames(self, num_samples: int) -> int:
+        windows, rest = divmod(num_samples, self.window_samples)
+        return windows * self.window_frames // 2 + (rest // self.hop + 1) // 2
+
+    def prepare(self, wav: np.ndarray) -> np.ndarray:
+        """Log-mel frames (n_mels, frames) of each 30 s window, concatenated."""
+        mels = []
+        for start in range(0, len(wav), self.window_samples):
+            piece = wav[start:start + self.window_samples]
+            n = len(piece) // self.hop
+            if n:  # the zeros stand for the padding of the window: the frames near the end see them
+                piece = np.pad(piece, (0, min(self.fe.n_fft, self.window_samples - len(piece))))
+                mel = self.fe(piece, sampling_rate=SAMPLE_RATE, padding="longest", return_tensors="np")
+                mels.append(mel.input_features[0][:, :n])
+        return np.concatenate(mels, axis=1).astype(np.float32, copy=False)
+
+    @torch.inference_mode()
+    def __call__(self, mels: list[np.ndarray]) -> list[np.ndarray]:
+        windows, owner = [], []
+        for i, mel in enumerate(mels):
+            for start in range(0, mel.shape[1], self.window_frames):
+                windows.append(mel[:, start:start + self.window_frames])
+                owner.append(i)
+        lengths = torch.tensor([w.shape[1] for w in windows])
+        x = torch.zeros(len(windows), windows[0].shape[0], int(lengths.max()))
+        for i, w in enumerate(windows):
+            x[i, :, :w.shape[1]] = torch.from_numpy(w)
+        with self._autocast():
+            hidden = self._encode(x.to(self.device), lengths.to(self.device))
+        pieces = self._pick(hidden, ((lengths + 1) // 2).tolist())
+        return [np.concatenate([p for p, o in zip(pieces, owner) if o == i], axis=-2) for i in range(len(mels))]
+
+    def _encode(self, x: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
+        """transformers' WhisperEncoder.forward on (batch, n_mels, frames) log-mels of any length up
+        to a window, with the padding beyond `lengths` masked; the hidden states of every layer kept."""
+        enc, frames = self.encoder, x.shape[-1]
+        padded = bool(lengths.min() < frames)
+        h = nn.functional.gelu(enc.conv1(x))
+        if padded:  # the second convolution must see zeros beyond the end, as one utterance alone does
+            h = h * (torch.arange(frames, device=x.device) < lengths[:, None])[:, None, :]
+        h = nn.functional.gelu(enc.conv2(h)).transpose(1, 2)
+        h = h + enc.embed_positions.weight[:h.shape[1]]
+        mask = None
+        if padded:  # (batch, 1, 1, keys): True where a key is attended to
+            mask = (torch.arange(h.shape[1], device=x.device) < ((lengths + 1) // 2)[:, None])[:, None, None, :]
+        hidden = [h]
+        for layer in enc.layers:
+            h = layer(h, mask)
+            hidden.append(h)
+        if self.final_norm:
+            hidden[-1] = enc.layer_norm(h)
+        return hidden

@@ -1,0 +1,111 @@
+"""Whisper's encoder as the stage-1 front end: the very states of transformers' encoder where the
+input fills a window, trimmed inputs otherwise, batches that change nothing, windows for long
+audio, a store that a WavLM model refuses, and stages 0-5 on real speech."""
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from asrkit.errors import DataError
+from asrkit.features.extractors import WhisperExtractor, build_extractor
+from asrkit.fileio import load_jsonl
+from conftest import REPO
+
+SR = 16000
+
+
+def waves(*seconds: float) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    t = [np.arange(int(s * SR)) / SR for s in seconds]
+    return [(0.3 * np.sin(2 * np.pi * 180 * x * (1 + 0.1 * np.sin(3 * x))) + 0.02 * rng.standard_normal(x.size))
+            .astype(np.float32) for x in t]
+
+
+def test_a_full_window_gives_transformers_own_hidden_states(tiny_whisper):
+    from transformers import WhisperModel
+
+    ext = build_extractor("wavlm", str(tiny_whisper), "all", "cpu", "float32", "float32")
+    assert isinstance(ext, WhisperExtractor) and ext.attrs["model_type"] == "whisper"
+    assert ext.attrs["frame_rate"] == 50.0 and ext.attrs["num_layers"] == 3
+    wav = waves(30.0)[0]
+    mel = ext.prepare(wav)
+    stock_mel = ext.fe(wav, sampling_rate=SR, return_tensors="np").input_features  # Whisper's own input
+    assert mel.shape == (80, 3000) and np.array_equal(mel, stock_mel[0])
+    encoder = WhisperModel.from_pretrained(str(tiny_whisper)).get_encoder().eval()
+    with torch.no_grad():
+        stock = encoder(torch.from_numpy(stock_mel), output_hidden_states=True).hidden_states
+    ours = ext([mel])[0]
+    assert ours.shape == (3, 1500, 64) and ext.num_frames(len(wav)) == 1500
+    for layer in range(3):  # the embeddings, layer 1, and layer 2 after the final layer norm
+        np.testing.assert_allclose(ours[layer], stock[layer][0].numpy(), rtol=1e-5, atol=1e-5)
+    # a single layer below the top drops the layers above it and computes the same
+    low = WhisperExtractor(str(tiny_whisper), "1", dtype="float32", compute_dtype="float32")
+    assert len(low.encoder.layers) == 1
+    np.testing.assert_allclose(low([mel])[0], ours[1], rtol=1e-5, atol=1e-5)
+
+
+def test_trimmed_inputs_batches_and_windows(tiny_whisper):
+    ext = WhisperExtractor(str(tiny_whisper), "mean:1-2", dtype="float32", compute_dtype="float32")
+    wavs = waves(0.3, 1.7, 2.0, 43.2)
+    mels = [ext.prepare(w) for w in wavs]
+    # a short utterance's log-mel frames are exactly the first ones of its 30 s padded window
+    padded = ext.fe(wavs[1], sampling_rate=SR, return_tensors="np").input_features[0]
+    assert mels[1].shape == (80, 170) and np.array_equal(mels[1], padded[:, :170])
+    # 43.2 s: a full window, then 13.2 s windowed on its own
+    assert mels[3].shape[1] == 3000 + 1320
+    tail = ext.fe(wavs[3][30 * SR:], sampling_rate=SR, return_tensors="np").input_features[0]
+    assert np.array_equal(mels[3][:, 3000:], tail[:, :1320])
+    batched = ext(mels)
+    alone = [ext([m])[0] for m in mels]
+    for w, b, a in zip(wavs, batched, alone):
+        assert b.shape == a.shape == (ext.num_frames(len(w)), 64)
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+    assert [b.shape[0] for b in batched] == [15, 85, 100, 1500 + 660]
+    # trimming is not padding: the states of the 1.7 s utterance differ from those of its padded window
+    full = ext([padded])[0][:85]
+    assert not np.allclose(full, batched[1], atol=1e-3)
+
+
+def test_a_whisper_store_is_refused_by_a_wavlm_model(tiny_whisper, tiny_wavlm):
+    from asrkit.features.store import check_compatible
+
+    whisper = build_extractor("wavlm", str(tiny_whisper), "1", "cpu", "float32", "float32").attrs
+    wavlm = build_extractor("wavlm", str(tiny_wavlm), "1", "cpu", "float32", "float32").attrs
+    with pytest.raises(DataError, match="model_type: store has 'whisper', model expects 'wavlm'.*weights_hash"):
+        check_compatible(whisper, wavlm)
+    with pytest.raises(DataError, match="layer\\(s\\) \\[9\\] do not exist: the model has layers 0-2"):
+        build_extractor("wavlm", str(tiny_whisper), "9", "cpu", "float32", "float32")
+
+
+@pytest.mark.slow
+def test_stages_0_to_5_on_connected_digits_with_a_tiny_whisper(fsdd, tiny_whisper, tmp_path):
+    from asrkit.features.store import FeatureReader
+
+    corpus = tmp_path / "corpus"
+    subprocess.run([sys.executable, "-m", "asrkit.bin.make_connected_digits", "--fsdd", str(fsdd), "--out",
+                    str(corpus), "--speakers", "jackson", "--repeats", "1"], check=True, capture_output=True, timeout=600)
+    p = subprocess.run([str(REPO / "run.sh"), "--raw_data", str(corpus / "manifest.jsonl"), "--split_field", "split",
+                        "--feats_type", "wavlm", "--ssl_model", str(tiny_whisper), "--ssl_layer", "all",
+                        "--token_type", "char", "--ngpu", "0", "--nj", "2", "--normalizer", "child",
+                        "--score_normalizers", "whisper",
+                        "--train_config", str(REPO / "conf" / "tuning" / "train_conformer_tiny.yaml"),
+                        "--train_args", "--max_epoch 1 --num_workers 0 --encoder_conf.num_blocks 1 "
+                                        "--decoder_conf.num_blocks 1", "--decode_args", "--beam 2"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stdout + p.stderr
+    test = load_jsonl(tmp_path / "data" / "test.jsonl")
+    store = FeatureReader(next(tmp_path.glob("dump/*/test.h5")))
+    assert store.attrs["model_type"] == "whisper" and store.attrs["layers"] == [0, 1, 2]
+    assert sorted(store.keys()) == sorted(r["utt_id"] for r in test)
+    for r in test[:3]:  # 50 frames a second of audio
+        assert abs(store[r["utt_id"]].shape[-2] - 50 * r["duration"]) <= 1
+    results = next(tmp_path.glob("exp/*/RESULTS.md")).read_text()
+    # both conventions on the same hypotheses; under whisper a spoken digit string is one number
+    words = sum(len(r["text"].split()) for r in test)
+    assert re.search(r"^\|decode_test_\S+\|%d\|%d\|" % (len(test), words), results, re.M), results
+    assert re.search(r"^\|decode_test_\S+ \[whisper\]\|%d\|%d\|" % (len(test), len(test)), results, re.M), results
