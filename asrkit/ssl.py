@@ -75,14 +75,14 @@ def save_random_whisper(out_dir: str | Path, preset: str = "tiny", seed: int = 0
                                  pad_token=_WHISPER_SPECIALS[0], additional_special_tokens=list(_WHISPER_SPECIALS[1:]))
     torch.manual_seed(seed)
     config = WhisperConfig(vocab_size=len(vocab), pad_token_id=eot, bos_token_id=eot, eos_token_id=eot,
-                           decoder_start_token_id=sot, begin_suppress_tokens=None, suppress_tokens=None,
+                           decoder_start_token_id=sot,
                            **WHISPER_PRESETS[preset])
     model = WhisperForConditionalGeneration(config).eval()
     model.generation_config = GenerationConfig(
         decoder_start_token_id=sot, eos_token_id=eot, pad_token_id=eot, bos_token_id=eot, is_multilingual=True,
         lang_to_id={"<|en|>": vocab["<|en|>"]}, no_timestamps_token_id=vocab["<|notimestamps|>"],
         task_to_id={"transcribe": vocab["<|transcribe|>"], "translate": vocab["<|translate|>"]},
-        max_length=config.max_target_positions)
+        max_length=config.max_target_positions, suppress_tokens=[], begin_suppress_tokens=[])
     model.save_pretrained(out_dir)
     WhisperProcessor(WhisperFeatureExtractor(), tokenizer).save_pretrained(out_dir)
     return out_dir
@@ -91,7 +91,7 @@ def save_random_whisper(out_dir: str | Path, preset: str = "tiny", seed: int = 0
 # ---------------------------------------------------------------------------------------------
 # Loading any HF speech encoder with hidden states (WavLM, wav2vec2, HuBERT; Whisper) and choosing layers.
 
-def _source(name_or_dir: str) -> str:
+def hf_source(name_or_dir: str) -> str:
     """What from_pretrained is given: a local dir (checked), else the model id."""
     from asrkit.errors import DataError
 
@@ -102,7 +102,7 @@ def _source(name_or_dir: str) -> str:
     return str(Path(name_or_dir).expanduser()) if looks_local else name_or_dir
 
 
-def _load_error(e: OSError, name_or_dir: str):
+def load_error(e: OSError, name_or_dir: str):
     from asrkit.errors import DataError
 
     return DataError(f"cannot load the model: {str(e).splitlines()[0]}", name_or_dir,
@@ -115,9 +115,9 @@ def model_type(name_or_dir: str) -> str:
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(_source(name_or_dir)).model_type
+        return AutoConfig.from_pretrained(hf_source(name_or_dir)).model_type
     except OSError as e:
-        raise _load_error(e, name_or_dir) from None
+        raise load_error(e, name_or_dir) from None
 
 
 def load_whisper_encoder(name_or_dir: str, device: str = "cpu"):
@@ -128,12 +128,12 @@ def load_whisper_encoder(name_or_dir: str, device: str = "cpu"):
     from asrkit.errors import DataError
 
     hf_logging.disable_progress_bar()
-    src = _source(name_or_dir)
+    src = hf_source(name_or_dir)
     try:
         # sdpa: the encoder's layers are given a boolean padding mask (see WhisperExtractor)
         encoder = WhisperModel.from_pretrained(src, attn_implementation="sdpa").get_encoder()
     except OSError as e:
-        raise _load_error(e, name_or_dir) from None
+        raise load_error(e, name_or_dir) from None
     try:
         fe = WhisperFeatureExtractor.from_pretrained(src)
     except OSError:
@@ -153,12 +153,12 @@ def load_ssl_model(name_or_dir: str, device: str = "cpu"):
     from asrkit.errors import DataError
 
     hf_logging.disable_progress_bar()
-    src = _source(name_or_dir)
+    src = hf_source(name_or_dir)
     try:
         config = AutoConfig.from_pretrained(src)
         model = AutoModel.from_pretrained(src)
     except OSError as e:
-        raise _load_error(e, name_or_dir) from None
+        raise load_error(e, name_or_dir) from None
     if not hasattr(model, "feature_extractor") or not hasattr(model, "encoder"):
         raise DataError(f"{type(model).__name__} is not a speech encoder with a convolutional front end",
                         name_or_dir, "use a WavLM, wav2vec2 or HuBERT checkpoint")

@@ -8,7 +8,7 @@
 set -euo pipefail
 
 # options whose value is an input path; made absolute when it exists relative to the caller's folder
-recipe_path_opts=" raw_data train_config decode_config ssl_model myst_root test_list fsdd "
+recipe_path_opts=" raw_data train_config decode_config ssl_model myst_root test_list fsdd whisper_filter "
 
 recipe_init() {
     local a name=""

@@ -1,0 +1,156 @@
+"""The "filtered" test of the children's-speech literature: zero-shot Whisper decodes the test set, and
+an utterance is dropped when Whisper's WER on it is above `max_wer` percent, or when its reference
+has fewer than `min_words` words (both after the `whisper` normalizer), as SPAPL's MyST preparation
+and ESPnet's egs2/myst/asr1/local/whisper_filter.py do with whisper-large-v2.
+
+    kept = whisper_filter("data/local/manifest.jsonl", "openai/whisper-large-v2", "data/local/whisper_filter",
+                          split="test")
+
+The decoding is batched (on the GPU when there is one), greedy, English, through transformers'
+`generate`. An utterance longer than Whisper's 30 s window is decoded as consecutive 30 s windows
+whose texts are joined. It is resumable: every batch's hypotheses are appended to `hyp.tsv`, and a
+rerun decodes only what it lacks. An utterance that cannot be read is reported and not kept.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from asrkit.audio import SAMPLE_RATE, load_audio
+from asrkit.errors import DataError
+from asrkit.fileio import atomic_open, read_jsonl, resolve_audio_path, write_json
+from asrkit.normalize import get_normalizer
+from asrkit.scoring import score_utt
+
+log = logging.getLogger("asrkit.whisper_filter")
+WINDOW = 30 * SAMPLE_RATE
+
+
+def read_hyps(path: Path) -> dict[str, tuple[str, str]]:
+    """{utt_id: (hypothesis, error)} of the complete lines of a partial hyp.tsv."""
+    if not path.is_file():
+        return {}
+    out = {}
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        if line.endswith("\n") and line.count("\t") == 2:  # a line cut by a kill is decoded again
+            utt, hyp, err = line.rstrip("\n").split("\t")
+            out[utt] = (hyp, err)
+    return out
+
+
+def transcribe(records: list[dict], model: str, hyp_tsv: Path, batch_size: int = 16,
+               device: str | None = None, progress: bool = True) -> dict[str, tuple[str, str]]:
+    """Zero-shot hypotheses {utt_id: (text, error)} of `records`, appended batch by batch to hyp_tsv."""
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    from asrkit.ssl import hf_source, load_error
+
+    done = read_hyps(hyp_tsv)
+    todo = sorted((r for r in records if r["utt_id"] not in done), key=lambda r: -float(r.get("duration") or 0))
+    if not todo:
+        return done
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    try:
+        processor = WhisperProcessor.from_pretrained(hf_source(model))
+        whisper = WhisperForConditionalGeneration.from_pretrained(hf_source(model), dtype=dtype).to(device).eval()
+    except OSError as e:
+        raise load_error(e, model) from None
+    hyp_tsv.parent.mkdir(parents=True, exist_ok=True)
+    if hyp_tsv.is_file():  # drop a line that a kill cut short, so that the next one starts on its own
+        text = hyp_tsv.read_bytes()
+        hyp_tsv.write_bytes(text[:text.rfind(b"\n") + 1])
+    with open(hyp_tsv, "a", encoding="utf-8") as out, tqdm(total=len(todo), unit="utt", disable=not progress,
+                                                           desc="Whisper zero-shot") as bar:
+        for i in range(0, len(todo), batch_size):
+            batch = todo[i:i + batch_size]
+            windows, owner, errors = [], [], {}
+            for r in batch:
+                try:
+                    wav = load_audio(r["audio"], r.get("start"), r.get("end"))
+                except DataError as e:
+                    errors[r["utt_id"]] = str(e)
+                    continue
+                for start in range(0, max(len(wav), 1), WINDOW):
+                    windows.append(wav[start:start + WINDOW])
+                    owner.append(r["utt_id"])
+            texts = []
+            if windows:
+                feats = processor.feature_extractor(windows, sampling_rate=SAMPLE_RATE, return_tensors="pt",
+                                                    return_attention_mask=True)
+                with torch.inference_mode():
+                    ids = whisper.generate(feats.input_features.to(device, dtype), language="en", task="transcribe",
+                                           attention_mask=feats.attention_mask.to(device))
+                texts = processor.batch_decode(ids, skip_special_tokens=True)
+            for r in batch:
+                u = r["utt_id"]
+                hyp = " ".join(t.strip() for t, o in zip(texts, owner) if o == u)
+                done[u] = (" ".join(hyp.split()), errors.get(u, "").replace("\t", " ").replace("\n", " "))
+                out.write(f"{u}\t{done[u][0]}\t{done[u][1]}\n")
+            out.flush()
+            bar.update(len(batch))
+    return done
+
+
+def apply_rule(records: list[dict], hyps: dict[str, tuple[str, str]], max_wer: float = 50.0,
+               min_words: int = 3, normalizer: str = "whisper") -> list[dict]:
+    """One row per record: utt_id, ref_words, wer (percent, None when not decoded), kept, reason."""
+    normalize = get_normalizer(normalizer)
+    rows = []
+    for r in records:
+        hyp, err = hyps.get(r["utt_id"], ("", "not decoded"))
+        ref = normalize(r["text"])
+        n = len(ref.split())
+        wer = None if err else score_utt(r["utt_id"], ref, normalize(hyp), {}).word.rate
+        if err:
+            reason = f"unreadable: {err}"
+        elif n < min_words:
+            reason = f"fewer than {min_words} reference words"
+        elif wer > max_wer:
+            reason = f"Whisper WER above {max_wer:g}%"
+        else:
+            reason = ""
+        rows.append(dict(utt_id=r["utt_id"], ref_words=n, wer=wer, kept=not reason, reason=reason, hyp=hyp))
+    return rows
+
+
+def whisper_filter(data: str | os.PathLike, model: str, out_dir: str | os.PathLike, split: str | None = "test",
+                   max_wer: float = 50.0, min_words: int = 3, normalizer: str = "whisper", batch_size: int = 16,
+                   device: str | None = None, progress: bool = True) -> list[str]:
+    """Decode the records of `data` (those of `split`, if the list has a split field), apply the rule,
+    and write out_dir/{hyp.tsv, filter.tsv, filter.json, test_filtered.ids}; returns the kept ids."""
+    out_dir = Path(out_dir)
+    records = []
+    for lineno, r in read_jsonl(data):
+        if "utt_id" not in r or "audio" not in r or "text" not in r:
+            raise DataError("record needs utt_id, audio and text", f"{data}:{lineno}")
+        if split is None or r.get("split", split) == split:
+            records.append(dict(r, audio=resolve_audio_path(r["audio"], data)))
+    if not records:
+        raise DataError(f"no record of split {split!r}", str(data), "check --split (or pass a list of that split)")
+    hyps = transcribe(records, model, out_dir / "hyp.tsv", batch_size, device, progress)
+    rows = apply_rule(records, hyps, max_wer, min_words, normalizer)
+    with atomic_open(out_dir / "filter.tsv") as f:
+        f.write("utt_id\tref_words\twer\tkept\treason\thyp\n")
+        for x in rows:
+            wer = "" if x["wer"] is None else f"{x['wer']:.1f}"
+            f.write(f"{x['utt_id']}\t{x['ref_words']}\t{wer}\t{int(x['kept'])}\t{x['reason']}\t{x['hyp']}\n")
+    kept = [x["utt_id"] for x in rows if x["kept"]]
+    counts = {"utterances": len(rows), "kept": len(kept)}
+    for x in rows:
+        if x["reason"]:
+            key = "dropped: " + x["reason"].split(":")[0]
+            counts[key] = counts.get(key, 0) + 1
+    write_json(out_dir / "filter.json", dict(
+        rule=f"drop when the reference has fewer than {min_words} words or zero-shot Whisper's WER is above "
+             f"{max_wer:g}% (both after the {normalizer} normalizer)",
+        model=str(model), max_wer=max_wer, min_words=min_words, normalizer=normalizer, decoding="greedy, en, transcribe",
+        data=str(Path(data).resolve()), split=split, counts=counts))
+    with atomic_open(out_dir / "test_filtered.ids") as f:
+        f.writelines(u + "\n" for u in kept)
+    log.info("Whisper filter: kept %d of %d utterances (%s)", len(kept), len(rows), out_dir / "test_filtered.ids")
+    return kept
