@@ -151,11 +151,15 @@ def workspace(tmp_path_factory):
     from asrkit.ssl import save_random_wavlm
 
     wavlm = save_random_wavlm(fx / "tiny-wavlm", preset="tiny")
+    from asrkit.ssl import save_random_whisper
+
+    whisper = save_random_whisper(fx / "tiny-whisper", preset="tiny")
     write_tone(repo / "a.flac", seconds=1.2, freq=210.0, seed=5)
     write_tone(repo / "b.wav", seconds=0.8, sr=8000, freq=260.0, seed=6)
     places = {"/path/to/manifest.jsonl": str(manifest), "/path/to/kaldi/data/train": str(kaldi),
               "/path/to/LDC2021S05": str(myst), "/tmp/tiny-wavlm": str(fx / "made-tiny-wavlm"),
-              "/path/to/filtered_test_ids.txt": str(fx / "filtered_test_ids.txt")}
+              "/path/to/filtered_test_ids.txt": str(fx / "filtered_test_ids.txt"),
+              "openai/whisper-large-v2": str(whisper)}
     (fx / "filtered_test_ids.txt").write_text(myst_utt_id("000301", 1) + "\n")
     env = {**os.environ, "ASRKIT_VENV": str(venv), "PATH": f"{venv / 'bin'}:{os.environ['PATH']}", "MYST": ""}
     return dict(repo=repo, places=places, env=env, wavlm=wavlm)
@@ -216,6 +220,10 @@ def test_readme_command(doc, kind, command, workspace):
             assert sorted(f.name for f in out.iterdir()) == sorted(f"{Path(a).stem}.{x}" for a in files for x in formats)
     if re.match(r"^(\./run\.sh|bash egs/\w+/run\.sh)", command) and "--stop_stage 0" not in command:
         assert "Results (" in p.stdout or "Demo results" in p.stdout, p.stdout[-3000:]
+    if "--whisper_filter" in command:  # the filter's list is the filtered test
+        local = ws["repo"] / "egs" / "myst" / "data" / "local"
+        assert (local / "whisper_filter" / "filter.tsv").is_file(), p.stdout[-3000:]
+        assert (local / "test_filtered.ids").read_text() == (local / "whisper_filter" / "test_filtered.ids").read_text()
     if command == "bash egs/myst/run.sh --myst_root /path/to/LDC2021S05" and not ws.get("myst_checked"):
         ws["myst_checked"] = True  # its first run did all stages on the fake tree (the other README's is a rerun)
         myst = ws["repo"] / "egs" / "myst"
