@@ -9,7 +9,7 @@ and ESPnet's egs2/myst/asr1/local/whisper_filter.py do with whisper-large-v2.
 The decoding is batched (on the GPU when there is one), greedy, English, through transformers'
 `generate`. An utterance longer than Whisper's 30 s window is decoded as consecutive 30 s windows
 whose texts are joined. It is resumable: every batch's hypotheses are appended to `hyp.tsv`, and a
-rerun decodes only what it lacks. An utterance that cannot be read is reported and not kept.
+rerun decodes only what it lacks. An utterance that cannot be read or decoded is reported and not kept.
 """
 from __future__ import annotations
 
@@ -75,17 +75,28 @@ def transcribe(records: list[dict], model: str, hyp_tsv: Path, batch_size: int =
                 except DataError as e:
                     errors[r["utt_id"]] = str(e)
                     continue
-                for start in range(0, max(len(wav), 1), WINDOW):
+                for start in range(0, len(wav), WINDOW):
                     windows.append(wav[start:start + WINDOW])
                     owner.append(r["utt_id"])
-            texts = []
-            if windows:
-                feats = processor.feature_extractor(windows, sampling_rate=SAMPLE_RATE, return_tensors="pt",
+
+            def generate(wavs: list) -> list[str]:
+                feats = processor.feature_extractor(wavs, sampling_rate=SAMPLE_RATE, return_tensors="pt",
                                                     return_attention_mask=True)
                 with torch.inference_mode():
                     ids = whisper.generate(feats.input_features.to(device, dtype), language="en", task="transcribe",
                                            attention_mask=feats.attention_mask.to(device))
-                texts = processor.batch_decode(ids, skip_special_tokens=True)
+                return processor.batch_decode(ids, skip_special_tokens=True)
+
+            try:
+                texts = generate(windows) if windows else []
+            except RuntimeError:  # out of memory, say: each utterance alone, and one that fails is reported
+                texts = []
+                for w, u in zip(windows, owner):
+                    try:
+                        texts += [""] if u in errors else generate([w])  # not the rest of a failed one
+                    except RuntimeError as e:
+                        errors[u] = f"decoding failed: {str(e).splitlines()[0]}"
+                        texts.append("")
             for r in batch:
                 u = r["utt_id"]
                 hyp = " ".join(t.strip() for t, o in zip(texts, owner) if o == u)
@@ -107,7 +118,7 @@ def apply_rule(records: list[dict], hyps: dict[str, tuple[str, str]], max_wer: f
         n = len(ref.split())
         wer = None if err else score_utt(r["utt_id"], ref, normalize(hyp), {}).word.rate
         if err:
-            reason = f"unreadable: {err}"
+            reason = f"not decoded: {err}"
         elif n < min_words:
             reason = f"fewer than {min_words} reference words"
         elif wer > max_wer:

@@ -28,7 +28,7 @@ def test_the_rule():
     assert rows["half"]["reason"] == "fewer than 3 reference words"
     assert rows["bad"]["wer"] == 60.0 and rows["bad"]["reason"] == "Whisper WER above 50%"
     assert rows["short"]["kept"] and not rows["shorter"]["kept"]  # markup does not count as words
-    assert rows["broken"]["reason"] == "unreadable: x.flac: cannot read" and rows["broken"]["wer"] is None
+    assert rows["broken"]["reason"] == "not decoded: x.flac: cannot read" and rows["broken"]["wer"] is None
     assert apply_rule(records[2:3], hyps, max_wer=60)[0]["kept"]  # at the threshold: kept
 
 
@@ -53,6 +53,31 @@ def test_zero_shot_decoding_resumes_and_writes_the_list(tmp_path, tiny_whisper):
     info = json.loads((out / "filter.json").read_text())
     assert (info["max_wer"], info["min_words"], info["normalizer"], info["split"]) == (1000, 3, "whisper", "test")
     assert info["counts"] == {"utterances": 3, "kept": 2, "dropped: fewer than 3 reference words": 1}
+
+
+def test_a_batch_that_fails_is_decoded_one_by_one_and_a_failing_utterance_reported(tmp_path, tiny_whisper,
+                                                                                    monkeypatch):
+    from transformers import WhisperForConditionalGeneration
+
+    make_fake_myst(tmp_path / "myst")
+    prepare_myst.main(["--myst_root", str(tmp_path / "myst"), "--out", str(tmp_path / "local")])
+    real, calls = WhisperForConditionalGeneration.generate, []
+
+    def flaky(self, input_features, **kw):  # a batch runs out of memory, and so does the first utterance alone
+        calls.append(len(input_features))
+        if len(input_features) > 1 or len(calls) == 2:
+            raise RuntimeError("CUDA out of memory (injected)")
+        return real(self, input_features, **kw)
+
+    monkeypatch.setattr(WhisperForConditionalGeneration, "generate", flaky)
+    whisper_filter(tmp_path / "local" / "manifest.jsonl", str(tiny_whisper), tmp_path / "wf", max_wer=1000,
+                   progress=False)
+    assert calls == [4, 1, 1, 1]  # the 31 s utterance is two windows, decoded first (longest first)
+    hyps = read_hyps(tmp_path / "wf" / "hyp.tsv")
+    failed = [u for u, (_, err) in hyps.items() if err]
+    assert failed == [myst_utt_id("000301", 3)] and hyps[failed[0]][1].startswith("decoding failed: CUDA out of memory")
+    info = json.loads((tmp_path / "wf" / "filter.json").read_text())
+    assert info["counts"]["dropped: not decoded"] == 1 and len(hyps) == 3
 
 
 def test_myst_stage0_flags_what_the_whisper_filter_kept(tmp_path, tiny_whisper):
