@@ -121,7 +121,9 @@ def model_type(name_or_dir: str) -> str:
 
 
 def load_whisper_encoder(name_or_dir: str, device: str = "cpu"):
-    """(Whisper's encoder in eval mode on `device`, its WhisperFeatureExtractor): the decoder is dropped."""
+    """(Whisper's encoder in eval mode on `device`, its WhisperFeatureExtractor): the decoder is dropped.
+    The weights are loaded in float32 whatever dtype the file stores (see load_ssl_model)."""
+    import torch
     from transformers import WhisperFeatureExtractor, WhisperModel
     from transformers.utils import logging as hf_logging
 
@@ -131,7 +133,7 @@ def load_whisper_encoder(name_or_dir: str, device: str = "cpu"):
     src = hf_source(name_or_dir)
     try:
         # sdpa: the encoder's layers are given a boolean padding mask (see WhisperExtractor)
-        encoder = WhisperModel.from_pretrained(src, attn_implementation="sdpa").get_encoder()
+        encoder = WhisperModel.from_pretrained(src, attn_implementation="sdpa", dtype=torch.float32).get_encoder()
     except OSError as e:
         raise load_error(e, name_or_dir) from None
     try:
@@ -146,7 +148,11 @@ def load_ssl_model(name_or_dir: str, device: str = "cpu"):
 
     `do_normalize`: whether the checkpoint expects each waveform scaled to zero mean and unit
     variance (its feature extractor's setting; WavLM Base(+) does not, the Large models do).
+    The weights are loaded in float32 whatever dtype the file stores (float16 for whisper-large-v3,
+    say): the compute dtype is the device's choice (autocast), never the file's, and float16
+    weights would fail on a CPU ("mixed dtype").
     """
+    import torch
     from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
     from transformers.utils import logging as hf_logging
 
@@ -156,7 +162,7 @@ def load_ssl_model(name_or_dir: str, device: str = "cpu"):
     src = hf_source(name_or_dir)
     try:
         config = AutoConfig.from_pretrained(src)
-        model = AutoModel.from_pretrained(src)
+        model = AutoModel.from_pretrained(src, dtype=torch.float32)
     except OSError as e:
         raise load_error(e, name_or_dir) from None
     if not hasattr(model, "feature_extractor") or not hasattr(model, "encoder"):

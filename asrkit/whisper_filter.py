@@ -9,7 +9,8 @@ and ESPnet's egs2/myst/asr1/local/whisper_filter.py do with whisper-large-v2.
 The decoding is batched (on the GPU when there is one), greedy, English, through transformers'
 `generate`. An utterance longer than Whisper's 30 s window is decoded as consecutive 30 s windows
 whose texts are joined. It is resumable: every batch's hypotheses are appended to `hyp.tsv`, and a
-rerun decodes only what it lacks. An utterance that cannot be read or decoded is reported and not kept.
+rerun decodes only what it lacks. An utterance that cannot be read or decoded is reported and not kept;
+when most fail, the run stops with the first one's cause (asrkit.failures).
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from tqdm import tqdm
 
 from asrkit.audio import SAMPLE_RATE, load_audio
 from asrkit.errors import DataError
+from asrkit.failures import check_failures
 from asrkit.fileio import atomic_open, read_jsonl, resolve_audio_path, write_json
 from asrkit.normalize import get_normalizer
 from asrkit.scoring import score_utt
@@ -64,6 +66,7 @@ def transcribe(records: list[dict], model: str, hyp_tsv: Path, batch_size: int =
     if hyp_tsv.is_file():  # drop a line that a kill cut short, so that the next one starts on its own
         text = hyp_tsv.read_bytes()
         hyp_tsv.write_bytes(text[:text.rfind(b"\n") + 1])
+    failed: list[tuple[str, str]] = []
     with open(hyp_tsv, "a", encoding="utf-8") as out, tqdm(total=len(todo), unit="utt", disable=not progress,
                                                            desc="Whisper zero-shot") as bar:
         for i in range(0, len(todo), batch_size):
@@ -104,6 +107,9 @@ def transcribe(records: list[dict], model: str, hyp_tsv: Path, batch_size: int =
                 out.write(f"{u}\t{done[u][0]}\t{done[u][1]}\n")
             out.flush()
             bar.update(len(batch))
+            failed += [(u, errors[u]) for u in (r["utt_id"] for r in batch) if u in errors]
+            check_failures(i + len(batch), failed, "Whisper's zero-shot decoding", str(hyp_tsv),
+                           final=i + len(batch) == len(todo))
     return done
 
 

@@ -340,3 +340,61 @@ def test_two_process_torchrun_dump_equals_one_process(tiny_corpus, tiny_wavlm, t
     proc = torchrun(2, args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     log, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0 and "nothing to do" in log and two.stat().st_mtime_ns == mtime, log
+
+
+@pytest.mark.parametrize("stored", ["float16", "bfloat16"])
+@pytest.mark.parametrize("kind", ["wavlm", "whisper"])
+def test_a_checkpoint_stored_in_16_bits_dumps_like_float32(tmp_path, tiny_corpus, tiny_wavlm, tiny_whisper, kind,
+                                                           stored):
+    """The file's dtype is not the compute dtype: a float16 or bfloat16 checkpoint (whisper-large-v3's
+    case) loads in float32 and gives float32's features up to the rounding of its weights."""
+    import json
+    import shutil
+
+    from transformers import AutoModel
+
+    from asrkit.features.extractors import build_extractor
+
+    src = tiny_wavlm if kind == "wavlm" else tiny_whisper
+    half = tmp_path / f"{kind}-{stored}"
+    AutoModel.from_pretrained(str(src), dtype=torch.float32).to(getattr(torch, stored)).save_pretrained(half)
+    for f in src.iterdir():  # the feature extractor's (and tokenizer's) files
+        if f.suffix in (".json", ".txt") and not (half / f.name).exists():
+            shutil.copy(f, half)
+    assert json.loads((half / "config.json").read_text())["dtype"] == stored
+    ref, ext = (build_extractor("wavlm", str(m), "all", "cpu", "float32", "float32") for m in (src, half))
+    assert {p.dtype for p in getattr(ext, "model", getattr(ext, "encoder", None)).parameters()} == {torch.float32}
+    wavs = [load_audio(str(tiny_corpus.parent / f"wav/spk{s}/u3.wav")) for s in range(3)]
+    for a, b in zip(ref([ref.prepare(w) for w in wavs]), ext([ext.prepare(w) for w in wavs])):
+        assert a.shape == b.shape and _rel_rms(b, a) < (2e-3 if stored == "float16" else 2e-2)
+    # the whole dump, in the compute dtype this CPU picks: every utterance extracted
+    dump(str(tiny_corpus), str(tmp_path / "s.h5"), ssl_model=str(half), ssl_layer="1", nj=0, progress=False)
+    r = FeatureReader(tmp_path / "s.h5")
+    assert len(r) == 24 and not r.skipped
+
+
+def test_every_utterance_failing_stops_the_dump_one_failing_does_not(tmp_path, tiny_corpus, monkeypatch):
+    from asrkit.failures import SystematicFailure
+    from asrkit.features.extractors import FbankExtractor
+
+    real, calls = FbankExtractor.__call__, []
+
+    def broken(self, arrays):  # as a float16 checkpoint on a CPU did: every batch fails
+        calls.append(len(arrays))
+        raise RuntimeError("mixed dtype (CPU): expect parameter to have scalar type of Float")
+
+    monkeypatch.setattr(FbankExtractor, "__call__", broken)
+    with pytest.raises(SystematicFailure, match=r"a.h5: feature extraction failed for (\d+) of the \1 utterances tried; "
+                                                r"the first, spk\d_u\d: extraction failed: mixed dtype .*fix that cause"):
+        dump(str(tiny_corpus), str(tmp_path / "a.h5"), feats_type="fbank", nj=0, batch_seconds=3, progress=False)
+    assert calls.count(1) < 24 and not (tmp_path / "a.h5").exists()  # stopped early (each tried alone), no store
+
+    def one_bad(self, arrays):  # an utterance of 1 s fails, the others do not
+        if any(a.shape[0] == 98 for a in arrays):
+            raise RuntimeError("this one is bad")
+        return real(self, arrays)
+
+    monkeypatch.setattr(FbankExtractor, "__call__", one_bad)
+    dump(str(tiny_corpus), str(tmp_path / "b.h5"), feats_type="fbank", nj=0, batch_seconds=3, progress=False)
+    r = FeatureReader(tmp_path / "b.h5")
+    assert len(r) == 18 and len(r.skipped) == 6 and all("this one is bad" in why for _, why in r.skipped)

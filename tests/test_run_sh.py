@@ -70,3 +70,17 @@ def test_a_failed_stage_says_why_writes_nothing_and_is_not_marked_done(tmp_path,
     assert not (tmp_path / "data" / "train.jsonl").exists()
     assert not (tmp_path / "exp" / "stamps" / "stage0.done").exists()
     assert (tmp_path / "exp" / "logs" / "stage0.log").is_file()
+
+
+def test_a_dump_where_every_utterance_fails_stops_the_run(tmp_path, tiny_corpus):
+    """Audio gone after stage 0: stage 1 must not write an empty store, exit 0 and let stage 2 run."""
+    run_sh(tmp_path, "--stop_stage", "0", "--raw_data", str(tiny_corpus))
+    for wav in (tiny_corpus.parent / "wav").rglob("*.wav"):
+        wav.write_bytes(b"RIFF not a wave file any more")
+    p = run_sh(tmp_path, "--stage", "1", "--stop_stage", "2", "--raw_data", str(tiny_corpus), "--feats_type", "fbank",
+               check=False)
+    assert p.returncode != 0 and "FAILED" in p.stderr and "[stage 2]" not in p.stdout + p.stderr
+    log = (tmp_path / "exp" / "logs" / "stage1.fbank.log").read_text()
+    assert re.search(r"feature extraction failed for \d+ of the \d+ utterances tried; the first, spk\d_u\d: "
+                     r".*cannot read audio", log), log[-2000:]
+    assert not (tmp_path / "dump" / "fbank" / "train.h5").exists()  # only the partial shard, for a resume

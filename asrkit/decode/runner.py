@@ -30,6 +30,7 @@ from asrkit.decode.beam import Hyp
 from asrkit.device import first_device
 from asrkit.decode.search import DecodeOptions, check_model, decode_batch, hyp_record
 from asrkit.errors import DataError
+from asrkit.failures import check_failures
 from asrkit.fileio import atomic_open, read_jsonl, write_json, write_jsonl
 
 log = logging.getLogger("asrkit.decode")
@@ -49,29 +50,39 @@ def longest_first(utts: list, batch_size: int, frames: Callable = lambda u: u.fr
 
 def decode_utterances(model, utts: list[Utterance], load: Callable[[str], np.ndarray], opts: DecodeOptions,
                       batch_size: int, device: torch.device, skipped: list,
-                      progress: bool = True) -> Iterator[tuple[Utterance, list[Hyp], float]]:
+                      progress: bool = True, where: str = "") -> Iterator[tuple[Utterance, list[Hyp], float]]:
     """(utterance, n-best, seconds of its batch's search) per utterance, batch by batch, longest first.
     `load(utt_id)` gives its features (T, D) or (L, T, D). A batch that fails is decoded again one
-    utterance at a time; one that fails alone is skipped: (utt_id, reason) appended to `skipped`."""
+    utterance at a time; one that fails alone is skipped: (utt_id, reason) appended to `skipped`.
+    Failures that hit most utterances stop the run (failures.check_failures)."""
+    tried, first_skipped = 0, len(skipped)
     for batch in tqdm(longest_first(utts, batch_size), desc="decode", unit="batch", dynamic_ncols=True,
                       disable=not progress):
-        t0 = time.perf_counter()
-        try:
-            feats, lens = pad_feats([load(u.utt_id) for u in batch])
-            nbests = decode_batch(model, feats.to(device).float(), lens.to(device), opts)
-        except Exception as e:  # one bad utterance must not kill the run
-            if len(batch) == 1:
-                skipped.append((batch[0].utt_id, f"decoding failed: {e!r}"))
-                log.warning("%s: decoding failed: %r", batch[0].utt_id, e)
-                continue
-            log.warning("a batch failed (%r): decoding its %d utterances one by one", e, len(batch))
-            yield from decode_utterances(model, batch, load, opts, 1, device, skipped, progress=False)
-            continue
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - t0
-        for u, nbest in zip(batch, nbests):
-            yield u, nbest, seconds / len(batch)
+        for part in _decode_batch(model, batch, load, opts, device, skipped):
+            yield from part
+        tried += len(batch)
+        check_failures(tried, skipped[first_skipped:], "decoding", where)
+
+
+def _decode_batch(model, batch, load, opts, device, skipped):
+    """One batch's results as one list, or (after a failure) one list per utterance decoded alone."""
+    t0 = time.perf_counter()
+    try:
+        feats, lens = pad_feats([load(u.utt_id) for u in batch])
+        nbests = decode_batch(model, feats.to(device).float(), lens.to(device), opts)
+    except Exception as e:  # one bad utterance must not kill the run
+        if len(batch) == 1:
+            skipped.append((batch[0].utt_id, f"decoding failed: {e!r}"))
+            log.warning("%s: decoding failed: %r", batch[0].utt_id, e)
+            return
+        log.warning("a batch failed (%r): decoding its %d utterances one by one", e, len(batch))
+        for u in batch:
+            yield from _decode_batch(model, [u], load, opts, device, skipped)
+        return
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    yield [(u, nbest, seconds / len(batch)) for u, nbest in zip(batch, nbests)]
 
 
 def plan(data: str, reader, min_frames: int) -> tuple[list[Utterance], list[tuple[str, str]]]:
@@ -117,7 +128,7 @@ def decode_into(partial: Path, model, tokenizer, reader, todo: list[Utterance], 
     skipped, spent = [], 0.0
     with open(partial, "a", encoding="utf-8") as out:
         for u, nbest, seconds in decode_utterances(model, todo, reader.__getitem__, opts, batch_size, device,
-                                                   skipped, progress):
+                                                   skipped, progress, where=str(partial.parent)):
             out.write(json.dumps(hyp_record(u.utt_id, nbest, tokenizer), ensure_ascii=False) + "\n")
             out.flush()
             spent += seconds
@@ -172,7 +183,8 @@ def decode_split(model_dir, data, feats, out, opts: DecodeOptions, checkpoint: s
     check_model(model, opts, str(model_dir))
     reader = FeatureReader(feats)
     check_compatible(reader.attrs, feats_attrs, str(feats))
-    todo, skipped = plan(data, reader, model.min_frames)
+    todo, plan_skipped = plan(data, reader, model.min_frames)
+    skipped = list(plan_skipped)
 
     # resume: keep what an earlier run with the same options already decoded
     stamp_path = out / ".partial.options.json"
@@ -201,6 +213,7 @@ def decode_split(model_dir, data, feats, out, opts: DecodeOptions, checkpoint: s
         skipped += [s for _, failed in results for s in failed]
         spent = time.perf_counter() - t0  # wall time, the processes' start included
 
+    check_failures(len(todo) + len(plan_skipped), skipped, "decoding", str(out), final=True)
     by_id = read_partials(out)
     records = [by_id[u.utt_id] for u in sorted(todo, key=lambda u: u.utt_id) if u.utt_id in by_id]
     write_jsonl(out / "hyp.jsonl", records)

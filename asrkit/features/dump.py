@@ -24,6 +24,7 @@ from tqdm import tqdm
 from asrkit.audio import SAMPLE_RATE, audio_info, load_audio, resample
 from asrkit.device import first_device
 from asrkit.errors import DataError
+from asrkit.failures import check_failures
 from asrkit.features.codecs import CODECS
 from asrkit.features.extractors import build_extractor
 from asrkit.features.store import (FeatureReader, FeatureWriter, check_compatible, finalize_store,
@@ -118,8 +119,10 @@ class _BatchAudio(torch.utils.data.Dataset):
 
 
 def extract_shard(extractor, batches: list[list[Item]], shard: Path, nj: int,
-                  max_samples: int, progress: bool = True, attrs: dict | None = None) -> list[tuple[str, str]]:
-    """Extract `batches` into a partial shard; returns (key, reason) of the skipped utterances.
+                  max_samples: int, progress: bool = True, attrs: dict | None = None,
+                  store: str = "") -> list[tuple[str, str]]:
+    """Extract `batches` into a partial shard of `store`; returns (key, reason) of the skipped
+    utterances, and raises failures.SystematicFailure when most fail.
 
     On CPU with nj > 0, nj DataLoader workers each read and extract whole batches with one torch
     thread (forked: they share the model's weights; one thread, since libgomp hangs a forked child
@@ -134,17 +137,20 @@ def extract_shard(extractor, batches: list[list[Item]], shard: Path, nj: int,
                                          collate_fn=lambda b: b, prefetch_factor=4 if nj > 0 else None)
     seconds = sum(it.samples for b in batches for it in b) / SAMPLE_RATE
     bar = tqdm(total=round(seconds), unit="s audio", disable=not progress, dynamic_ncols=True)
+    tried = 0
     try:
         for batch in loader:
             feats, bad, samples = batch if in_workers else _features(extractor, batch, max_samples)
+            for key, reason in bad:
+                log.warning("skipped %s: %s", key, reason)
             skipped += bad
             writer.write(feats)
             bar.update(round(samples / SAMPLE_RATE))
+            tried += len(feats) + len(bad)
+            check_failures(tried, skipped, "feature extraction", store or str(shard))
     finally:
         bar.close()
         writer.close()
-    for key, reason in skipped:
-        log.warning("skipped %s: %s", key, reason)
     return skipped
 
 
@@ -247,7 +253,8 @@ def dump(data: str, out: str, feats_type: str = "wavlm", ssl_model: str = "micro
     if process_per_gpu is None:
         process_per_gpu = ngpu > 1
     if not (ngpu > 0 and process_per_gpu):
-        skipped = extract_shard(extractor, batches, partial / "shard0.h5", nj, max_samples, progress, attrs)
+        skipped = extract_shard(extractor, batches, partial / "shard0.h5", nj, max_samples, progress, attrs,
+                                str(out))
     else:
         del extractor
         torch.multiprocessing.spawn(_gpu_worker, nprocs=ranks, args=(
@@ -257,6 +264,7 @@ def dump(data: str, out: str, feats_type: str = "wavlm", ssl_model: str = "micro
         for r in range(ranks):
             skipped += read_skipped(partial / f"shard{r}.skipped")
     skipped = bad + skipped
+    check_failures(len(bad) + len(items), skipped, "feature extraction", str(data), final=True)
     shards = sorted(partial.glob("shard*.h5"))
     stats = finalize_store(shards, out, attrs, skipped)
     with atomic_open(f"{out}.skipped.tsv") as f:
@@ -322,7 +330,7 @@ def _dump_rank(extractor, attrs, items, bad, out: Path, partial: Path, rank: int
              len(items[rank::world]) - len(todo))
     batches = make_batches(todo, int((batch_seconds or (200.0 if ngpu > 0 else 20.0)) * SAMPLE_RATE))
     skipped = extract_shard(extractor, batches, shard, nj, int(max_seconds * SAMPLE_RATE), progress and rank == 0,
-                            attrs)
+                            attrs, str(out))
     with atomic_open(partial / f"{name}.skipped") as f:
         f.writelines(f"{k}\t{r}\n" for k, r in skipped)
     barrier()
@@ -330,6 +338,7 @@ def _dump_rank(extractor, attrs, items, bad, out: Path, partial: Path, rank: int
         skipped = list(bad)
         for r in range(world):
             skipped += read_skipped(partial / f"rank{r}-of{world}.skipped")
+        check_failures(len(bad) + len(items), skipped, "feature extraction", str(out), final=True)
         finalize_store([partial / f"rank{r}-of{world}.h5" for r in range(world)], out, attrs, skipped)
         with atomic_open(f"{out}.skipped.tsv") as f:
             f.writelines(f"{k}\t{r}\n" for k, r in skipped)
