@@ -30,7 +30,8 @@ def extractor_from_attrs(attrs: dict, device: str | torch.device = "cpu"):
     else:
         spec = ("mean:" if attrs.get("layer_reduce") == "mean" else "") + ",".join(str(i) for i in attrs["layers"])
         ext = build_extractor(attrs.get("feats_type", "wavlm"), attrs["ssl_model"], spec, str(device),
-                              attrs.get("dtype", "float16"), attrs.get("compute_dtype", "auto"))
+                              attrs.get("dtype", "float16"), attrs.get("compute_dtype", "auto"),
+                              whisper_input=attrs.get("whisper_input", "padded").split(",")[0])
     check_compatible(ext.attrs, attrs, "feature extractor of the model dir")
     return ext
 

@@ -49,7 +49,7 @@ def main() -> None:
     print_header()
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or str(save_random_whisper(Path(tmp) / "whisper", args.preset))
-        ext = WhisperExtractor(model, "all", dtype="float32", compute_dtype="float32")
+        ext = WhisperExtractor(model, "all", dtype="float32", compute_dtype="float32", whisper_input="trimmed")
     encoder, fe = ext.encoder, ext.fe
     top, mid = len(ext.layers) - 1, (len(ext.layers) - 1) // 2
     pool = audio(0.5)

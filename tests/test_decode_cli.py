@@ -101,3 +101,34 @@ def test_conf_decode_yaml_states_the_defaults():
     conf = yaml.safe_load((REPO / "conf" / "decode.yaml").read_text())
     defaults = {f.name: f.default for f in fields(DecodeOptions)}
     assert {k: v for k, v in conf.items() if k in defaults} == defaults
+
+
+def test_a_decoding_that_fails_for_every_utterance_stops_with_the_cause(tmp_path, monkeypatch):
+    from asrkit.decode import runner
+    from asrkit.failures import SystematicFailure
+    from asrkit.features.store import FeatureReader
+
+    exp, data, feats, _ = make_exp_dir(tmp_path, n_test=12)
+    real, calls = runner.decode_batch, []
+
+    def broken(model, feats, lens, opts):
+        calls.append(len(feats))
+        raise RuntimeError("expected scalar type Float but found Half")
+
+    monkeypatch.setattr(runner, "decode_batch", broken)
+    with pytest.raises(SystematicFailure, match=r"decoding failed for 10 of the 10 utterances tried; the first, .*: "
+                                                r"decoding failed: RuntimeError\('expected scalar type Float"):
+        run(exp, data, feats, tmp_path / "a", "--batch_size=1")
+    assert len(calls) == 10 and not (tmp_path / "a" / "hyp.jsonl").exists()
+    first = sorted(r["utt_id"] for r in load_jsonl(data))[0]
+
+    def one_bad(model, feats, lens, opts):  # one utterance's features break the search: it alone is skipped
+        if lens.tolist() == [lens_of[first]]:
+            raise RuntimeError("this one is bad")
+        return real(model, feats, lens, opts)
+
+    lens_of = {k: FeatureReader(feats).num_frames(k) for k in FeatureReader(feats).keys()}
+    assert list(lens_of.values()).count(lens_of[first]) == 1
+    monkeypatch.setattr(runner, "decode_batch", one_bad)
+    hyps = run(exp, data, feats, tmp_path / "b", "--batch_size=1")
+    assert len(hyps) == 11 and (tmp_path / "b" / "skipped.txt").read_text().startswith(f"{first}\tdecoding failed")

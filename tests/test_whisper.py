@@ -14,6 +14,7 @@ import torch
 from asrkit.errors import DataError
 from asrkit.features.extractors import WhisperExtractor, build_extractor
 from asrkit.fileio import load_jsonl
+from asrkit.transcribe import extractor_from_attrs
 from conftest import REPO
 
 SR = 16000
@@ -35,7 +36,7 @@ def test_a_full_window_gives_transformers_own_hidden_states(tiny_whisper):
     wav = waves(30.0)[0]
     mel = ext.prepare(wav)
     stock_mel = ext.fe(wav, sampling_rate=SR, return_tensors="np").input_features  # Whisper's own input
-    assert mel.shape == (80, 3000) and np.array_equal(mel, stock_mel[0])
+    assert mel.frames == [3000] and np.array_equal(mel.windows[0], stock_mel[0])
     encoder = WhisperModel.from_pretrained(str(tiny_whisper)).get_encoder().eval()
     with torch.no_grad():
         stock = encoder(torch.from_numpy(stock_mel), output_hidden_states=True).hidden_states
@@ -49,26 +50,46 @@ def test_a_full_window_gives_transformers_own_hidden_states(tiny_whisper):
     np.testing.assert_allclose(low([mel])[0], ours[1], rtol=1e-5, atol=1e-5)
 
 
+def test_padded_inputs_give_transformers_own_states_of_the_padded_window(tiny_whisper):
+    from transformers import WhisperModel
+
+    ext = WhisperExtractor(str(tiny_whisper), "all", dtype="float32", compute_dtype="float32")
+    assert ext.attrs["whisper_input"] == "padded, 30 s windows"
+    encoder = WhisperModel.from_pretrained(str(tiny_whisper)).get_encoder().eval()
+    wavs = waves(1.7, 0.4, 31.0)
+    feats = ext([ext.prepare(w) for w in wavs])
+    assert [f.shape[1] for f in feats] == [85, 20, 1550]
+    for w, f in zip(wavs, feats):
+        with torch.no_grad():  # Whisper's own input: the audio padded to 30 s (each 30 s window alone)
+            stock = [encoder(torch.from_numpy(ext.fe(w[s:s + 30 * SR], sampling_rate=SR, return_tensors="np")
+                                              .input_features), output_hidden_states=True).hidden_states
+                     for s in range(0, len(w), 30 * SR)]
+        for layer in range(3):
+            want = np.concatenate([h[layer][0].numpy() for h in stock])[:ext.num_frames(len(w))]
+            np.testing.assert_allclose(f[layer], want, rtol=1e-4, atol=1e-4)
+
+
 def test_trimmed_inputs_batches_and_windows(tiny_whisper):
-    ext = WhisperExtractor(str(tiny_whisper), "mean:1-2", dtype="float32", compute_dtype="float32")
+    ext = WhisperExtractor(str(tiny_whisper), "mean:1-2", dtype="float32", compute_dtype="float32",
+                           whisper_input="trimmed")
     wavs = waves(0.3, 1.7, 2.0, 43.2)
-    mels = [ext.prepare(w) for w in wavs]
+    inputs = [ext.prepare(w) for w in wavs]
     # a short utterance's log-mel frames are exactly the first ones of its 30 s padded window
     padded = ext.fe(wavs[1], sampling_rate=SR, return_tensors="np").input_features[0]
-    assert mels[1].shape == (80, 170) and np.array_equal(mels[1], padded[:, :170])
+    assert inputs[1].frames == [170] and np.array_equal(inputs[1].windows[0], padded[:, :170])
     # 43.2 s: a full window, then 13.2 s windowed on its own
-    assert mels[3].shape[1] == 3000 + 1320
+    assert inputs[3].frames == [3000, 1320] and [w.shape[1] for w in inputs[3].windows] == [3000, 1320]
     tail = ext.fe(wavs[3][30 * SR:], sampling_rate=SR, return_tensors="np").input_features[0]
-    assert np.array_equal(mels[3][:, 3000:], tail[:, :1320])
-    batched = ext(mels)
-    alone = [ext([m])[0] for m in mels]
+    assert np.array_equal(inputs[3].windows[1], tail[:, :1320])
+    batched = ext(inputs)
+    alone = [ext([m])[0] for m in inputs]
     for w, b, a in zip(wavs, batched, alone):
         assert b.shape == a.shape == (ext.num_frames(len(w)), 64)
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
     assert [b.shape[0] for b in batched] == [15, 85, 100, 1500 + 660]
     # trimming is not padding: the states of the 1.7 s utterance differ from those of its padded window
-    full = ext([padded])[0][:85]
-    assert not np.allclose(full, batched[1], atol=1e-3)
+    full = WhisperExtractor(str(tiny_whisper), "mean:1-2", dtype="float32", compute_dtype="float32")
+    assert not np.allclose(full([full.prepare(wavs[1])])[0], batched[1], atol=1e-3)
 
 
 def test_a_whisper_store_is_refused_by_a_wavlm_model(tiny_whisper, tiny_wavlm):
@@ -80,6 +101,12 @@ def test_a_whisper_store_is_refused_by_a_wavlm_model(tiny_whisper, tiny_wavlm):
         check_compatible(whisper, wavlm)
     with pytest.raises(DataError, match="layer\\(s\\) \\[9\\] do not exist: the model has layers 0-2"):
         build_extractor("wavlm", str(tiny_whisper), "9", "cpu", "float32", "float32")
+    # trimmed and padded states are not the same features, and the model dir rebuilds the one it was trained on
+    trimmed = build_extractor("wavlm", str(tiny_whisper), "1", "cpu", "float32", "float32", whisper_input="trimmed")
+    with pytest.raises(DataError, match="whisper_input: store has 'trimmed, 30 s windows', model expects 'padded"):
+        check_compatible(trimmed.attrs, whisper)
+    assert extractor_from_attrs(trimmed.attrs).attrs["whisper_input"] == "trimmed, 30 s windows"
+    assert extractor_from_attrs(whisper).padded
 
 
 @pytest.mark.slow

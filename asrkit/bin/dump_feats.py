@@ -57,6 +57,10 @@ def get_parser():
     p.add_argument("--max_seconds", type=float, default=60.0,
                    help="longer utterances are run in overlapping windows of this length (bounds memory)")
     p.add_argument("--n_mels", type=int, default=80, help="fbank bins")
+    p.add_argument("--whisper_input", default="padded", choices=["padded", "trimmed"],
+                   help="Whisper encoders: each utterance padded to a 30 s window, as Whisper was trained (the "
+                        "states of its own frames kept), or trimmed to its own frames (up to 15x less compute on "
+                        "short utterances, but states the encoder never made in training)")
     p.add_argument("--force", type=str2bool, default=False, help="redo a finished store")
     p.add_argument("--store_codec", default="none", choices=CODECS,
                    help="how the store keeps the arrays: none (in --dtype), int8 (a scale per layer and channel, "
@@ -71,7 +75,7 @@ def main(argv=None) -> int:
     dump_lists(args.data, args.out, args.speed_perturb_data, args.speed_perturb, feats_type=args.feats_type,
                ssl_model=args.ssl_model, ssl_layer=args.ssl_layer, nj=args.nj, ngpu=args.ngpu, dtype=args.dtype,
                compute_dtype=args.compute_dtype, batch_seconds=args.batch_seconds, max_seconds=args.max_seconds,
-               n_mels=args.n_mels, force=args.force, store_codec=args.store_codec)
+               n_mels=args.n_mels, force=args.force, store_codec=args.store_codec, whisper_input=args.whisper_input)
     return 0
 
 

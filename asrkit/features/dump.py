@@ -209,19 +209,20 @@ def dump(data: str, out: str, feats_type: str = "wavlm", ssl_model: str = "micro
          ssl_layer: str = "9", speed_perturb: str = "", nj: int = 2, ngpu: int = 0, dtype: str = "float16",
          compute_dtype: str = "auto", batch_seconds: float = 0.0, max_seconds: float = 60.0,
          n_mels: int = 80, force: bool = False, progress: bool = True, process_per_gpu: bool | None = None,
-         extractor=None, store_codec: str = "none") -> dict:
+         extractor=None, store_codec: str = "none", whisper_input: str = "padded") -> dict:
     """Dump the features of split list `data` into the store `out`; returns the store's statistics.
     On GPUs, `process_per_gpu` (default: with more than one GPU) spawns one process per GPU, each
     writing its own shard, merged at the end. `extractor`: one already built with these options
     (several splits in one process load the model once). `store_codec`: how the store keeps the
-    arrays (features/codecs.py)."""
+    arrays (features/codecs.py). `whisper_input`: padded or trimmed windows (extractors.WhisperExtractor)."""
     out = Path(out)
     speeds = [float(s) for s in speed_perturb.replace(",", " ").split()] or [1.0]
     if any(s <= 0 for s in speeds):
         raise DataError(f"speed factors must be positive, got {speed_perturb!r}", "--speed_perturb")
     device = str(process_device(ngpu))
     if extractor is None:
-        extractor = build_extractor(feats_type, ssl_model, ssl_layer, device, dtype, compute_dtype, n_mels)
+        extractor = build_extractor(feats_type, ssl_model, ssl_layer, device, dtype, compute_dtype, n_mels,
+                                    whisper_input)
     if store_codec not in CODECS:
         raise DataError(f"unknown store codec {store_codec!r}", "--store_codec", f"choose one of {', '.join(CODECS)}")
     attrs = {**extractor.attrs, "store_codec": store_codec}
@@ -259,7 +260,7 @@ def dump(data: str, out: str, feats_type: str = "wavlm", ssl_model: str = "micro
         del extractor
         torch.multiprocessing.spawn(_gpu_worker, nprocs=ranks, args=(
             ranks, batches, partial, nj, max_samples, progress,
-            (feats_type, ssl_model, ssl_layer, dtype, compute_dtype, n_mels), attrs))
+            (feats_type, ssl_model, ssl_layer, dtype, compute_dtype, n_mels, whisper_input), attrs))
         skipped = []
         for r in range(ranks):
             skipped += read_skipped(partial / f"shard{r}.skipped")
@@ -349,9 +350,10 @@ def _dump_rank(extractor, attrs, items, bad, out: Path, partial: Path, rank: int
 
 
 def _gpu_worker(rank, ranks, batches, partial, nj, max_samples, progress, ext_args, attrs):
-    feats_type, ssl_model, ssl_layer, dtype, compute_dtype, n_mels = ext_args
+    feats_type, ssl_model, ssl_layer, dtype, compute_dtype, n_mels, whisper_input = ext_args
     torch.cuda.set_device(rank)
-    extractor = build_extractor(feats_type, ssl_model, ssl_layer, f"cuda:{rank}", dtype, compute_dtype, n_mels)
+    extractor = build_extractor(feats_type, ssl_model, ssl_layer, f"cuda:{rank}", dtype, compute_dtype, n_mels,
+                                whisper_input)
     skipped = extract_shard(extractor, batches[rank::ranks], partial / f"shard{rank}.h5", nj, max_samples,
                             progress and rank == 0, attrs)
     with atomic_open(partial / f"shard{rank}.skipped") as f:
@@ -369,11 +371,11 @@ def dump_lists(data: list[str], out: list[str], speed_perturb_data: list[str] | 
     if unknown := perturbed - set(data):
         raise DataError(f"--speed_perturb_data {' '.join(sorted(unknown))}: not among the --data lists",
                         "--speed_perturb_data")
-    names = ("feats_type", "ssl_model", "ssl_layer", "dtype", "compute_dtype", "n_mels")
+    names = ("feats_type", "ssl_model", "ssl_layer", "dtype", "compute_dtype", "n_mels", "whisper_input")
     if options.get("ngpu", 0) <= 1 and options.get("extractor") is None:
         defaults = inspect.signature(dump).parameters
         kw = {k: options.get(k, defaults[k].default) for k in names}
         options["extractor"] = build_extractor(kw["feats_type"], kw["ssl_model"], kw["ssl_layer"],
                                                str(process_device(options.get("ngpu", 0))), kw["dtype"],
-                                               kw["compute_dtype"], kw["n_mels"])
+                                               kw["compute_dtype"], kw["n_mels"], kw["whisper_input"])
     return [dump(d, o, speed_perturb=speed_perturb if d in perturbed else "", **options) for d, o in zip(data, out)]

@@ -9,6 +9,7 @@ return numpy arrays. `num_frames(samples)` is the exact frame count for an input
 from __future__ import annotations
 
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -16,10 +17,12 @@ from torch import nn
 
 import asrkit
 from asrkit.audio import SAMPLE_RATE
+from asrkit.errors import DataError
 from asrkit.ssl import (conv_geometry, load_ssl_model, load_whisper_encoder, model_type, num_frames, parse_layers,
                         weights_hash)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+WHISPER_INPUTS = ("padded", "trimmed")
 
 
 class FbankExtractor:
@@ -69,12 +72,14 @@ def default_compute_dtype(device: torch.device) -> str:
 
 
 def build_extractor(feats_type: str, ssl_model: str, ssl_layer: str, device: str, dtype: str,
-                    compute_dtype: str = "auto", n_mels: int = 80):
+                    compute_dtype: str = "auto", n_mels: int = 80, whisper_input: str = "padded"):
     """The stage-1 extractor: fbank, or the hidden states of `ssl_model` (Whisper or a wav2vec2-like)."""
     if feats_type == "fbank":
         return FbankExtractor(n_mels=n_mels, dtype=dtype)
-    cls = WhisperExtractor if model_type(ssl_model) == "whisper" else SSLExtractor
-    return cls(ssl_model, ssl_layer, device=device, dtype=dtype, compute_dtype=compute_dtype)
+    if model_type(ssl_model) == "whisper":
+        return WhisperExtractor(ssl_model, ssl_layer, device=device, dtype=dtype, compute_dtype=compute_dtype,
+                                whisper_input=whisper_input)
+    return SSLExtractor(ssl_model, ssl_layer, device=device, dtype=dtype, compute_dtype=compute_dtype)
 
 
 class _EncoderStates:
@@ -198,31 +203,47 @@ class MaskedGroupNorm(nn.Module):
         return out
 
 
+class WhisperInput(NamedTuple):
+    """What WhisperExtractor.prepare gives its batch step: the log-mel of each 30 s window, and the
+    number of those log-mel frames that are the utterance's own (100/s)."""
+    windows: list[np.ndarray]
+    frames: list[int]
+
+
 class WhisperExtractor(_EncoderStates):
     """Hidden states of Whisper's frozen encoder (layer 0: its input embeddings; the last layer: after
     its final layer norm, as transformers' `hidden_states`), 50 frames/s.
 
     Whisper's encoder was trained on 30 s windows of log-mel frames (100/s; shorter audio padded
-    with silence) with one learned embedding per position. Here a shorter utterance is not padded:
-    its log-mel frames are exactly the first frames of its padded window's (WhisperFeatureExtractor on
-    the audio and n_fft zero samples), and the encoder runs on those alone, at positions 0..T-1, so
-    that a 2 s utterance costs about 1/15 of a window. That is not what the padded encoder computes
-    (its padding frames are keys of every attention): bench/bench_whisper.py measures both the cost
-    and the difference. A longer utterance is cut into 30 s windows, encoded independently and
-    concatenated. In a batch the padding is masked (after the first convolution and as attention
-    keys), so that an utterance's features do not depend on what it is batched with.
+    with silence) with one learned embedding per position. `whisper_input` says what it is given:
+
+    - "padded" (the default): as in training, every window is padded to 30 s by Whisper's own
+      feature extractor, and the states of the utterance's own frames are kept: transformers'
+      `hidden_states` on that window, cut.
+    - "trimmed": the encoder runs on the utterance's own log-mel frames alone (computed on the audio
+      plus n_fft zeros: exactly the padded window's first frames), at positions 0..T-1, so that a
+      2 s utterance costs about 1/15 of a window. That is not what the encoder computes on a padded
+      window (the padding frames are keys of every attention): on real Whisper-base features it cost
+      the trained model accuracy (docs/PERFORMANCE.md); bench/bench_whisper.py measures both.
+
+    A longer utterance is cut into 30 s windows, encoded independently and concatenated. In a batch
+    the padding of trimmed inputs is masked (after the first convolution and as attention keys), so
+    that an utterance's features never depend on what it is batched with.
     """
 
     def __init__(self, model: str, layers: str = "6", device: str = "cpu", dtype: str = "float16",
-                 compute_dtype: str = "auto"):
-        self.device = torch.device(device)
+                 compute_dtype: str = "auto", whisper_input: str = "padded"):
+        if whisper_input not in WHISPER_INPUTS:
+            raise DataError(f"unknown whisper_input {whisper_input!r}", "--whisper_input",
+                            f"choose one of {', '.join(WHISPER_INPUTS)}")
+        self.device, self.padded = torch.device(device), whisper_input == "padded"
         self.encoder, self.fe = load_whisper_encoder(model, self.device)
         config = self.encoder.config
         self.hop, self.window_frames = self.fe.hop_length, 2 * config.max_source_positions  # 160, 3000
         self.window_samples = self.window_frames * self.hop                                # 30 s
         self._setup(model, self.encoder, config.encoder_layers, config.d_model, layers, dtype, compute_dtype,
                     2 * self.hop, model_type="whisper", n_mels=config.num_mel_bins,
-                    whisper_input=f"trimmed, {self.window_samples / SAMPLE_RATE:g} s windows")
+                    whisper_input=f"{whisper_input}, {self.window_samples / SAMPLE_RATE:g} s windows")
         self.final_norm = max(self.layers) == config.encoder_layers
         self.encoder.layers = self.encoder.layers[:max(self.layers)]
 
@@ -230,33 +251,37 @@ class WhisperExtractor(_EncoderStates):
         windows, rest = divmod(num_samples, self.window_samples)
         return windows * self.window_frames // 2 + (rest // self.hop + 1) // 2
 
-    def prepare(self, wav: np.ndarray) -> np.ndarray:
-        """Log-mel frames (n_mels, frames) of each 30 s window, concatenated."""
-        mels = []
+    def prepare(self, wav: np.ndarray) -> WhisperInput:
+        """The log-mel input of each 30 s window: the padded window (n_mels, 3000), or its own frames
+        alone (n_mels, frames), which are exactly the first frames of the padded window's."""
+        windows, frames = [], []
         for start in range(0, len(wav), self.window_samples):
             piece = wav[start:start + self.window_samples]
             n = len(piece) // self.hop
-            if n:  # the zeros stand for the padding of the window: the frames near the end see them
+            if not n:
+                continue
+            if self.padded:  # WhisperFeatureExtractor's own padding to 30 s
+                mel = self.fe(piece, sampling_rate=SAMPLE_RATE, return_tensors="np").input_features[0]
+            else:  # the zeros stand for the padding of the window: the frames near the end see them
                 piece = np.pad(piece, (0, min(self.fe.n_fft, self.window_samples - len(piece))))
-                mel = self.fe(piece, sampling_rate=SAMPLE_RATE, padding="longest", return_tensors="np")
-                mels.append(mel.input_features[0][:, :n])
-        return np.concatenate(mels, axis=1).astype(np.float32, copy=False)
+                mel = self.fe(piece, sampling_rate=SAMPLE_RATE, padding="longest",
+                              return_tensors="np").input_features[0][:, :n]
+            windows.append(mel.astype(np.float32, copy=False))
+            frames.append(n)
+        return WhisperInput(windows, frames)
 
     @torch.inference_mode()
-    def __call__(self, mels: list[np.ndarray]) -> list[np.ndarray]:
-        windows, owner = [], []
-        for i, mel in enumerate(mels):
-            for start in range(0, mel.shape[1], self.window_frames):
-                windows.append(mel[:, start:start + self.window_frames])
-                owner.append(i)
+    def __call__(self, inputs: list[WhisperInput]) -> list[np.ndarray]:
+        windows = [w for x in inputs for w in x.windows]
+        owner = [i for i, x in enumerate(inputs) for _ in x.windows]
         lengths = torch.tensor([w.shape[1] for w in windows])
         x = torch.zeros(len(windows), windows[0].shape[0], int(lengths.max()))
         for i, w in enumerate(windows):
             x[i, :, :w.shape[1]] = torch.from_numpy(w)
         with self._autocast():
             hidden = self._encode(x.to(self.device), lengths.to(self.device))
-        pieces = self._pick(hidden, ((lengths + 1) // 2).tolist())
-        return [np.concatenate([p for p, o in zip(pieces, owner) if o == i], axis=-2) for i in range(len(mels))]
+        pieces = self._pick(hidden, [(n + 1) // 2 for x in inputs for n in x.frames])
+        return [np.concatenate([p for p, o in zip(pieces, owner) if o == i], axis=-2) for i in range(len(inputs))]
 
     def _encode(self, x: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
         """transformers' WhisperEncoder.forward on (batch, n_mels, frames) log-mels of any length up

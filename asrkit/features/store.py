@@ -30,7 +30,7 @@ from asrkit.features.codecs import decode, encode
 # Extractor attributes that change what a model sees; anything else (the path a model was loaded
 # from, the asrkit version, storage dtype, corpus statistics) may differ between stores.
 COMPAT_KEYS = ("feats_type", "model_type", "weights_hash", "layers", "layer_reduce", "dim", "num_layers",
-               "sample_rate", "frame_rate", "n_mels", "frame_length_ms", "frame_shift_ms")
+               "sample_rate", "frame_rate", "n_mels", "frame_length_ms", "frame_shift_ms", "whisper_input")
 STATS_KEYS = ("num_utts", "num_skipped", "total_frames", "total_seconds")
 
 
