@@ -45,8 +45,9 @@ def read_hyps(path: Path) -> dict[str, tuple[str, str]]:
 
 
 def transcribe(records: list[dict], model: str, hyp_tsv: Path, batch_size: int = 16,
-               device: str | None = None, progress: bool = True) -> dict[str, tuple[str, str]]:
-    """Zero-shot hypotheses {utt_id: (text, error)} of `records`, appended batch by batch to hyp_tsv."""
+               device: str | None = None, progress: bool = True, num_beams: int = 1) -> dict[str, tuple[str, str]]:
+    """Zero-shot hypotheses {utt_id: (text, error)} of `records`, appended batch by batch to hyp_tsv
+    (greedy, or a beam search of `num_beams`)."""
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
     from asrkit.ssl import hf_source, load_error
@@ -87,7 +88,7 @@ def transcribe(records: list[dict], model: str, hyp_tsv: Path, batch_size: int =
                                                     return_attention_mask=True)
                 with torch.inference_mode():
                     ids = whisper.generate(feats.input_features.to(device, dtype), language="en", task="transcribe",
-                                           attention_mask=feats.attention_mask.to(device))
+                                           attention_mask=feats.attention_mask.to(device), num_beams=num_beams)
                 return processor.batch_decode(ids, skip_special_tokens=True)
 
             try:

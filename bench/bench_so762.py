@@ -1,0 +1,127 @@
+"""Real speech, a real pretrained encoder: asrkit's egs/child recipe on so762_dev (../shared: 1.1 h of
+non-native read English, 54 speakers aged 13-43, phone microphones) with the pretrained Whisper-base
+as its stage-1 front end, against Whisper-base itself, zero-shot, on the same test speakers.
+
+    tools/venv/bin/python bench/bench_so762.py [--seeds 0,1] [--work DIR] [--recipe_args "--train_args '...'"]
+
+The split is by speaker and fixed: the speakers sorted by id, the i-th is a test speaker when i % 9 is
+0 or 4 (12 speakers, 240 utterances: 4 aged 13-15 and 8 adults), valid when i % 13 is 7 (4), the
+rest train (38 speakers, 760 utterances, 0.79 h: the size of a small children's corpus).
+
+The baseline, measured in the same run on the same audio: Whisper-base's own decoder, zero-shot
+(transformers' generate, English, greedy and beam 5; the Whisper filter's decoding). Both are scored by
+asrkit's scoring on the same references under the same normalizer (egs/child's `child`); the recipe
+runs once per seed (`bash egs/child/run.sh ... --seed S`). Work is kept in --work: a rerun skips
+what is done.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from machine import print_header  # noqa: E402
+from asrkit.fileio import load_jsonl  # noqa: E402
+from asrkit.normalize import get_normalizer  # noqa: E402
+from asrkit.scoring import score_set, total  # noqa: E402
+from asrkit.whisper_filter import transcribe  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def split_lists(manifest: Path, work: Path) -> dict[str, Path]:
+    """The fixed speaker split: files of speaker ids for test and valid (the rest is train)."""
+    speakers = sorted({r["speaker"] for r in load_jsonl(manifest)})
+    lists = {"test": [s for i, s in enumerate(speakers) if i % 9 in (0, 4)],
+             "valid": [s for i, s in enumerate(speakers) if i % 13 == 7]}
+    paths = {}
+    for name, ids in lists.items():
+        paths[name] = work / f"{name}.speakers"
+        paths[name].write_text("".join(s + "\n" for s in ids))
+    return paths
+
+
+def score(refs: list[dict], hyps: dict[str, str], normalizer: str) -> tuple[float, float]:
+    """(WER, CER) in percent of hypotheses against the raw reference texts, both normalized alike."""
+    scores, missing = score_set({r["utt_id"]: dict(r, text=r["text_raw"]) for r in refs}, hyps,
+                                get_normalizer(normalizer))
+    assert not missing, f"no hypothesis for {len(missing)} utterances"
+    return total(scores, "word").rate, total(scores, "char").rate
+
+
+def zero_shot(refs: list[dict], model: str, work: Path, beams: int, normalizer: str) -> tuple[float, float, float]:
+    t0 = time.perf_counter()
+    hyps = transcribe(refs, model, work / f"zero_shot_beam{beams}" / "hyp.tsv", num_beams=beams, progress=False)
+    seconds = time.perf_counter() - t0
+    return (*score(refs, {u: h for u, (h, _) in hyps.items()}, normalizer), seconds)
+
+
+def recipe(manifest: Path, model: str, lists: dict[str, Path], work: Path, seed: int, extra: list[str],
+           normalizer: str) -> tuple[float, float, float]:
+    """egs/child with this front end and seed: (WER, CER, seconds), scored by this script on its hyp.jsonl."""
+    tag = f"so762_seed{seed}"
+    cmd = ["bash", str(REPO / "egs" / "child" / "run.sh"), "--raw_data", str(manifest),
+           "--split_lists", ",".join(f"{k}={v}" for k, v in lists.items()), "--ssl_model", model,
+           "--seed", str(seed), "--tag", tag, "--datadir", str(work / "data"), "--dumpdir", str(work / "dump"),
+           "--expdir", str(work / "exp"), *extra]
+    print("$ " + shlex.join(cmd), flush=True)
+    t0 = time.perf_counter()
+    if subprocess.run(cmd).returncode:
+        raise SystemExit(f"the recipe failed (seed {seed}): see its log above and in {work / 'exp' / 'logs'}")
+    seconds = time.perf_counter() - t0
+    refs = load_jsonl(work / "data" / "test.jsonl")
+    hyp_file = next((work / "exp" / tag).glob("decode_test_*/hyp.jsonl"))
+    hyps = {r["utt_id"]: r["text"] for r in load_jsonl(hyp_file)}
+    return (*score(refs, hyps, normalizer), seconds)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--corpus", default=str(SHARED / "data" / "so762_dev"), help="so762_dev's folder")
+    p.add_argument("--model", default=str(SHARED / "models" / "whisper-base"), help="the Whisper checkpoint")
+    p.add_argument("--seeds", default="0,1", help="training seeds of the recipe, comma-separated")
+    p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "asrkit_bench_so762"),
+                   help="working folder (kept: a rerun skips what is done)")
+    p.add_argument("--recipe_args", default="", help="more options for egs/child/run.sh")
+    p.add_argument("--normalizer", default="child", help="the text normalizer of both systems' scoring")
+    a = p.parse_args()
+    print_header()
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    manifest = Path(a.corpus) / "manifest.jsonl"
+    lists = split_lists(manifest, work)
+    rows = []
+    for seed in [int(s) for s in a.seeds.split(",")]:
+        rows.append((f"asrkit egs/child, Whisper-base states, seed {seed}",
+                     *recipe(manifest, a.model, lists, work, seed, shlex.split(a.recipe_args), a.normalizer)))
+    refs = load_jsonl(work / "data" / "test.jsonl")  # stage 0's test list: the same utterances and texts
+    asrkit_rows = list(rows)
+    for beams in (1, 5):
+        rows.append((f"Whisper-base zero-shot, {'greedy' if beams == 1 else f'beam {beams}'}",
+                     *zero_shot(refs, a.model, work, beams, a.normalizer)))
+    speakers = len({r["speaker"] for r in refs})
+    print(f"\nso762_dev test: {len(refs)} utterances of {speakers} unseen speakers, "
+          f"{sum(r['duration'] for r in refs) / 60:.1f} min; normalizer {a.normalizer}")
+    print("| system | WER | CER | time (s) |\n|---|---|---|---|")
+    for name, wer, cer, seconds in rows:
+        print(f"| {name} | {wer:.1f}% | {cer:.1f}% | {seconds:.0f} |")
+    if len(asrkit_rows) > 1:
+        w, c = np.array([r[1] for r in asrkit_rows]), np.array([r[2] for r in asrkit_rows])
+        print(f"| asrkit, mean of {len(w)} seeds (min-max) | {w.mean():.1f}% ({w.min():.1f}-{w.max():.1f}) "
+              f"| {c.mean():.1f}% ({c.min():.1f}-{c.max():.1f}) | |")
+    (work / "results.json").write_text(json.dumps([dict(zip(("system", "wer", "cer", "seconds"), r)) for r in rows],
+                                                  indent=1))
+
+
+if __name__ == "__main__":
+    main()
