@@ -110,6 +110,14 @@ if [ ${#unknown[@]} -gt 0 ]; then
     echo "$0: unknown option ${unknown[0]} (see --help)" >&2; exit 2
 fi
 
+need_config() {  # need_config STAGE OPTION FILE: a config the stages to run read must exist
+    if [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ] && [ ! -f "$3" ]; then
+        echo "$0: $2 $3: no such file (relative paths are taken from $PWD)" >&2; exit 2
+    fi
+}
+need_config 3 --train_config "$train_config"
+need_config 4 --decode_config "$decode_config"
+
 # shellcheck source=path.sh
 . "$asrkit_root/path.sh"
 

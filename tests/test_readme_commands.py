@@ -38,6 +38,8 @@ RULES = [
     (r"^bash bench/gpu_(wheels|check)\.sh", "for a lent GPU machine (the wheels are downloaded from the network)"),
     (r"^\./run\.sh$", ["--num_speakers", "12", "--utts_per_speaker", "2", "--nj", "1",
                        "--train_args", "--max_epoch 1", "--decode_args", "--beam 2 --maxlenratio -10"]),
+    (r"^bash egs/child/run\.sh .*train_conformer_small", ["--nj", "1", "--ngpu", "0", "--train_args", TINY_TRAIN,
+                                                          "--decode_args", "--beam 2 --maxlenratio -10"]),
     (r"^bash egs/child/run\.sh .*--ssl_model", ["--nj", "1"]),  # already tiny as written
     (r"^bash egs/child/run\.sh .*train_bilstm", TINY_WAVLM + ["--nbpe", "60", "--nj", "1", "--ngpu", "0", "--train_args",
                                                          TINY_TRAIN.replace("--encoder_conf.num_blocks 1",
@@ -159,7 +161,7 @@ def workspace(tmp_path_factory):
     places = {"/path/to/manifest.jsonl": str(manifest), "/path/to/kaldi/data/train": str(kaldi),
               "/path/to/LDC2021S05": str(myst), "/tmp/tiny-wavlm": str(fx / "made-tiny-wavlm"),
               "/path/to/filtered_test_ids.txt": str(fx / "filtered_test_ids.txt"),
-              "openai/whisper-large-v2": str(whisper)}
+              "openai/whisper-large-v2": str(whisper), "openai/whisper-base": str(whisper)}
     (fx / "filtered_test_ids.txt").write_text(myst_utt_id("000301", 1) + "\n")
     env = {**os.environ, "ASRKIT_VENV": str(venv), "PATH": f"{venv / 'bin'}:{os.environ['PATH']}", "MYST": ""}
     return dict(repo=repo, places=places, env=env, wavlm=wavlm)

@@ -34,6 +34,9 @@ def test_help_lists_every_stage_and_option_with_defaults(tmp_path):
 def test_unknown_option_is_refused(tmp_path):
     p = run_sh(tmp_path, "--rawdata", "x", check=False)
     assert p.returncode == 2 and "unknown option --rawdata" in p.stderr
+    # a missing config of a stage to run is named before any stage starts (it used to end run.sh silently)
+    p = run_sh(tmp_path, "--raw_data", "x.jsonl", "--train_config", "conf/nope.yaml", check=False)
+    assert p.returncode == 2 and "--train_config conf/nope.yaml: no such file" in p.stderr
 
 
 @pytest.mark.slow
