@@ -52,8 +52,9 @@ def transcribe(records: list[dict], model: str, hyp_tsv: Path, batch_size: int =
 
     from asrkit.ssl import hf_source, load_error
 
-    done = read_hyps(hyp_tsv)
-    todo = sorted((r for r in records if r["utt_id"] not in done), key=lambda r: -float(r.get("duration") or 0))
+    done = read_hyps(hyp_tsv)  # an utterance that failed is tried again (its new line comes later and wins)
+    todo = sorted((r for r in records if done.get(r["utt_id"], ("", "failed"))[1]),
+                  key=lambda r: -float(r.get("duration") or 0))
     if not todo:
         return done
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -2,7 +2,7 @@
 non-native read English, 54 speakers aged 13-43, phone microphones) with the pretrained Whisper-base
 as its stage-1 front end, against Whisper-base itself, zero-shot, on the same test speakers.
 
-    tools/venv/bin/python bench/bench_so762.py [--seeds 0,1] [--work DIR] [--recipe_args "--train_args '...'"]
+    tools/venv/bin/python bench/bench_so762.py [--seeds 0,1] [--work DIR] [--recipe_args "..."]
 
 The split is by speaker and fixed: the speakers sorted by id, the i-th is a test speaker when i % 9 is
 0 or 4 (12 speakers, 240 utterances: 4 aged 13-15 and 8 adults), valid when i % 13 is 7 (4), the
@@ -11,7 +11,8 @@ rest train (38 speakers, 760 utterances, 0.79 h: the size of a small children's 
 The baseline, measured in the same run on the same audio: Whisper-base's own decoder, zero-shot
 (transformers' generate, English, greedy and beam 5; the Whisper filter's decoding). Both are scored by
 asrkit's scoring on the same references under the same normalizer (egs/child's `child`); the recipe
-runs once per seed (`bash egs/child/run.sh ... --seed S`). Work is kept in --work: a rerun skips
+runs once per seed (`bash egs/child/run.sh ... --seed S`) with egs/child/conf/train_conformer_small.yaml
+(--recipe_args), about half an hour a seed on 2 CPU cores. Work is kept in --work: a rerun skips
 what is done.
 """
 from __future__ import annotations
@@ -37,6 +38,7 @@ from asrkit.whisper_filter import transcribe  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+SMALL = "--ssl_layer all --speed_perturb '' --token_type char --train_config conf/train_conformer_small.yaml"
 
 
 def split_lists(manifest: Path, work: Path) -> dict[str, Path]:
@@ -92,7 +94,8 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1", help="training seeds of the recipe, comma-separated")
     p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "asrkit_bench_so762"),
                    help="working folder (kept: a rerun skips what is done)")
-    p.add_argument("--recipe_args", default="", help="more options for egs/child/run.sh")
+    p.add_argument("--recipe_args", default=SMALL, help="more options for egs/child/run.sh (default: its small-corpus "
+                                                        "setup with every Whisper layer, characters)")
     p.add_argument("--normalizer", default="child", help="the text normalizer of both systems' scoring")
     a = p.parse_args()
     print_header()

@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 
+import pytest
+
 from asrkit.bin import prepare_myst
 from asrkit.fileio import load_jsonl
 from asrkit.whisper_filter import apply_rule, read_hyps, whisper_filter
@@ -95,3 +97,25 @@ def test_myst_stage0_flags_what_the_whisper_filter_kept(tmp_path, tiny_whisper):
     assert (local / "test_filtered.ids").read_text() == (local / "whisper_filter" / "test_filtered.ids").read_text() == ""
     test = load_jsonl(tmp_path / "data" / "test.jsonl")
     assert len(test) == 3 and not any(r.get("test_filtered") for r in test)
+
+
+def test_a_filter_whose_every_utterance_fails_stops(tmp_path, tiny_whisper, monkeypatch):
+    from transformers import WhisperForConditionalGeneration
+
+    from asrkit.failures import SystematicFailure
+
+    make_fake_myst(tmp_path / "myst")
+    prepare_myst.main(["--myst_root", str(tmp_path / "myst"), "--out", str(tmp_path / "local")])
+
+    def broken(self, input_features, **kw):
+        raise RuntimeError("mixed dtype (CPU)")
+
+    monkeypatch.setattr(WhisperForConditionalGeneration, "generate", broken)
+    with pytest.raises(SystematicFailure, match=r"decoding failed for 3 of the 3 utterances tried; the first, .*: "
+                                                r"decoding failed: mixed dtype"):
+        whisper_filter(tmp_path / "local" / "manifest.jsonl", str(tiny_whisper), tmp_path / "wf", progress=False)
+    assert not (tmp_path / "wf" / "test_filtered.ids").exists()
+    monkeypatch.undo()  # the cause fixed, the same command decodes them all
+    kept = whisper_filter(tmp_path / "local" / "manifest.jsonl", str(tiny_whisper), tmp_path / "wf", max_wer=1000,
+                          progress=False)
+    assert len(kept) == 2 and not any(err for _, err in read_hyps(tmp_path / "wf" / "hyp.tsv").values())
