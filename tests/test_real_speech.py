@@ -1,8 +1,9 @@
 """Real speech and a real pretrained encoder: connected digits from the Free Spoken Digit Dataset,
 the hidden states of the pretrained Whisper-base in ../shared (a checkpoint stored in float16)
 against those of a random-weight Whisper of the same shape, the small Conformer of conf/tuning
-trained on each for the same few epochs through run.sh. The pretrained states must be learned from
-far better, on a speaker that no model saw."""
+trained on each for the same few epochs through run.sh (stages 0-5, the store's Whisper attributes
+and the scoring under two normalizers checked on the way). The pretrained states must be learned
+from far better, on a speaker that no model saw."""
 import os
 import re
 import subprocess
@@ -10,6 +11,8 @@ import sys
 
 import pytest
 
+from asrkit.features.store import FeatureReader
+from asrkit.fileio import load_jsonl
 from asrkit.ssl import save_random_whisper
 from conftest import REPO
 
@@ -40,7 +43,8 @@ def test_pretrained_whisper_states_learn_digits_far_better_than_random_ones(fsdd
     for name, model in [("pretrained", WHISPER_BASE), ("random", save_random_whisper(tmp_path / "random", "base"))]:
         # the same recipe dir: stages 0 and 2 are shared, stage 1 and 3 are per front end
         p = subprocess.run([str(REPO / "run.sh"), "--raw_data", str(corpus / "manifest.jsonl"), "--split_field",
-                            "split", "--test_sets", "test_unseen", "--ssl_model", str(model), "--ssl_layer", "6",
+                            "split", "--test_sets", "test_unseen", "--normalizer", "child", "--score_normalizers",
+                            "whisper", "--ssl_model", str(model), "--ssl_layer", "6",
                             "--dump_args", "--whisper_input trimmed", "--token_type", "char", "--ngpu", "0",
                             "--nj", "2", "--train_config", str(config), "--train_args", "--num_workers 0",
                             "--decode_args", "--mode ctc_greedy", "--tag", name],
@@ -48,6 +52,15 @@ def test_pretrained_whisper_states_learn_digits_far_better_than_random_ones(fsdd
                            env={k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"})  # all cores
         assert p.returncode == 0, p.stdout + p.stderr
         results[name] = wer((tmp_path / "exp" / name / "RESULTS.md").read_text(), "test_unseen")
+    test = load_jsonl(tmp_path / "data" / "test_unseen.jsonl")
+    store = FeatureReader(tmp_path / "dump" / "whisper-base_L6" / "test_unseen.h5")
+    assert store.attrs["model_type"] == "whisper" and store.attrs["whisper_input"] == "trimmed, 30 s windows"
+    assert sorted(store.keys()) == sorted(r["utt_id"] for r in test)
+    for r in test[:3]:  # 50 frames a second of audio
+        assert abs(store[r["utt_id"]].shape[-2] - 50 * r["duration"]) <= 1
+    # scored under both conventions on the same hypotheses; under whisper a spoken digit string is one number
+    md = (tmp_path / "exp" / "pretrained" / "RESULTS.md").read_text()
+    assert re.search(r"^\|decode_test_unseen_\S+ \[whisper\]\|%d\|%d\|" % (len(test), len(test)), md, re.M), md
     print(f"\nFSDD connected digits, 2 training speakers, 1 unseen, Whisper-base layer 6, tiny Conformer, 8 epochs: "
           f"WER {results['pretrained']:.1f}% with the pretrained states, {results['random']:.1f}% with random ones")
     # measured on a 2-core Xeon (AMX): 26.2% and 97.2%

@@ -1,11 +1,8 @@
 """Whisper's encoder as the stage-1 front end: the very states of transformers' encoder where the
 input fills a window, trimmed inputs otherwise, batches that change nothing, windows for long
-audio, a store that a WavLM model refuses, and stages 0-5 on real speech."""
+audio, a store that a WavLM model refuses (stages 0-5 on real speech with the pretrained Whisper-base:
+tests/test_real_speech.py)."""
 from __future__ import annotations
-
-import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,9 +10,7 @@ import torch
 
 from asrkit.errors import DataError
 from asrkit.features.extractors import WhisperExtractor, build_extractor
-from asrkit.fileio import load_jsonl
 from asrkit.transcribe import extractor_from_attrs
-from conftest import REPO
 
 SR = 16000
 
@@ -107,32 +102,3 @@ def test_a_whisper_store_is_refused_by_a_wavlm_model(tiny_whisper, tiny_wavlm):
         check_compatible(trimmed.attrs, whisper)
     assert extractor_from_attrs(trimmed.attrs).attrs["whisper_input"] == "trimmed, 30 s windows"
     assert extractor_from_attrs(whisper).padded
-
-
-@pytest.mark.slow
-def test_stages_0_to_5_on_connected_digits_with_a_tiny_whisper(fsdd, tiny_whisper, tmp_path):
-    from asrkit.features.store import FeatureReader
-
-    corpus = tmp_path / "corpus"
-    subprocess.run([sys.executable, "-m", "asrkit.bin.make_connected_digits", "--fsdd", str(fsdd), "--out",
-                    str(corpus), "--speakers", "jackson", "--repeats", "1"], check=True, capture_output=True, timeout=600)
-    p = subprocess.run([str(REPO / "run.sh"), "--raw_data", str(corpus / "manifest.jsonl"), "--split_field", "split",
-                        "--feats_type", "wavlm", "--ssl_model", str(tiny_whisper), "--ssl_layer", "all",
-                        "--token_type", "char", "--ngpu", "0", "--nj", "2", "--normalizer", "child",
-                        "--score_normalizers", "whisper",
-                        "--train_config", str(REPO / "conf" / "tuning" / "train_conformer_tiny.yaml"),
-                        "--train_args", "--max_epoch 1 --num_workers 0 --encoder_conf.num_blocks 1 "
-                                        "--decoder_conf.num_blocks 1", "--decode_args", "--beam 2"],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=900)
-    assert p.returncode == 0, p.stdout + p.stderr
-    test = load_jsonl(tmp_path / "data" / "test.jsonl")
-    store = FeatureReader(next(tmp_path.glob("dump/*/test.h5")))
-    assert store.attrs["model_type"] == "whisper" and store.attrs["layers"] == [0, 1, 2]
-    assert sorted(store.keys()) == sorted(r["utt_id"] for r in test)
-    for r in test[:3]:  # 50 frames a second of audio
-        assert abs(store[r["utt_id"]].shape[-2] - 50 * r["duration"]) <= 1
-    results = next(tmp_path.glob("exp/*/RESULTS.md")).read_text()
-    # both conventions on the same hypotheses; under whisper a spoken digit string is one number
-    words = sum(len(r["text"].split()) for r in test)
-    assert re.search(r"^\|decode_test_\S+\|%d\|%d\|" % (len(test), words), results, re.M), results
-    assert re.search(r"^\|decode_test_\S+ \[whisper\]\|%d\|%d\|" % (len(test), len(test)), results, re.M), results
