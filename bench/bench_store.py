@@ -10,8 +10,8 @@ Speeds: utterances written (encode + HDF5) and read (HDF5 + decode) per second, 
 per second. Audio: FSDD recordings concatenated into 2-10 s utterances (../shared/data/fsdd or
 $ASRKIT_FSDD), or tones where it is absent.
 
-With --wer, also the FSDD connected-digit model (tests/test_real_speech.py's: fbank, the tiny
-Conformer of conf/tuning, 16 epochs on CPU) trained and decoded through run.sh once per codec, the
+With --wer, also an FSDD connected-digit model (fbank, the tiny Conformer of conf/tuning, 16 epochs
+on CPU; until 2026-12-05 the recipe of tests/test_real_speech.py) trained and decoded through run.sh once per codec, the
 same options but `--dump_args "--store_codec C"`, for each of --seeds: WER on held-out takes and on
 2 unseen speakers, and their mean over the seeds (a few minutes per codec and seed).
 """
