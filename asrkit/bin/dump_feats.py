@@ -23,6 +23,7 @@ os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 from asrkit.cli import make_parser, run_main, setup_logging, str2bool, usable_cores
 from asrkit.features.codecs import CODECS
 from asrkit.features.dump import dump_lists
+from asrkit.features.extractors import WHISPER_INPUTS
 from asrkit.ssl import LAYER_SPEC_HELP
 
 
@@ -57,7 +58,7 @@ def get_parser():
     p.add_argument("--max_seconds", type=float, default=60.0,
                    help="longer utterances are run in overlapping windows of this length (bounds memory)")
     p.add_argument("--n_mels", type=int, default=80, help="fbank bins")
-    p.add_argument("--whisper_input", default="padded", choices=["padded", "trimmed"],
+    p.add_argument("--whisper_input", default=WHISPER_INPUTS[0], choices=WHISPER_INPUTS,
                    help="Whisper encoders: each utterance padded to a 30 s window, as Whisper was trained (the "
                         "states of its own frames kept), or trimmed to its own frames (up to 15x less compute on "
                         "short utterances, but states the encoder never made in training)")
