@@ -43,11 +43,11 @@ opt prep_args "" "more options for asrkit.bin.prepare_data"
 # stage 1
 opt feats_type wavlm "wavlm (any HF speech encoder) or fbank"
 opt ssl_model microsoft/wavlm-base-plus "HF model id or local dir of the SSL encoder"
-opt ssl_layer 9 "hidden layer(s) to store: N, N,M,..., or all"
+opt ssl_layer 9 "hidden layer(s) to store: N, N,M,..., all or last"
 opt speed_perturb "" "speed factors for the training set, e.g. \"0.9 1.0 1.1\""
 opt dump_args "" "more options for asrkit.bin.dump_feats"
 # stage 2
-opt token_type bpe "char, bpe or word"
+opt token_type bpe "char, bpe, word, or whisper (the --ssl_model Whisper checkpoint's own tokens)"
 opt nbpe 300 "BPE vocabulary size (token_type bpe)"
 opt bpemode unigram "sentencepiece model type: unigram or bpe"
 # stage 3
@@ -285,10 +285,10 @@ run_stage 1 "feature dump ($feats_tag)" "$(for s in $all_sets; do echo "$datadir
 stage2() {
     need_command make_tokens
     python -m asrkit.bin.make_tokens --data "$datadir/$train_set.jsonl" --token_type "$token_type" \
-        --nbpe "$nbpe" --bpemode "$bpemode" --out "$token_dir"
+        --nbpe "$nbpe" --bpemode "$bpemode" --pretrained "$ssl_model" --out "$token_dir"
 }
 run_stage 2 "token list ($unit)" "$datadir/$train_set.jsonl" "$token_dir/tokens.txt" \
-    "token_type nbpe bpemode" stage2
+    "token_type nbpe bpemode$([ "$token_type" != whisper ] || echo " ssl_model")" stage2
 
 # ------------------------------------------------------------------ stage 3: training
 stage3() {

@@ -1,9 +1,13 @@
-"""Token lists (stage 2): char, word and sentencepiece (bpe/unigram) units.
+"""Token lists (stage 2): char, word and sentencepiece (bpe/unigram) units, or a Whisper checkpoint's own.
 
 A token dir holds `tokens.txt` (one token a line, line number = id: `<blank>`=0, `<unk>`=1,
 `<sos/eos>` last), `token_info.json` (the unit and how it was made) and, for bpe, `bpe.model`.
 For bpe, our id is sentencepiece's id + 1: sentencepiece's `<unk>` (its id 0) becomes our 1 and
 `<blank>` takes 0, so the two vocabularies line up without a lookup table.
+
+For whisper, the checkpoint's byte-level BPE (its `tokenizer.json` and `tokenizer_config.json` are
+copied into the dir) with our id = Whisper's id + 2, for its text tokens; `<sos/eos>` is its
+<|endoftext|>. No text is unknown to it. This is the unit of a Whisper decoder (docs/INTERNALS.md).
 """
 from __future__ import annotations
 
@@ -20,8 +24,10 @@ from typing import Iterable, Sequence
 from asrkit.errors import DataError
 
 BLANK, UNK, SOS_EOS, SPACE = "<blank>", "<unk>", "<sos/eos>", "<space>"
-TOKEN_TYPES = ("char", "bpe", "word")
+TOKEN_TYPES = ("char", "bpe", "word", "whisper")
 INFO_FILE, TOKENS_FILE, BPE_FILE = "token_info.json", "tokens.txt", "bpe.model"
+WHISPER_FILES = ("tokenizer.json", "tokenizer_config.json")
+WHISPER_OFFSET = 2  # our id of Whisper's token 0
 
 
 def _units(text: str, token_type: str) -> list[str]:
@@ -34,7 +40,8 @@ def _units(text: str, token_type: str) -> list[str]:
 class Tokenizer:
     """Text <-> ids with the special-token layout of docs/INTERNALS.md (file formats)."""
 
-    def __init__(self, tokens: Sequence[str], token_type: str, sp_model: str | None = None):
+    def __init__(self, tokens: Sequence[str], token_type: str, sp_model: str | None = None,
+                 whisper_dir: str | None = None):
         if token_type not in TOKEN_TYPES:
             raise ValueError(f"unknown token_type {token_type!r}; choose one of {TOKEN_TYPES}")
         if len(tokens) < 3 or tokens[0] != BLANK or tokens[1] != UNK or tokens[-1] != SOS_EOS:
@@ -57,6 +64,12 @@ class Tokenizer:
             if self.sp.get_piece_size() + 2 != len(self.tokens):
                 raise DataError(f"bpe.model has {self.sp.get_piece_size()} pieces but tokens.txt "
                                 f"{len(self.tokens)} tokens", str(sp_model), "rebuild the token list")
+        self.hf = None
+        if token_type == "whisper":
+            self.hf = _whisper_tokenizer(whisper_dir)
+            if self.hf.eos_token_id + WHISPER_OFFSET + 1 != len(self.tokens):
+                raise DataError(f"the Whisper tokenizer has {self.hf.eos_token_id} text tokens but tokens.txt "
+                                f"{len(self.tokens)} tokens", str(whisper_dir), "rebuild the token list")
 
     @property
     def vocab_size(self) -> int:
@@ -73,16 +86,18 @@ class Tokenizer:
             raise DataError("no token list here", str(token_dir),
                             "run stage 2 (python -m asrkit.bin.make_tokens) first")
         info = json.loads(info_path.read_text(encoding="utf-8"))
-        needed = [TOKENS_FILE] + ([BPE_FILE] if info["token_type"] == "bpe" else [])
+        needed = [TOKENS_FILE] + {"bpe": [BPE_FILE], "whisper": list(WHISPER_FILES)}.get(info["token_type"], [])
         missing = [name for name in needed if not (token_dir / name).is_file()]
         if missing:
             raise DataError(f"incomplete token list: no {', '.join(missing)}", str(token_dir),
                             "rerun stage 2 (python -m asrkit.bin.make_tokens)")
         tokens = [t for t in (token_dir / TOKENS_FILE).read_text(encoding="utf-8").split("\n") if t]
-        return cls(tokens, info["token_type"], token_dir / BPE_FILE if BPE_FILE in needed else None)
+        return cls(tokens, info["token_type"], token_dir / BPE_FILE if BPE_FILE in needed else None, token_dir)
 
     def encode(self, text: str) -> list[int]:
         """Token ids of a text; units outside the list become `<unk>` and are counted."""
+        if self.hf is not None:  # a leading space, as Whisper's transcripts have
+            return [i + WHISPER_OFFSET for i in self.hf.encode(" " + text, add_special_tokens=False)]
         if self.sp is not None:
             pieces = self.sp.encode(text, out_type=str)  # an unknown piece keeps its surface
             ids = [self.sp.piece_to_id(p) + 1 for p in pieces]
@@ -97,6 +112,8 @@ class Tokenizer:
     def decode(self, ids: Iterable[int]) -> str:
         """Text of token ids; `<blank>`, `<sos/eos>` and padding (-1) are dropped."""
         ids = [int(i) for i in ids if 0 < int(i) < self.sos]
+        if self.hf is not None:
+            return " ".join(self.hf.decode([i - WHISPER_OFFSET for i in ids if i >= WHISPER_OFFSET]).split())
         if self.sp is not None:
             pieces = [self.tokens[i] for i in ids]
             return " ".join("".join(pieces).replace("\u2581", " ").split())
@@ -107,12 +124,23 @@ class Tokenizer:
 
 
 def build_token_list(texts: Sequence[str], token_type: str, out_dir: str | Path, nbpe: int = 300,
-                     bpemode: str = "unigram", character_coverage: float = 1.0) -> Tokenizer:
-    """Make a token dir from training texts. The dir is built beside `out_dir` and swapped in whole,
-    so a failure or a kill leaves either the previous list or none, never a mix."""
+                     bpemode: str = "unigram", character_coverage: float = 1.0,
+                     pretrained: str | None = None) -> Tokenizer:
+    """Make a token dir from training texts (for whisper: from the tokenizer of the checkpoint
+    `pretrained`). The dir is built beside `out_dir` and swapped in whole, so a failure or a kill
+    leaves either the previous list or none, never a mix."""
     out_dir = Path(out_dir)
     info = {"token_type": token_type}
-    if token_type == "bpe":
+    if token_type == "whisper":
+        if not pretrained:
+            raise DataError("token_type whisper takes the tokenizer of a Whisper checkpoint", "--pretrained",
+                            "give the checkpoint whose encoder made the features (run.sh: --ssl_model)")
+        hf = _whisper_tokenizer(pretrained)
+        # an empty or blank token would be a blank line in tokens.txt: named by its id instead
+        tokens = [BLANK, UNK] + [t if t and t.strip() == t else f"<whisper{i}>"
+                                 for i, t in enumerate(hf.convert_ids_to_tokens(range(hf.eos_token_id)))] + [SOS_EOS]
+        info["pretrained"] = str(pretrained)
+    elif token_type == "bpe":
         model = _train_sentencepiece(texts, nbpe, bpemode, character_coverage)
         import sentencepiece as spm
 
@@ -136,6 +164,10 @@ def build_token_list(texts: Sequence[str], token_type: str, out_dir: str | Path,
         (tmp / TOKENS_FILE).write_text("".join(t + "\n" for t in tokens), encoding="utf-8")
         if token_type == "bpe":
             (tmp / BPE_FILE).write_bytes(model)
+        if token_type == "whisper":
+            hf.save_pretrained(tmp)
+            for extra in set(os.listdir(tmp)) - set(WHISPER_FILES) - {TOKENS_FILE}:
+                os.remove(tmp / extra)  # (only what Tokenizer.load reads travels with a model dir)
         (tmp / INFO_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
         if out_dir.exists():
             old = tmp.with_suffix(".old")
@@ -147,6 +179,16 @@ def build_token_list(texts: Sequence[str], token_type: str, out_dir: str | Path,
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return Tokenizer.load(out_dir)
+
+
+def _whisper_tokenizer(path):
+    from transformers import WhisperTokenizer
+
+    try:
+        return WhisperTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot load a Whisper tokenizer: {e}", str(path),
+                        "give a Whisper checkpoint dir or model id (run.sh: --ssl_model)") from None
 
 
 def _train_sentencepiece(texts: Sequence[str], nbpe: int, bpemode: str, character_coverage: float) -> bytes:

@@ -1,5 +1,6 @@
 """Transcribe new audio with an experiment dir: the feature extractor the model was trained on (from
-its feats_attrs.json), then the decoder; optional word timings from CTC forced alignment.
+its feats_attrs.json), then the decoder; optional word timings from CTC forced alignment (a model
+without a CTC head gives one span for the whole file).
 
     from asrkit.transcribe import Transcriber
     asr = Transcriber("exp/<tag>")                      # joint CTC/attention, beam 10, on CPU
@@ -116,7 +117,10 @@ class Transcriber:
             h = nbest[0] if nbest else None
             rec = {"file": u.utt_id, "text": self.tokenizer.decode(h.tokens) if h else "",
                    "score": h.score if h else None}
-            if timings and h:
+            if timings and h and self.model.ctc is None:  # (decoder whisper): no alignment, one span
+                rec["words"] = [{"word": rec["text"], "start": 0.0, "end": round(u.frames * self.frame_s, 3),
+                                 "confidence": None}] if rec["text"] else []
+            elif timings and h:
                 x = torch.from_numpy(feats[u.utt_id][None]).to(self.device)
                 enc, enc_lens = self.model.encode(x, torch.tensor([u.frames], device=self.device))
                 logp = self.model.ctc_log_probs(enc)[0, : int(enc_lens[0])]

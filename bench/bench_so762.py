@@ -11,9 +11,12 @@ rest train (38 speakers, 760 utterances, 0.79 h: the size of a small children's 
 The baseline, measured in the same run on the same audio: Whisper-base's own decoder, zero-shot
 (transformers' generate, English, greedy and beam 5; the Whisper filter's decoding). Both are scored by
 asrkit's scoring on the same references under the same normalizer (egs/child's `child`); the recipe
-runs once per seed (`bash egs/child/run.sh ... --seed S`) with egs/child/conf/train_conformer_small.yaml
-(--recipe_args), about half an hour a seed on 2 CPU cores. Work is kept in --work: a rerun skips
-what is done.
+runs once per seed (`bash egs/child/run.sh ... --seed S`) with its defaults for a Whisper checkpoint
+(Whisper's own decoder fine-tuned on the stored last-layer states: conf/train_whisper_decoder.yaml),
+minutes a seed on 2 CPU cores after the feature dump. --recipe_args adds or overrides options, e.g.
+the light model trained from scratch: --recipe_args "--ssl_layer all --token_type char
+--train_config conf/train_conformer_small.yaml --decode_config conf/decode.yaml". Work is kept in
+--work: a rerun skips what is done.
 """
 from __future__ import annotations
 
@@ -38,7 +41,6 @@ from asrkit.whisper_filter import transcribe  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
-SMALL = "--ssl_layer all --speed_perturb '' --token_type char --train_config conf/train_conformer_small.yaml"
 
 
 def split_lists(manifest: Path, work: Path) -> dict[str, Path]:
@@ -94,8 +96,8 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1", help="training seeds of the recipe, comma-separated")
     p.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "asrkit_bench_so762"),
                    help="working folder (kept: a rerun skips what is done)")
-    p.add_argument("--recipe_args", default=SMALL, help="more options for egs/child/run.sh (default: its small-corpus "
-                                                        "setup with every Whisper layer, characters)")
+    p.add_argument("--recipe_args", default="", help="more options for egs/child/run.sh (default: none, its "
+                                                     "defaults for a Whisper checkpoint)")
     p.add_argument("--normalizer", default="child", help="the text normalizer of both systems' scoring")
     a = p.parse_args()
     print_header()
@@ -105,7 +107,7 @@ def main() -> None:
     lists = split_lists(manifest, work)
     rows = []
     for seed in [int(s) for s in a.seeds.split(",")]:
-        rows.append((f"asrkit egs/child, Whisper-base states, seed {seed}",
+        rows.append((f"asrkit egs/child{' ' + a.recipe_args if a.recipe_args else ''}, seed {seed}",
                      *recipe(manifest, a.model, lists, work, seed, shlex.split(a.recipe_args), a.normalizer)))
     refs = load_jsonl(work / "data" / "test.jsonl")  # stage 0's test list: the same utterances and texts
     asrkit_rows = list(rows)

@@ -52,6 +52,7 @@ def test_layer_specs(tiny_wavlm):
     assert parse_layers("6,9,12", 12) == ([6, 9, 12], "stack")
     assert parse_layers("mean:6-8", 12) == ([6, 7, 8], "mean")
     assert parse_layers("all", 2) == ([0, 1, 2], "stack") and parse_layers("9", 12) == ([9], "none")
+    assert parse_layers("last", 6) == ([6], "none")
     with pytest.raises(DataError, match="layers 0-2"):
         parse_layers("9", 2)
     with pytest.raises(DataError, match="bad layer spec"):

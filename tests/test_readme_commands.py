@@ -40,6 +40,9 @@ RULES = [
                        "--train_args", "--max_epoch 1", "--decode_args", "--beam 2 --maxlenratio -10"]),
     (r"^bash egs/child/run\.sh .*train_conformer_small", ["--nj", "1", "--ngpu", "0", "--train_args", TINY_TRAIN,
                                                           "--decode_args", "--beam 2 --maxlenratio -10"]),
+    (r"^bash egs/child/run\.sh --raw_data \S+ --ssl_model openai/whisper-base$",  # the Whisper decoder
+     ["--nj", "1", "--ngpu", "0", "--train_args", "--max_epoch 1 --num_workers 0 --preflight_batches 1",
+      "--decode_args", "--beam 2 --maxlenratio -10"]),
     (r"^bash egs/child/run\.sh .*--ssl_model", ["--nj", "1"]),  # already tiny as written
     (r"^bash egs/child/run\.sh .*train_bilstm", TINY_WAVLM + ["--nbpe", "60", "--nj", "1", "--ngpu", "0", "--train_args",
                                                          TINY_TRAIN.replace("--encoder_conf.num_blocks 1",

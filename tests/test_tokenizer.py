@@ -125,3 +125,24 @@ def test_fsdd_round_trip(fsdd, tmp_path):
     tok = make(fsdd / "manifest.jsonl", tmp_path / "bpe", "--token_type", "bpe", "--nbpe", "20")
     assert all(tok.decode(tok.encode(t)) == t for t in texts)
     assert sum(tok.unk_counts.values()) == 0
+
+
+def test_whisper_tokens_are_the_checkpoints_own(train_list, tmp_path, tiny_whisper):
+    from transformers import WhisperTokenizer
+
+    with pytest.raises(DataError, match="--pretrained"):
+        make(train_list, tmp_path / "none", "--token_type", "whisper")
+    tok = make(train_list, tmp_path / "whisper", "--token_type", "whisper", "--pretrained", str(tiny_whisper))
+    hf = WhisperTokenizer.from_pretrained(str(tiny_whisper))
+    lines = (tmp_path / "whisper" / "tokens.txt").read_text(encoding="utf-8").splitlines()
+    assert len(lines) == len(set(lines)) == tok.vocab_size == hf.eos_token_id + 3  # text tokens, <blank> <unk> <sos/eos>
+    for text in TEXTS:
+        ids = tok.encode(text)
+        assert ids == [i + 2 for i in hf.encode(" " + text, add_special_tokens=False)]
+        assert tok.decode(ids + [tok.eos]) == text
+    assert not tok.unk_counts
+    copy = tmp_path / "copy"  # a model dir keeps only the token dir's files: they are enough
+    copy.mkdir()
+    for f in (tmp_path / "whisper").iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    assert Tokenizer.load(copy).encode("rex") == tok.encode("rex")

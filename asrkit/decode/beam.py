@@ -73,8 +73,10 @@ class Beams(NamedTuple):
                    0.0 if self.ctc is None else float(self.ctc[r]))
 
 
-def length_limits(enc_lens: torch.Tensor, opts: SearchOptions) -> tuple[list[int], list[int]]:
-    """Per utterance: the step at which eos is forced (maxlen) and the first step eos is allowed (minlen)."""
+def length_limits(enc_lens: torch.Tensor, opts: SearchOptions,
+                  cap: int | None = None) -> tuple[list[int], list[int]]:
+    """Per utterance: the step at which eos is forced (maxlen, at most `cap`: the tokens the decoder
+    has positions for) and the first step eos is allowed (minlen)."""
     lens = enc_lens.tolist()
     if opts.maxlenratio < 0:
         maxlen = [int(-opts.maxlenratio)] * len(lens)
@@ -82,6 +84,8 @@ def length_limits(enc_lens: torch.Tensor, opts: SearchOptions) -> tuple[list[int
         maxlen = lens
     else:
         maxlen = [max(1, int(opts.maxlenratio * n)) for n in lens]
+    if cap is not None:
+        maxlen = [min(m, cap) for m in maxlen]
     return maxlen, [int(opts.minlenratio * n) for n in lens]
 
 
@@ -112,9 +116,9 @@ def beam_search(model, enc: torch.Tensor, enc_lens: torch.Tensor, opts: SearchOp
     the same as without it; only the wasted steps at the end are saved."""
     B, device, V, K = enc.size(0), enc.device, model.vocab_size, opts.beam
     sos, eos, blank, w = model.sos, model.eos, model.blank, opts.ctc_weight
-    maxlen, minlen = length_limits(enc_lens, opts)
-    maxlen_t, minlen_t = torch.tensor(maxlen, device=device), torch.tensor(minlen, device=device)
     use_ctc, use_att = w > 0, w < 1
+    maxlen, minlen = length_limits(enc_lens, opts, getattr(model.decoder, "max_tokens", None) if use_att else None)
+    maxlen_t, minlen_t = torch.tensor(maxlen, device=device), torch.tensor(minlen, device=device)
     C = V if not use_att else min(V, max(K, int(opts.pre_beam_ratio * K)))
     ctc = None
     if use_ctc:

@@ -2,8 +2,8 @@
 
     frontend_conf: {weighted_sum, layer_norm, proj_dim, subsample, subsample_dim, dropout_rate}
     specaug: specaug | null          specaug_conf: {...}          (see nets/specaug.py)
-    encoder: bilstm | conformer      encoder_conf: {...}
-    decoder: transformer | null      decoder_conf: {...}
+    encoder: bilstm | conformer | identity    encoder_conf: {...}
+    decoder: transformer | whisper | null     decoder_conf: {...}   (whisper: the checkpoint's own decoder)
     model_conf: {ctc_weight, lsm_weight, length_normalized_loss, ctc_dropout_rate}
 """
 from __future__ import annotations
@@ -14,13 +14,13 @@ from typing import Any
 from asrkit.errors import DataError
 from asrkit.nets.bilstm import BiLSTMEncoder
 from asrkit.nets.conformer import ConformerEncoder
-from asrkit.nets.decoder import TransformerDecoder
+from asrkit.nets.decoder import TransformerDecoder, WhisperDecoder
 from asrkit.nets.frontend import Frontend
-from asrkit.nets.model import IGNORE_ID, ASRModel, LabelSmoothingLoss
+from asrkit.nets.model import IGNORE_ID, ASRModel, IdentityEncoder, LabelSmoothingLoss
 from asrkit.nets.specaug import SpecAugment
 
-ENCODERS = {"bilstm": BiLSTMEncoder, "conformer": ConformerEncoder}
-DECODERS = {"transformer": TransformerDecoder}
+ENCODERS = {"bilstm": BiLSTMEncoder, "conformer": ConformerEncoder, "identity": IdentityEncoder}
+DECODERS = {"transformer": TransformerDecoder, "whisper": WhisperDecoder}
 MODEL_KEYS = ("frontend", "frontend_conf", "specaug", "specaug_conf", "encoder", "encoder_conf",
               "decoder", "decoder_conf", "model_conf")
 

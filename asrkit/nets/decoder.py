@@ -33,25 +33,30 @@ class DecoderState(NamedTuple):
 
 
 class FeedForward(nn.Sequential):
-    """Linear -> ReLU -> dropout -> Linear. An nn.Sequential for its parameter names (0.*, 3.*, those
-    of saved models); forward skips the per-module calls, which cost as much as the math at a step."""
+    """Linear -> ReLU (or GELU) -> dropout -> Linear. An nn.Sequential for its parameter names (0.*, 3.*,
+    those of saved models); forward skips the per-module calls, which cost as much as the math at a step."""
 
-    def __init__(self, dim: int, hidden: int, dropout_rate: float):
-        super().__init__(nn.Linear(dim, hidden), nn.ReLU(), nn.Dropout(dropout_rate), nn.Linear(hidden, dim))
+    def __init__(self, dim: int, hidden: int, dropout_rate: float, activation: str = "relu"):
+        if activation not in ("relu", "gelu"):
+            raise ValueError(f"activation must be relu or gelu, not {activation!r}")
+        super().__init__(nn.Linear(dim, hidden), nn.ReLU() if activation == "relu" else nn.GELU(),
+                         nn.Dropout(dropout_rate), nn.Linear(hidden, dim))
+        self.gelu = activation == "gelu"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w1, _, dropout, w2 = self
-        h = F.linear(x, w1.weight, w1.bias).relu_()
+        h = F.linear(x, w1.weight, w1.bias)
+        h = F.gelu(h) if self.gelu else h.relu_()
         return F.linear(dropout(h) if self.training else h, w2.weight, w2.bias)
 
 
 class DecoderLayer(nn.Module):
     def __init__(self, dim: int, heads: int, linear_units: int, dropout_rate: float,
-                 self_attention_dropout_rate: float, src_attention_dropout_rate: float):
+                 self_attention_dropout_rate: float, src_attention_dropout_rate: float, activation: str = "relu"):
         super().__init__()
         self.self_attn = SelfAttention(heads, dim, self_attention_dropout_rate)
         self.src_attn = CrossAttention(heads, dim, src_attention_dropout_rate)
-        self.feed_forward = FeedForward(dim, linear_units, dropout_rate)
+        self.feed_forward = FeedForward(dim, linear_units, dropout_rate, activation)
         self.norm1, self.norm2, self.norm3 = nn.LayerNorm(dim), nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.dropout = nn.Dropout(dropout_rate)
 
@@ -72,7 +77,8 @@ class TransformerDecoder(nn.Module):
     def __init__(self, vocab_size: int, encoder_output_size: int, attention_heads: int = 4,
                  linear_units: int = 2048, num_blocks: int = 6, dropout_rate: float = 0.1,
                  positional_dropout_rate: float = 0.1, self_attention_dropout_rate: float = 0.0,
-                 src_attention_dropout_rate: float = 0.0, attention_dim: int | None = None):
+                 src_attention_dropout_rate: float = 0.0, attention_dim: int | None = None,
+                 activation: str = "relu"):
         super().__init__()
         dim = attention_dim or encoder_output_size
         self.embed = nn.Embedding(vocab_size, dim)
@@ -80,7 +86,7 @@ class TransformerDecoder(nn.Module):
         self.memory_proj = nn.Linear(encoder_output_size, dim) if dim != encoder_output_size else None
         self.decoders = nn.ModuleList(
             DecoderLayer(dim, attention_heads, linear_units, dropout_rate, self_attention_dropout_rate,
-                         src_attention_dropout_rate) for _ in range(num_blocks))
+                         src_attention_dropout_rate, activation) for _ in range(num_blocks))
         self.after_norm = nn.LayerNorm(dim)
         self.output_layer = nn.Linear(dim, vocab_size)
 
@@ -89,12 +95,18 @@ class TransformerDecoder(nn.Module):
             memory = self.memory_proj(memory)
         return tuple(layer.src_attn.memory(memory, memory_lens, rows_per_utt) for layer in self.decoders)
 
+    def embed_tokens(self, ys: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """ys (B, L) at positions offset .. offset+L-1 -> the first layer's input (B, L, D)."""
+        return self.pos_enc(self.embed(ys), offset)
+
     def forward(self, ys_in, ys_lens, memory, memory_lens) -> torch.Tensor:
         """Teacher forcing: logits (B, L, V) of the token after each prefix."""
-        length = ys_in.size(1)
-        causal = torch.ones(length, length, dtype=torch.bool, device=ys_in.device).tril()
-        tgt_mask = causal[None] & length_mask(ys_lens, length)[:, None, :]
-        x = self.pos_enc(self.embed(ys_in))
+        return self.forward_embedded(self.embed_tokens(ys_in), ys_lens, memory, memory_lens)
+
+    def forward_embedded(self, x, lens, memory, memory_lens) -> torch.Tensor:
+        length = x.size(1)
+        causal = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
+        tgt_mask = causal[None] & length_mask(lens, length)[:, None, :]
         for layer, mem in zip(self.decoders, self.memories(memory, memory_lens)):
             x, _ = layer(x, tgt_mask, mem)
         return self.output_layer(self.after_norm(x))
@@ -111,9 +123,106 @@ class TransformerDecoder(nn.Module):
         """Logits (M, V) of the token after each row's prefix, given its newest token (M,), for the
         rows `live` (M,) of the utterances x rows_per_utt (all when None), and the next state.
         The state's caches hold these M rows (DecoderState.select)."""
-        x = self.pos_enc(self.embed(tokens[:, None]), offset=state.length)[:, 0]  # (M, D)
+        return self.step_embedded(self.embed_tokens(tokens[:, None], state.length)[:, 0], state, live)
+
+    def step_embedded(self, x: torch.Tensor, state: DecoderState,
+                      live: torch.Tensor | None = None) -> tuple[torch.Tensor, DecoderState]:
+        """step() on the first layer's input x (M, D) of the newest position."""
         caches = []
         for layer, mem, cache in zip(self.decoders, state.memory, state.cache):
             x, cache = layer(x, None, mem._replace(live=live), cache)
             caches.append(cache)
         return self.output_layer(self.after_norm(x)), DecoderState(state.memory, tuple(caches), state.length + 1)
+
+
+class WhisperDecoder(TransformerDecoder):
+    """The decoder of a pretrained Whisper checkpoint, fine-tuned on its encoder's stored states.
+
+    The same layers as TransformerDecoder (pre-norm, GELU), loaded with the checkpoint's weights: learned
+    positions instead of sinusoids, the output layer tied to the token embedding, and Whisper's prompt
+    (<|startoftranscript|><|en|><|transcribe|><|notimestamps|>) in front of every sequence, its last
+    token in <sos>'s place. The tokens are the checkpoint's own (token_type whisper: our id = Whisper's
+    + 2, <sos/eos> = <|endoftext|>, asrkit.tokenizer), so the decoder starts as Whisper's: on the
+    encoder's states of the whole 30 s window it gives Whisper's own hypotheses (tested). The weights
+    come from `pretrained` whenever the model is built (a model dir needs the checkpoint, as stage 1
+    and transcribe do), then the trained ones replace them.
+    """
+
+    def __init__(self, vocab_size: int, encoder_output_size: int, pretrained: str | None = None, language: str = "en",
+                 dropout_rate: float = 0.1, self_attention_dropout_rate: float = 0.0,
+                 src_attention_dropout_rate: float = 0.0):
+        from transformers import WhisperForConditionalGeneration, WhisperTokenizer
+
+        from asrkit.tokenizer import WHISPER_OFFSET
+
+        if not pretrained:
+            raise ValueError("decoder whisper needs pretrained: the Whisper checkpoint (stage 3 takes the "
+                             "one whose encoder made the features)")
+        try:
+            hf = WhisperForConditionalGeneration.from_pretrained(str(pretrained), dtype=torch.float32)
+            tok = WhisperTokenizer.from_pretrained(str(pretrained))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot load the Whisper checkpoint {pretrained!r}: {e}") from None
+        c, dec = hf.config, hf.model.decoder
+        text_tokens = c.eos_token_id  # Whisper's ids below <|endoftext|>
+        if vocab_size != text_tokens + WHISPER_OFFSET + 1:
+            raise ValueError(f"the token list has {vocab_size} tokens, the Whisper checkpoint {text_tokens} text "
+                             f"tokens: make the token list with --token_type whisper from the same checkpoint")
+        prompt = tok.convert_tokens_to_ids(["<|startoftranscript|>", f"<|{language}|>", "<|transcribe|>",
+                                            "<|notimestamps|>"])
+        if tok.unk_token_id in prompt:
+            raise ValueError(f"the checkpoint has no language token <|{language}|> (an English-only model?)")
+        super().__init__(vocab_size, encoder_output_size, c.decoder_attention_heads, c.decoder_ffn_dim,
+                         c.decoder_layers, dropout_rate, 0.0, self_attention_dropout_rate,
+                         src_attention_dropout_rate, attention_dim=c.d_model, activation="gelu")
+        del self.pos_enc
+        self.dropout = nn.Dropout(dropout_rate)
+        table = dec.embed_tokens.weight.detach()
+        with torch.no_grad():
+            self.embed.weight.zero_()[WHISPER_OFFSET:] = table[: text_tokens + 1]  # <blank>, <unk>: zeros
+            self.output_layer.weight = self.embed.weight  # tied, as Whisper's
+            self.output_layer.bias.zero_()[:WHISPER_OFFSET] = -1e4  # <blank> and <unk> are never emitted
+        self.output_layer.bias.requires_grad_(False)
+        self.positions = nn.Parameter(dec.embed_positions.weight.detach().clone())
+        self.prompt = nn.Parameter(table[prompt].clone())
+        self.max_tokens = self.positions.size(0) - len(prompt)  # hypothesis tokens that fit, with <eos>
+        pairs = [(self.after_norm, dec.layer_norm)]
+        for ours, theirs in zip(self.decoders, dec.layers):
+            pairs += [(ours.norm1, theirs.self_attn_layer_norm), (ours.norm2, theirs.encoder_attn_layer_norm),
+                      (ours.norm3, theirs.final_layer_norm), (ours.feed_forward[0], theirs.fc1),
+                      (ours.feed_forward[3], theirs.fc2)]
+            for att, hf_att in ((ours.self_attn, theirs.self_attn), (ours.src_attn, theirs.encoder_attn)):
+                pairs += [(att.linear_q, hf_att.q_proj), (att.linear_k, hf_att.k_proj),
+                          (att.linear_v, hf_att.v_proj), (att.linear_out, hf_att.out_proj)]
+        with torch.no_grad():
+            for ours, theirs in pairs:
+                ours.weight.copy_(theirs.weight)
+                ours.bias.copy_(theirs.bias if theirs.bias is not None else torch.zeros_like(ours.bias))
+
+    def embed_tokens(self, ys: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """ys at positions offset.. after the prompt's first tokens; <sos> (first) is the prompt's last."""
+        start = offset + self.prompt.size(0) - 1
+        if start + ys.size(1) > self.positions.size(0):
+            raise ValueError(f"{offset + ys.size(1)} tokens do not fit in the Whisper decoder's "
+                             f"{self.positions.size(0)} positions (with its prompt): cut the audio shorter")
+        x = self.embed(ys)
+        if offset == 0:
+            x = torch.cat([self.prompt[-1].expand(x.size(0), 1, -1), x[:, 1:]], 1)
+        return self.dropout(x + self.positions[start: start + ys.size(1)])
+
+    def prefix(self, rows: int) -> torch.Tensor:
+        """The prompt's tokens before <sos>'s place, with their positions: (rows, P-1, D)."""
+        n = self.prompt.size(0) - 1
+        return self.dropout(self.prompt[:n] + self.positions[:n]).expand(rows, -1, -1)
+
+    def forward(self, ys_in, ys_lens, memory, memory_lens) -> torch.Tensor:
+        n = self.prompt.size(0) - 1
+        x = torch.cat([self.prefix(ys_in.size(0)), self.embed_tokens(ys_in)], 1)
+        return self.forward_embedded(x, ys_lens + n, memory, memory_lens)[:, n:]
+
+    def step(self, tokens, state, live=None):
+        if state.length == 0:  # the prompt first, then <sos>'s place
+            for x in self.prefix(tokens.size(0)).unbind(1):
+                _, state = self.step_embedded(x, state, live)
+            state = state._replace(length=0)
+        return super().step(tokens, state, live)

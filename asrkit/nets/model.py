@@ -35,6 +35,18 @@ class LabelSmoothingLoss(nn.Module):
         return kl.masked_fill(ignore, 0.0).sum() / denom
 
 
+class IdentityEncoder(nn.Module):
+    """encoder: identity. The frontend's output goes to the CTC head and the decoder as it is (for a
+    decoder that reads the pretrained encoder's own states: decoder whisper)."""
+
+    def __init__(self, input_size: int):
+        super().__init__()
+        self.output_size = input_size
+
+    def forward(self, x: torch.Tensor, lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return x, lens
+
+
 def add_sos_eos(ys: torch.Tensor, sos: int, eos: int, ignore_id: int = IGNORE_ID):
     """ys (B, L) padded with ignore_id -> decoder input [sos, y] (padded with eos), target [y, eos]."""
     b = ys.size(0)

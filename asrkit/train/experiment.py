@@ -43,6 +43,9 @@ def train(args, config: dict) -> None:
             check_compatible(train_store.attrs, load_feats_attrs(exp_dir), args.train_feats)
         config.update(input_dim=train_store.dim, input_layers=train_store.num_layers,
                       vocab_size=tokenizer.vocab_size)
+        if config.get("decoder") == "whisper":  # by default the decoder of the features' own checkpoint
+            config["decoder_conf"] = {"pretrained": train_store.attrs.get("ssl_model"),
+                                      **(config.get("decoder_conf") or {})}
         seed_everything(args.seed)  # same initial weights on every rank
         model = build_from_config(config)
         min_frames = getattr(model, "min_frames", 1)

@@ -3,14 +3,25 @@
 # or a Kaldi data dir. Frozen wavlm-base-plus features (layer 9), speed perturbation 0.9/1.0/1.1,
 # SpecAugment, a Conformer (conf/train_conformer.yaml; conf/train_bilstm.yaml for the BiLSTM),
 # joint CTC/attention decoding (beam 10, ctc_weight 0.3), the `child` normalizer, WER per age.
+# With a Whisper checkpoint as --ssl_model, its own decoder instead, fine-tuned on the stored states
+# of its encoder's last layer, with its own tokens (conf/train_whisper_decoder.yaml, beam 5).
 #   bash egs/child/run.sh --raw_data /path/to/manifest.jsonl
 #   bash egs/child/run.sh --raw_data /path/to/manifest.jsonl --train_config conf/train_bilstm.yaml
+#   bash egs/child/run.sh --raw_data /path/to/manifest.jsonl --ssl_model openai/whisper-base
 . "$(dirname "$0")/../recipe.sh"
 recipe_init "$@"
+recipe_take ssl_model microsoft/wavlm-base-plus
+is_whisper() {  # a local checkpoint by its config, a model id by its name
+    if [ -f "$1/config.json" ]; then grep -q '"model_type": *"whisper"' "$1/config.json"; else [[ "$1" == *whisper* ]]; fi
+}
+if is_whisper "$ssl_model"; then
+    front=(--ssl_layer last --speed_perturb "" --token_type whisper
+           --train_config conf/train_whisper_decoder.yaml --decode_config conf/decode_whisper.yaml)
+else
+    front=(--ssl_layer 9 --speed_perturb "0.9 1.0 1.1" --token_type bpe --nbpe 500
+           --train_config conf/train_conformer.yaml --decode_config conf/decode.yaml)
+fi
 exec ../../run.sh \
     --normalizer child \
-    --feats_type wavlm --ssl_model microsoft/wavlm-base-plus --ssl_layer 9 \
-    --speed_perturb "0.9 1.0 1.1" \
-    --token_type bpe --nbpe 500 \
-    --train_config conf/train_conformer.yaml --decode_config conf/decode.yaml \
+    --feats_type wavlm --ssl_model "$ssl_model" "${front[@]}" \
     ${args[@]+"${args[@]}"}

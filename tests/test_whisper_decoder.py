@@ -1,0 +1,84 @@
+"""The Whisper decoder (decoder: whisper) starts as the checkpoint's own: the same logits as
+transformers' WhisperForConditionalGeneration on the same encoder states, the same greedy search."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from asrkit.decode.beam import beam_search
+from asrkit.decode.search import DecodeOptions
+from asrkit.nets import build_model
+from asrkit.tokenizer import Tokenizer, build_token_list
+
+TEXTS = ["the cat sat on the mat", "one two three four", "we went"]
+
+
+@pytest.fixture(scope="module")
+def pair(tiny_whisper, tmp_path_factory):
+    """(our model, transformers' Whisper, tokenizer) from the tiny random Whisper checkpoint."""
+    from transformers import WhisperForConditionalGeneration
+
+    tok = build_token_list(TEXTS, "whisper", tmp_path_factory.mktemp("tok") / "whisper", pretrained=str(tiny_whisper))
+    hf = WhisperForConditionalGeneration.from_pretrained(str(tiny_whisper)).eval()
+    conf = {"frontend_conf": {"layer_norm": False}, "encoder": "identity", "decoder": "whisper",
+            "decoder_conf": {"pretrained": str(tiny_whisper), "dropout_rate": 0.0}, "model_conf": {"ctc_weight": 0.0}}
+    model = build_model(conf, hf.config.d_model, 1, tok.vocab_size).eval()
+    return model, hf, tok
+
+
+def hf_prompt(hf) -> list[int]:
+    g = hf.generation_config
+    return [g.decoder_start_token_id, g.lang_to_id["<|en|>"], g.task_to_id["transcribe"], g.no_timestamps_token_id]
+
+
+def hf_logits(hf, tokens: list[int], memory: torch.Tensor) -> torch.Tensor:
+    """transformers' logits after the prompt and our tokens, over Whisper's ids."""
+    ids = torch.tensor([hf_prompt(hf) + [t - 2 for t in tokens]])
+    with torch.no_grad():
+        return hf(encoder_outputs=(memory[None],), decoder_input_ids=ids).logits[0, 3:]
+
+
+def test_teacher_forcing_gives_whispers_logits_batched_as_one_by_one(pair):
+    model, hf, tok = pair
+    torch.manual_seed(0)
+    lens = torch.tensor([30, 17, 24])
+    memory = torch.randn(3, 30, hf.config.d_model)
+    ys = [tok.encode(t) for t in TEXTS]
+    width = max(map(len, ys)) + 1
+    ys_in = torch.tensor([[tok.sos] + y + [tok.eos] * (width - 1 - len(y)) for y in ys])
+    with torch.no_grad():
+        ours = model.decoder(ys_in, torch.tensor([len(y) + 1 for y in ys]), memory, lens)
+    eot = hf.config.eos_token_id
+    for b, y in enumerate(ys):
+        theirs = hf_logits(hf, y, memory[b, : lens[b]])  # one utterance, no padding
+        mine = ours[b, : len(y) + 1]
+        torch.testing.assert_close(mine[:, 2:], theirs[:, : eot + 1], atol=1e-4, rtol=1e-4)  # text tokens, <eos>
+        assert bool((mine[:, :2] < -1e3).all())  # <blank>, <unk>: never
+
+
+def test_the_search_follows_whispers_greedy_path(pair):
+    model, hf, tok = pair
+    torch.manual_seed(1)
+    memory, eot = torch.randn(2, 25, hf.config.d_model), hf.config.eos_token_id
+    lens = torch.tensor([25, 19])
+    hyps = beam_search(model, memory, lens, DecodeOptions(mode="attention", beam=1, ctc_weight=0.0, maxlenratio=-8))
+    for b in range(2):
+        path = []  # transformers' greedy choice among the text tokens and <|endoftext|>
+        while len(path) < 8:
+            nxt = int(hf_logits(hf, path, memory[b, : lens[b]])[-1, : eot + 1].argmax())
+            if nxt == eot:
+                break
+            path.append(nxt + 2)
+        assert hyps[b][0].tokens == path and path
+
+
+def test_a_wrong_token_list_or_checkpoint_is_named(pair, tiny_whisper, tmp_path):
+    model, hf, tok = pair
+    conf = {"encoder": "identity", "decoder": "whisper", "decoder_conf": {"pretrained": str(tiny_whisper)},
+            "model_conf": {"ctc_weight": 0.0}}
+    from asrkit.errors import DataError
+
+    with pytest.raises(DataError, match="token-type whisper|--token_type whisper"):
+        build_model(conf, hf.config.d_model, 1, 40)
+    with pytest.raises(DataError, match="cannot load"):
+        build_model({**conf, "decoder_conf": {"pretrained": str(tmp_path)}}, hf.config.d_model, 1, tok.vocab_size)
