@@ -4,7 +4,7 @@
 # SpecAugment, a Conformer (conf/train_conformer.yaml; conf/train_bilstm.yaml for the BiLSTM),
 # joint CTC/attention decoding (beam 10, ctc_weight 0.3), the `child` normalizer, WER per age.
 # With a Whisper checkpoint as --ssl_model, its own decoder instead, fine-tuned on the stored states
-# of its encoder's last layer, with its own tokens (conf/train_whisper_decoder.yaml, beam 5).
+# of its encoder's last layer, with its own tokens (conf/train_whisper_decoder.yaml, attention beam 10).
 #   bash egs/child/run.sh --raw_data /path/to/manifest.jsonl
 #   bash egs/child/run.sh --raw_data /path/to/manifest.jsonl --train_config conf/train_bilstm.yaml
 #   bash egs/child/run.sh --raw_data /path/to/manifest.jsonl --ssl_model openai/whisper-base
