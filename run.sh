@@ -212,12 +212,6 @@ run_stage() {
     echo "[stage $n] $title: done in $((SECONDS - t0))s"
 }
 
-need_command() {  # a stage whose command line is not written yet says so, rather than a Python error
-    [ -f "$asrkit_root/asrkit/bin/$1.py" ] && return 0
-    echo "asrkit.bin.$1 is not implemented yet in this version of asrkit" >&2
-    return 3
-}
-
 # ------------------------------------------------------------------ stage 0: data preparation
 stage0() {
     if [ -n "$local_data" ]; then
@@ -258,7 +252,6 @@ launch_cmd() {
 # ------------------------------------------------------------------ stage 1: feature dump
 stage1() {
     local s data=() out=()
-    need_command dump_feats
     for s in $all_sets; do
         data+=("$datadir/$s.jsonl"); out+=("$dumpdir/$feats_tag/$s.h5")
     done
@@ -283,7 +276,6 @@ run_stage 1 "feature dump ($feats_tag)" "$(for s in $all_sets; do echo "$datadir
 
 # ------------------------------------------------------------------ stage 2: token list
 stage2() {
-    need_command make_tokens
     python -m asrkit.bin.make_tokens --data "$datadir/$train_set.jsonl" --token_type "$token_type" \
         --nbpe "$nbpe" --bpemode "$bpemode" --pretrained "$ssl_model" --out "$token_dir"
 }
@@ -292,7 +284,6 @@ run_stage 2 "token list ($unit)" "$datadir/$train_set.jsonl" "$token_dir/tokens.
 
 # ------------------------------------------------------------------ stage 3: training
 stage3() {
-    need_command train
     if [ -d "$exp" ] && ! $stage_resuming; then
         # A checkpoint made from other inputs or options must not be resumed: keep it aside.
         local old
@@ -316,7 +307,6 @@ run_stage 3 "training ($tag)" \
 # ------------------------------------------------------------------ stage 4: decoding
 stage4() {
     local s
-    need_command decode
     for s in $test_sets; do
         # shellcheck disable=SC2086
         python -m asrkit.bin.decode --config "$decode_config" --model_dir "$exp" \
@@ -332,7 +322,6 @@ run_stage 4 "decoding ($test_sets)" \
 # ------------------------------------------------------------------ stage 5: scoring
 stage5() {
     local s
-    need_command score
     for s in $test_sets; do
         python -m asrkit.bin.score --data "$datadir/$s.jsonl" --hyp "$exp/decode_${s}_${dtag}/hyp.jsonl" \
             --out "$exp/decode_${s}_${dtag}" --normalizers "$normalizer${score_normalizers:+,$score_normalizers}" \

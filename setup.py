@@ -43,7 +43,7 @@ setup(
     },
     entry_points={
         "console_scripts": [
-            f"asrkit-{name}=asrkit.bin.{name}:main" for name in ENTRY_POINTS
+            f"asrkit-{name}=asrkit.cli:console_script" for name in ENTRY_POINTS
         ]
     },
 )

@@ -67,3 +67,12 @@ def run_main(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     sys.exit(code or 0)
+
+
+def console_script() -> None:
+    """The `asrkit-<name>` console scripts (setup.py): asrkit.bin.<name>'s main() through run_main, as
+    `python -m asrkit.bin.<name>` runs it (a DataError is a message and exit 2, not a traceback)."""
+    import importlib
+
+    name = Path(sys.argv[0]).name.removeprefix("asrkit-").replace("-", "_")
+    run_main(importlib.import_module(f"asrkit.bin.{name}").main)

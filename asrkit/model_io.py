@@ -4,20 +4,30 @@
     exp/<tag>/tokens/            copy of the token dir the model was trained with
     exp/<tag>/feats_attrs.json   attributes of the feature extractor (checked against stores at use)
     exp/<tag>/*.pth              weights: epochN.pth, model.best.pth, model.avg.pth, checkpoint.pth
+    exp/<tag>/layer_weights.md   the learned weights over stored layers (for scoring's RESULTS.md)
+
+and the weights files: atomic saves, which epochs to keep, averaging of the best ones.
 """
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
+from typing import Sequence
 
 import torch
 import yaml
 
 from asrkit.errors import DataError
-from asrkit.fileio import atomic_open, atomic_path, write_json
+from asrkit.fileio import atomic_open, atomic_path, load_jsonl, write_json
+from asrkit.nets import build_model
+from asrkit.tokenizer import Tokenizer
 
-CONFIG, TOKENS_DIR, FEATS_ATTRS = "config.yaml", "tokens", "feats_attrs.json"
+log = logging.getLogger(__name__)
+CONFIG, TOKENS_DIR, FEATS_ATTRS, LAYER_WEIGHTS = "config.yaml", "tokens", "feats_attrs.json", "layer_weights.md"
+# Direction of each validation metric: which value is better.
+CRITERIA = {"loss": "min", "acc": "max", "cer": "min"}
 
 
 def save_config(exp_dir: str | Path, config: dict) -> None:
@@ -52,8 +62,6 @@ def load_feats_attrs(exp_dir: str | Path) -> dict:
 
 
 def build_from_config(config: dict):
-    from asrkit.nets import build_model
-
     return build_model(config, config["input_dim"], config["input_layers"], config["vocab_size"])
 
 
@@ -63,9 +71,6 @@ def load_model(exp_dir: str | Path, checkpoint: str = "model.avg.pth", device: s
     `checkpoint` is a file name inside exp_dir (or a path): epochN.pth, model.best.pth, model.avg.pth,
     or checkpoint.pth (the latest training state).
     """
-    from asrkit.tokenizer import Tokenizer
-    from asrkit.train.checkpoint import model_state
-
     exp_dir = Path(exp_dir)
     config = load_config(exp_dir)
     tokenizer = Tokenizer.load(exp_dir / TOKENS_DIR)
@@ -83,8 +88,6 @@ def load_model(exp_dir: str | Path, checkpoint: str = "model.avg.pth", device: s
 def layer_weights(exp_dir: str | Path, checkpoint: str = "model.avg.pth") -> list[tuple[int, float]]:
     """(stored layer, weight) of a model's learned weighted sum over layers (softmax, summing to 1),
     in layer order; [] for a model without one (a single layer, or concatenated layers)."""
-    from asrkit.train.checkpoint import model_state
-
     path = Path(exp_dir) / checkpoint
     if not path.is_file():
         return []
@@ -108,3 +111,94 @@ def heaviest_layers(exp_dir: str | Path, k: int, checkpoint: str = "model.avg.pt
         raise DataError("the model has no learned weights over layers", str(exp_dir),
                         "it was trained on one layer (or concatenated layers): give --layers instead")
     return sorted(layer for layer, _ in sorted(pairs, key=lambda p: -p[1])[:k])
+
+
+def write_layer_weights(exp_dir: str | Path, checkpoint: str = "model.avg.pth") -> list[str]:
+    """exp_dir/layer_weights.md from the checkpoint's learned weights over layers (none: no file);
+    the table's lines."""
+    lines = format_layer_weights(pairs) if (pairs := layer_weights(exp_dir, checkpoint)) else []
+    if lines:
+        with atomic_open(Path(exp_dir) / LAYER_WEIGHTS) as f:
+            f.write("\n".join(lines) + "\n")
+    return lines
+
+
+# ---------------------------------------------------------------------------------------------
+# Weights files
+
+
+def save_atomic(obj, path: str | Path) -> None:
+    """torch.save to a temporary name, then rename: a kill mid-write leaves the old file intact."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def model_state(path: str | Path) -> dict:
+    """The model weights of a file that holds either a state dict or a full training checkpoint."""
+    obj = torch.load(path, map_location="cpu", weights_only=False)
+    return obj["model"] if isinstance(obj, dict) and "model" in obj and "optimizer" in obj else obj
+
+
+def average_states(paths: Sequence[str | Path]) -> dict:
+    """Element-wise mean of several models' weights (integer buffers: floor of the mean)."""
+    avg = None
+    for p in paths:
+        state = model_state(p)
+        if avg is None:
+            avg = {k: v.clone().double() if v.is_floating_point() else v.clone() for k, v in state.items()}
+        else:
+            for k, v in state.items():
+                avg[k] += v.double() if v.is_floating_point() else v
+    ref = model_state(paths[0])
+    return {k: (v / len(paths)).to(ref[k].dtype) if ref[k].is_floating_point() else v // len(paths)
+            for k, v in avg.items()}
+
+
+def best_epochs(history: Sequence[dict], criterion: str, k: int) -> list[int]:
+    """The k epochs with the best validation `criterion` (ties: the earlier epoch)."""
+    sign = 1 if CRITERIA[criterion] == "min" else -1
+    scored = [(sign * h["valid"][criterion], h["epoch"]) for h in history if criterion in h.get("valid", {})]
+    return [e for _, e in sorted(scored)[:k]]
+
+
+def prune_epochs(exp_dir: Path, history: Sequence[dict], criterion: str, nbest: int, nlast: int) -> None:
+    """Delete epoch files that are neither among the best `nbest` nor the last `nlast`."""
+    keep = set(best_epochs(history, criterion, nbest)) | {h["epoch"] for h in history[-nlast:] if nlast}
+    for f in exp_dir.glob("epoch*.pth"):
+        if f.stem[5:].isdigit() and int(f.stem[5:]) not in keep:
+            f.unlink()
+
+
+def average_best(exp_dir: str | Path, history: Sequence[dict], criterion: str, k: int,
+                 out_name: str = "model.avg.pth") -> Path | None:
+    """Average the best k epochs' weights into exp_dir/out_name; also link model.best.pth to the best.
+    None if none of them is on disk."""
+    exp_dir = Path(exp_dir)
+    best = best_epochs(history, criterion, k)
+    epochs = [e for e in best if (exp_dir / f"epoch{e}.pth").is_file()]
+    if not epochs:
+        return None
+    if len(epochs) < len(best):
+        log.warning("only %d of the best %d epochs are on disk: averaging those", len(epochs), len(best))
+    save_atomic(average_states([exp_dir / f"epoch{e}.pth" for e in epochs]), exp_dir / out_name)
+    best = exp_dir / "model.best.pth"
+    with atomic_path(best) as tmp:
+        tmp.unlink()
+        tmp.symlink_to(f"epoch{epochs[0]}.pth")
+    log.info("%s: average of epochs %s (best %s by valid %s)", exp_dir / out_name, epochs, epochs[0], criterion)
+    return exp_dir / out_name
+
+
+def average_from_log(exp_dir: str | Path, k: int, out_name: str) -> Path:
+    """average_best after training: the epochs and the criterion from train_log.jsonl and config.yaml."""
+    exp_dir = Path(exp_dir)
+    log_path = exp_dir / "train_log.jsonl"
+    if not log_path.is_file():
+        raise DataError("no train_log.jsonl to pick the best epochs from", str(exp_dir), "train the model first")
+    history = [r for r in load_jsonl(log_path) if r.get("kind") == "epoch"]
+    criterion = load_config(exp_dir).get("best_model_criterion", "acc")
+    path = average_best(exp_dir, history, criterion, k, out_name)
+    if path is None:
+        raise DataError(f"none of the best {k} epochs by valid {criterion} is on disk", str(exp_dir),
+                        "keep more epochs (keep_nbest_models) or decode model.avg.pth")
+    return path

@@ -236,13 +236,11 @@ def git_commit(repo: Path | None = None) -> str:
 
 
 def environment() -> list[str]:
-    import torch
-
     import asrkit
 
     return [f"- date: `{datetime.datetime.now().astimezone():%a %b %d %H:%M:%S %Z %Y}`",
             f"- python version: `{platform.python_version()}`", f"- asrkit version: `asrkit {asrkit.__version__}`",
-            f"- pytorch version: `pytorch {torch.__version__}`", f"- jiwer version: `{_version('jiwer')}`",
+            f"- pytorch version: `pytorch {_version('torch')}`", f"- jiwer version: `{_version('jiwer')}`",
             f"- Git hash: `{git_commit()}`"]
 
 
@@ -283,10 +281,8 @@ def gather(exp_dir) -> str:
         lines.append(f"|{name}|{info.get('mode', '')}|{info.get('beam', '')}|{info.get('ctc_weight', '')}|"
                      f"{info.get('checkpoint', '')}|{js['normalizer']}|{f'{ci[0]:.2f}-{ci[1]:.2f}' if ci else ''}|"
                      f"{'' if rtf is None else f'{rtf:.4f}'}|")
-    from asrkit.model_io import format_layer_weights, layer_weights
-
-    if (exp_dir / "config.yaml").is_file() and (pairs := layer_weights(exp_dir)):
+    if (weights := exp_dir / "layer_weights.md").is_file():  # written by training (asrkit.model_io)
         lines += ["", "### feature layers: learned weights (model.avg.pth)", "",
                   "Slice the stores to the heaviest: `python -m asrkit.bin.slice_store --model_dir "
-                  f"{exp_dir} --top K ...`.", "", *format_layer_weights(pairs)]
+                  f"{exp_dir} --top K ...`.", "", *weights.read_text(encoding="utf-8").splitlines()]
     return "\n".join(lines) + "\n"

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from asrkit.errors import DataError
+
 # Architectures of the real checkpoints; "tiny" is for tests and the offline demo on CPU.
 PRESETS = {
     "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
@@ -93,8 +95,6 @@ def save_random_whisper(out_dir: str | Path, preset: str = "tiny", seed: int = 0
 
 def hf_source(name_or_dir: str) -> str:
     """What from_pretrained is given: a local dir (checked), else the model id."""
-    from asrkit.errors import DataError
-
     looks_local = Path(name_or_dir).expanduser().exists() or name_or_dir.startswith((".", "/", "~"))
     if looks_local and not (Path(name_or_dir).expanduser() / "config.json").is_file():
         raise DataError("not a HuggingFace model dir (no config.json)", name_or_dir,
@@ -103,8 +103,6 @@ def hf_source(name_or_dir: str) -> str:
 
 
 def load_error(e: OSError, name_or_dir: str):
-    from asrkit.errors import DataError
-
     return DataError(f"cannot load the model: {str(e).splitlines()[0]}", name_or_dir,
                      "check the model id, or download it on a machine with internet "
                      "(huggingface-cli download ID) and pass its local dir")
@@ -126,8 +124,6 @@ def load_whisper_encoder(name_or_dir: str, device: str = "cpu"):
     import torch
     from transformers import WhisperFeatureExtractor, WhisperModel
     from transformers.utils import logging as hf_logging
-
-    from asrkit.errors import DataError
 
     hf_logging.disable_progress_bar()
     src = hf_source(name_or_dir)
@@ -155,8 +151,6 @@ def load_ssl_model(name_or_dir: str, device: str = "cpu"):
     import torch
     from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
     from transformers.utils import logging as hf_logging
-
-    from asrkit.errors import DataError
 
     hf_logging.disable_progress_bar()
     src = hf_source(name_or_dir)
@@ -211,8 +205,6 @@ LAYER_SPEC_HELP = ("hidden layer(s) to keep, 0 being the transformer's input and
 
 def parse_layers(spec: str, num_layers: int) -> tuple[list[int], str]:
     """(layer indices, reduce) of a --ssl_layer spec; reduce is 'none' (one layer), 'stack' or 'mean'."""
-    from asrkit.errors import DataError
-
     spec = str(spec).strip().lower()
     reduce = "stack"
     if spec.startswith("mean:"):

@@ -39,7 +39,7 @@ from asrkit.fileio import load_jsonl, resolve_audio_path, write_jsonl  # noqa: E
 from asrkit.model_io import build_from_config  # noqa: E402
 from asrkit.ssl import PRESETS, save_random_wavlm  # noqa: E402
 from asrkit.tokenizer import Tokenizer, build_token_list  # noqa: E402
-from asrkit.train.distributed import init_distributed  # noqa: E402
+from asrkit.distributed import init_distributed  # noqa: E402
 from asrkit.train.trainer import Trainer  # noqa: E402
 
 WORDS = "zero one two three four five six seven eight nine".split()

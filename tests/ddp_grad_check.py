@@ -16,7 +16,7 @@ from asrkit.train.experiment import seed_everything
 from asrkit.data import SpeechDataset, collate
 from asrkit.model_io import build_from_config
 from asrkit.tokenizer import Tokenizer
-from asrkit.train.distributed import init_distributed
+from asrkit.distributed import init_distributed
 from asrkit.train.trainer import Trainer
 
 B = 4

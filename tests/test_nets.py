@@ -280,7 +280,7 @@ def test_learned_layer_weights_are_reported_and_choose_layers(tmp_path):
     slice_store --top picks from."""
     import json
 
-    from asrkit.model_io import format_layer_weights, heaviest_layers, layer_weights, save_config
+    from asrkit.model_io import format_layer_weights, heaviest_layers, layer_weights, save_config, write_layer_weights
 
     model = build_model(tiny("bilstm"), input_dim=10, input_layers=3, vocab_size=V)
     with torch.no_grad():
@@ -293,6 +293,8 @@ def test_learned_layer_weights_are_reported_and_choose_layers(tmp_path):
     assert heaviest_layers(tmp_path, 2) == [6, 9]  # in layer order
     table = format_layer_weights(pairs)
     assert "(heaviest)" in table[3] and table[3].startswith("|6|")
+    assert write_layer_weights(tmp_path) == table  # what scoring copies into RESULTS.md, without torch
+    assert (tmp_path / "layer_weights.md").read_text().splitlines() == table
     save_config(tmp_path, {})
     one = build_model(tiny("bilstm"), input_dim=10, input_layers=1, vocab_size=V)
     torch.save(one.state_dict(), tmp_path / "one.pth")

@@ -13,7 +13,7 @@ from asrkit.bin import train
 from asrkit.errors import DataError
 from asrkit.features.store import FeatureReader, FeatureWriter, finalize_store
 from asrkit.model_io import load_model
-from asrkit.train.checkpoint import average_states, best_epochs
+from asrkit.model_io import average_states, best_epochs
 from asrkit.train.config import resolve_config
 from train_fixtures import ATTRS, make_experiment, train_argv, utterance_feats
 
@@ -121,10 +121,13 @@ def test_config_overrides_merge_nested_sections(data):
     parser = train.get_parser()
     base = [f"--{k}={data[k]}" for k in data] + ["--exp_dir=x"]
     args, config = resolve_config(parser, base + ["--encoder_conf", '{"num_blocks": 4}', "--max_epoch", "7",
-                                                        "--model_conf.ctc_weight=0.5", "--specaug", "null"])
+                                                        "--model_conf.ctc_weight=0.5", "--specaug", "null",
+                                                        "--optim_conf.lr", "2e-4", "--scheduler_conf.warmup_steps=50"])
     assert config["encoder_conf"]["num_blocks"] == 4 and config["encoder_conf"]["output_size"] == 16
     assert config["model_conf"] == {"ctc_weight": 0.5, "lsm_weight": 0.1} and config["specaug"] is None
     assert args.max_epoch == 7 and config["batch_bins"] == 400  # from the YAML
+    assert args.optim_conf["lr"] == 2e-4 and args.scheduler_conf["warmup_steps"] == 50
+    assert config["optim_conf"] == args.optim_conf
     with pytest.raises(DataError, match="unknown option --max_epochs"):
         resolve_config(parser, base + ["--max_epochs", "3"])
 

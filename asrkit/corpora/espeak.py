@@ -25,7 +25,7 @@ import numpy as np
 
 from asrkit.errors import DataError
 
-SAMPLE_RATE = 22050  # eSpeak NG's output rate
+ESPEAK_RATE = 22050  # eSpeak NG's output rate (asrkit.audio.SAMPLE_RATE is what the models take)
 CHILD_VARIANTS = {f"child{i}": scale for i, scale in enumerate((1.15, 1.2, 1.25, 1.3), 1)}
 # espeak_AUDIO_OUTPUT, espeak_PARAMETER, espeak_POSITION_TYPE and flag values of speak_lib.h
 _AUDIO_OUTPUT_SYNCHRONOUS = 2
@@ -51,7 +51,7 @@ class Synthesizer:
 
     _instance: "Synthesizer | None" = None
     _lock = threading.Lock()
-    sample_rate = SAMPLE_RATE
+    sample_rate = ESPEAK_RATE
 
     def __init__(self):
         try:
@@ -143,7 +143,7 @@ def _serve() -> None:
     out = sys.stdout.buffer
     with tempfile.TemporaryDirectory(prefix="asrkit-espeak-") as tmp:
         data = _overlay_data_dir(Path(espeakng_loader.get_data_path()), Path(tmp) / "espeak-ng-data")
-        if lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, str(data).encode(), 0) != SAMPLE_RATE:
+        if lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, str(data).encode(), 0) != ESPEAK_RATE:
             raise SystemExit("eSpeak NG failed to initialize")
         lib.espeak_SetSynthCallback(collect)
         for line in sys.stdin.buffer:

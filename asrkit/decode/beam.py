@@ -117,7 +117,7 @@ def beam_search(model, enc: torch.Tensor, enc_lens: torch.Tensor, opts: SearchOp
     B, device, V, K = enc.size(0), enc.device, model.vocab_size, opts.beam
     sos, eos, blank, w = model.sos, model.eos, model.blank, opts.ctc_weight
     use_ctc, use_att = w > 0, w < 1
-    maxlen, minlen = length_limits(enc_lens, opts, getattr(model.decoder, "max_tokens", None) if use_att else None)
+    maxlen, minlen = length_limits(enc_lens, opts, getattr(model, "max_tokens", None) if use_att else None)
     maxlen_t, minlen_t = torch.tensor(maxlen, device=device), torch.tensor(minlen, device=device)
     C = V if not use_att else min(V, max(K, int(opts.pre_beam_ratio * K)))
     ctc = None

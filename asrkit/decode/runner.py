@@ -25,13 +25,16 @@ import torch
 from tqdm import tqdm
 
 import asrkit
+from asrkit.cli import setup_logging
 from asrkit.data import pad_feats
 from asrkit.decode.beam import Hyp
 from asrkit.device import first_device
 from asrkit.decode.search import DecodeOptions, check_model, decode_batch, hyp_record
 from asrkit.errors import DataError
 from asrkit.failures import check_failures
+from asrkit.features.store import FeatureReader, check_compatible
 from asrkit.fileio import atomic_open, read_jsonl, write_json, write_jsonl
+from asrkit.model_io import average_from_log, load_model
 
 log = logging.getLogger("asrkit.decode")
 
@@ -151,10 +154,6 @@ class Job(NamedTuple):
 
 def _worker(rank: int, job: Job, todo: list[Utterance]) -> tuple[float, list]:
     """One of job.nj processes: decode its share into its own partial file."""
-    from asrkit.cli import setup_logging
-    from asrkit.features.store import FeatureReader
-    from asrkit.model_io import load_model
-
     setup_logging(None, job.verbose, rank=rank)
     torch.set_num_threads(max(1, job.threads // job.nj))
     device = torch.device(f"cuda:{rank % job.ngpu}") if job.ngpu else torch.device("cpu")
@@ -169,10 +168,6 @@ def decode_split(model_dir, data, feats, out, opts: DecodeOptions, checkpoint: s
     """Decode a split list's stored features into <out>/hyp.jsonl, skipped.txt, decode_info.json
     (returned). nj processes (0: one per GPU, or 1 on CPU); average_nbest: first average the best
     k epochs into model.avg<k>.pth and decode that."""
-    from asrkit.features.store import FeatureReader, check_compatible
-    from asrkit.model_io import load_model
-    from asrkit.train.checkpoint import average_from_log
-
     device = first_device(ngpu)
     nj = nj or max(1, ngpu)
     model_dir, out = Path(model_dir), Path(out)

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from asrkit.audio import SAMPLE_RATE, audio_info, load_audio, resample
 from asrkit.device import first_device
+from asrkit.distributed import barrier, init_distributed
 from asrkit.errors import DataError
 from asrkit.failures import check_failures
 from asrkit.features.codecs import CODECS
@@ -320,7 +321,6 @@ def _dump_rank(extractor, attrs, items, bad, out: Path, partial: Path, rank: int
     ... of the list into its own resumable shard <out>.partial/rank<r>-of<world>.h5; once all are
     done, rank 0 merges the shards into the store, and every rank returns when the store is there.
     A resumed run must have the same world size (shards of another size are not reused)."""
-    from asrkit.train.distributed import barrier, init_distributed
 
     init_distributed(ngpu, "gloo")  # for the barriers only: the ranks share nothing else
     name = f"rank{rank}-of{world}"

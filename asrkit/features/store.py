@@ -26,6 +26,7 @@ import numpy as np
 
 from asrkit.errors import DataError
 from asrkit.features.codecs import decode, encode
+from asrkit.fileio import atomic_path
 
 # Extractor attributes that change what a model sees; anything else (the path a model was loaded
 # from, the asrkit version, storage dtype, corpus statistics) may differ between stores.
@@ -236,8 +237,6 @@ def finalize_store(shards: list[Path], out: str | os.PathLike, attrs: dict,
                    skipped: list[tuple[str, str]]) -> dict:
     """Turn finished shards into the store at `out` (a rename for one shard, a merge for several);
     returns its statistics. `out` appears complete or not at all."""
-    from asrkit.fileio import atomic_path
-
     done = {k: n for shard in shards for k, n in read_done(shard).items()}
     stats = dict(num_utts=len(done), num_skipped=len(skipped), total_frames=int(sum(done.values())),
                  total_seconds=float(sum(done.values())) / float(attrs["frame_rate"]))

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from asrkit.nets.attention import CrossAttention, KVCache, MemoryKV, PositionalEncoding, SelfAttention, length_mask
+from asrkit.tokenizer import WHISPER_OFFSET
 
 
 class DecoderState(NamedTuple):
@@ -152,8 +153,6 @@ class WhisperDecoder(TransformerDecoder):
                  dropout_rate: float = 0.1, self_attention_dropout_rate: float = 0.0,
                  src_attention_dropout_rate: float = 0.0):
         from transformers import WhisperForConditionalGeneration, WhisperTokenizer
-
-        from asrkit.tokenizer import WHISPER_OFFSET
 
         if not pretrained:
             raise ValueError("decoder whisper needs pretrained: the Whisper checkpoint (stage 3 takes the "

@@ -76,6 +76,11 @@ class ASRModel(nn.Module):
         self.ctc = nn.Linear(encoder.output_size, vocab_size) if ctc_weight > 0 else None
         self.criterion_att = LabelSmoothingLoss(vocab_size, lsm_weight, length_normalized_loss)
 
+    @property
+    def max_tokens(self) -> int | None:
+        """The longest hypothesis the decoder has positions for (decoder whisper: 444); None: no limit."""
+        return getattr(self.decoder, "max_tokens", None)
+
     def encode(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """feats (B, T, D) or (B, L, T, D) -> (enc (B, T', D'), enc_lens (B,))."""
         x = self.frontend.combine(feats)

@@ -8,6 +8,7 @@ import yaml
 
 from asrkit.errors import DataError
 
+DICT_OPTIONS = ("optim_conf", "scheduler_conf")  # training options that are mappings, merged like model sections
 
 def parse_value(text):
     """A command-line or config value: YAML/JSON ('2', 'true', '{"a": 1}') or a Python literal."""
@@ -38,8 +39,9 @@ def merge(base: dict, override: dict) -> dict:
 
 def resolve_config(parser, argv=None) -> tuple:
     """(args, config): command line over YAML over defaults; every YAML key not a training option
-    (the model sections) goes into config too, with dict values merged rather than replaced."""
-    from asrkit.nets import MODEL_KEYS
+    (the model sections) goes into config too, with dict values merged rather than replaced. A dotted
+    option sets one key of a section: --encoder_conf.num_blocks 2, --optim_conf.lr 1e-3."""
+    from asrkit.nets import MODEL_KEYS  # (here: nets imports torch, and `train --help` needs none of it)
 
     args, extra = parser.parse_known_args(argv)
     yaml_conf = {}
@@ -49,6 +51,7 @@ def resolve_config(parser, argv=None) -> tuple:
             raise DataError("a config file must be a YAML mapping", args.config)
     known = set(vars(args))
     model = {k: v for k, v in yaml_conf.items() if k not in known}
+    dotted: dict = {}  # --optim_conf.lr 1e-3 and the like
     while extra:
         arg = extra.pop(0)
         key, eq, value = arg[2:].partition("=")
@@ -56,15 +59,18 @@ def resolve_config(parser, argv=None) -> tuple:
             raise DataError(f"cannot parse {arg!r}", "command line", "give options as --name value")
         value = value if eq else extra.pop(0)
         top, *path = key.split(".")
-        if top not in MODEL_KEYS:
+        if top not in MODEL_KEYS and not (top in DICT_OPTIONS and path):
             raise DataError(f"unknown option --{key}", "command line",
                             f"see --help; model options are {', '.join(MODEL_KEYS)}")
         override = parse_value(value)
         for part in reversed(path):
             override = {part: override}
-        model = merge(model, {top: override})
-    for key in ("optim_conf", "scheduler_conf"):  # merge a command-line dict into the config's
-        setattr(args, key, merge(parse_dict(yaml_conf.get(key)), getattr(args, key)))
+        if top in DICT_OPTIONS:
+            dotted = merge(dotted, {top: override})
+        else:
+            model = merge(model, {top: override})
+    for key in DICT_OPTIONS:  # merge a command-line dict, then dotted keys, into the config's
+        setattr(args, key, merge(merge(parse_dict(yaml_conf.get(key)), getattr(args, key)), dotted.get(key, {})))
     unknown = [k for k in model if k not in MODEL_KEYS]
     if unknown:
         raise DataError(f"unknown key(s) {unknown}", args.config or "command line",

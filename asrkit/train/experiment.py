@@ -9,7 +9,13 @@ import numpy as np
 import torch
 
 from asrkit.cli import setup_logging
+from asrkit.data import SpeechDataset
+from asrkit.distributed import cleanup, init_distributed
+from asrkit.features.store import FeatureReader, check_compatible
 from asrkit.fileio import atomic_open
+from asrkit.model_io import FEATS_ATTRS, build_from_config, load_feats_attrs, save_exp_files
+from asrkit.tokenizer import Tokenizer
+from asrkit.train.trainer import Trainer
 
 log = logging.getLogger("asrkit.train")
 
@@ -22,13 +28,6 @@ def seed_everything(seed: int) -> None:
 
 def train(args, config: dict) -> None:
     """Train (or resume) the experiment in args.exp_dir, in this process or as one rank under torchrun."""
-    from asrkit.data import SpeechDataset
-    from asrkit.features.store import FeatureReader, check_compatible
-    from asrkit.model_io import FEATS_ATTRS, build_from_config, load_feats_attrs, save_exp_files
-    from asrkit.tokenizer import Tokenizer
-    from asrkit.train.distributed import cleanup, init_distributed
-    from asrkit.train.trainer import Trainer
-
     dist = init_distributed(args.ngpu, args.dist_backend)
     exp_dir = Path(args.exp_dir)
     setup_logging(args.log_file or str(exp_dir / "train.log"), args.verbose, dist.rank)

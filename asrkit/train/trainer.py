@@ -10,23 +10,24 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import random
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torchaudio.functional as AF
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from asrkit import model_io
 from asrkit.data import BucketBatchSampler, SpeechDataset, collate
 from asrkit.decode.ctc import ctc_greedy_search
+from asrkit.distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier
 from asrkit.errors import DataError
-from asrkit.model_io import format_layer_weights, layer_weights
-from asrkit.train import checkpoint as ckpt
-from asrkit.train.distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier
 from asrkit.train.optim import build_optimizer, build_scheduler
 from asrkit.train.reporter import Reporter
 
@@ -34,6 +35,21 @@ log = logging.getLogger(__name__)
 TRAIN_KEYS = ("loss", "loss_ctc", "loss_att", "acc")
 SUM_KEYS = (*TRAIN_KEYS, "utts", "frames")  # running train sums: each metric x utterances, then the counts
 VALID_KEYS = ("loss", "acc", "utts", "tokens", "char_edits", "chars")  # validation sums (loss x utts, acc x tokens)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
 
 
 def train_metrics(sums) -> dict[str, float]:
@@ -100,9 +116,9 @@ class Trainer:
 
     # ---- checkpoints -------------------------------------------------------------------------
     def save(self) -> None:
-        rng = all_gather_objects(ckpt.rng_state())  # a collective: every rank calls save()
+        rng = all_gather_objects(rng_state())  # a collective: every rank calls save()
         if self.dist.is_main:
-            ckpt.save_atomic({
+            model_io.save_atomic({
                 "model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "state": vars(self.state), "rng": rng, "world_size": self.dist.world_size,
@@ -124,7 +140,7 @@ class Trainer:
             self.scaler.load_state_dict(c["scaler"])
         self.state = State(**c["state"])
         if c["world_size"] == self.dist.world_size:
-            ckpt.set_rng_state(c["rng"][self.dist.rank])
+            set_rng_state(c["rng"][self.dist.rank])
         else:
             log.warning("checkpoint was written by %d processes, now %d: RNG states reseeded and the "
                         "epoch restarted", c["world_size"], self.dist.world_size)
@@ -193,7 +209,7 @@ class Trainer:
         batches = self.train_sampler.largest(self.args.preflight_batches)
         if not batches:
             return
-        rng, buffers = ckpt.rng_state(), self.buffers()
+        rng, buffers = rng_state(), self.buffers()
         self.model.train()
         t0 = time.time()
         for idx in batches:
@@ -209,7 +225,7 @@ class Trainer:
             self.last_batch = batch
         self.optimizer.zero_grad(set_to_none=True)
         self.restore_buffers(buffers)
-        ckpt.set_rng_state(rng)
+        set_rng_state(rng)
         mem = (f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB"
                if self.device.type == "cuda" else "")
         log.info("pre-flight: %d largest batches (up to %d padded frames) ran in %.1fs%s", len(batches),
@@ -313,13 +329,13 @@ class Trainer:
         record = {"epoch": st.epoch, "step": st.step, "train": train, "valid": valid, "time_s": seconds,
                   "lr": self.scheduler.get_last_lr()[0]}
         st.history.append(record)
-        best = ckpt.best_epochs(st.history, args.best_model_criterion, 1)
+        best = model_io.best_epochs(st.history, args.best_model_criterion, 1)
         since_best = st.epoch - best[0] if best else 0
         log.info("epoch %d: train loss %.4f acc %.4f | valid %s | %.0fs", st.epoch, train["loss"], train["acc"],
                  " ".join(f"{k} {v:.4f}" for k, v in valid.items()), seconds)
         if self.dist.is_main:
-            ckpt.save_atomic(self.module.state_dict(), self.exp_dir / f"epoch{st.epoch}.pth")
-            ckpt.prune_epochs(self.exp_dir, st.history, args.best_model_criterion, args.keep_nbest_models,
+            model_io.save_atomic(self.module.state_dict(), self.exp_dir / f"epoch{st.epoch}.pth")
+            model_io.prune_epochs(self.exp_dir, st.history, args.best_model_criterion, args.keep_nbest_models,
                               args.keep_last_models)
             self.reporter.record("epoch", st.step, **{k: v for k, v in record.items() if k != "step"})
             self.reporter.plot()
@@ -349,10 +365,9 @@ class Trainer:
                 if not self.end_epoch(self.validate(), time.time() - t0):
                     break
         if self.dist.is_main:
-            ckpt.average_best(self.exp_dir, st.history, self.args.best_model_criterion, self.args.keep_nbest_models)
-            if pairs := layer_weights(self.exp_dir):  # which layers the model uses (python -m asrkit.bin.slice_store keeps fewer)
-                log.info("learned weights of the feature layers (model.avg.pth):\n%s",
-                         "\n".join(format_layer_weights(pairs)))
+            model_io.average_best(self.exp_dir, st.history, self.args.best_model_criterion, self.args.keep_nbest_models)
+            if lines := model_io.write_layer_weights(self.exp_dir):  # which layers the model uses (slice_store keeps fewer)
+                log.info("learned weights of the feature layers (model.avg.pth):\n%s", "\n".join(lines))
             self.reporter.plot()
             self.reporter.close()
         barrier()

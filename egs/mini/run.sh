@@ -25,9 +25,10 @@ common=(
     --datadir "$datadir"
 )
 # all hidden layers stacked; the model learns their weighted sum (SUPERB-style)
-wavlm=(--feats_type wavlm --ssl_model "$datadir/local/wavlm-random-small" --ssl_layer all)
+wavlm_tag=wavlm-random-small_Lall_char fbank_tag=fbank_char  # the experiment names, set here and read below
+wavlm=(--feats_type wavlm --ssl_model "$datadir/local/wavlm-random-small" --ssl_layer all --tag "$wavlm_tag")
 # fbank has 100 frames/s, WavLM 50: subsample x4 instead of x2, so the encoder sees 25 frames/s in both
-fbank=(--feats_type fbank --train_args "--frontend_conf.subsample conv1d")
+fbank=(--feats_type fbank --train_args "--frontend_conf.subsample conv1d" --tag "$fbank_tag")
 
 if [[ " ${args[*]-} " == *" --feats_type "* ]] || [ "$compare_fbank" != true ]; then
     exec ../../run.sh "${common[@]}" "${wavlm[@]}" ${args[@]+"${args[@]}"}
@@ -57,7 +58,7 @@ cat exp/logs/demo_fbank.out
 echo
 echo "Demo results on the test voices (never seen in training); details in exp/*/RESULTS.md:"
 printf '%-34s %8s %8s\n' features "WER %" "CER %"
-for exp in exp/wavlm-random-small_Lall_char exp/fbank_char; do
+for exp in "exp/$wavlm_tag" "exp/$fbank_tag"; do
     [ -f "$exp/RESULTS.md" ] || continue
     # the first decode_test row is the WER table's, the second the CER table's
     mapfile -t rows < <(grep '^|decode_test_' "$exp/RESULTS.md" | cut -d'|' -f9)
