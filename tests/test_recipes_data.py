@@ -80,6 +80,8 @@ def test_myst_filtered_test_is_scored_from_the_full_test_decoding(tmp_path):
     decode = exp / "model" / "decode_test_beam10"
     hyps = {"u1": "the magnet sticks", "u2": "it goes around the sun", "u3": "no"}  # only u3 is wrong
     write_jsonl(decode / "hyp.jsonl", [{"utt_id": u, "text": t} for u, t in hyps.items()])
+    (decode / "decode_info.json").write_text(json.dumps({"mode": "attention", "beam": 10, "ctc_weight": 0.0,
+                                                          "checkpoint": "model.avg.pth", "rtf": 0.02, "utterances": 3}))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     subprocess.run([sys.executable, "-m", "asrkit.bin.score", "--data", str(data / "test.jsonl"),
                     "--hyp", str(decode / "hyp.jsonl")], check=True, capture_output=True, env=env)
@@ -92,3 +94,8 @@ def test_myst_filtered_test_is_scored_from_the_full_test_decoding(tmp_path):
     assert full["wer"] > 0 and filtered["wer"] == 0
     results = (exp / "model" / "RESULTS.md").read_text()
     assert "decode_test_beam10" in results and "decode_test_filtered_beam10" in results
+    # the filtered scoring keeps the decoding's search settings, not its timings or counts
+    info = json.loads((exp / "model" / "decode_test_filtered_beam10" / "decode_info.json").read_text())
+    assert info["beam"] == 10 and info["mode"] == "attention" and "rtf" not in info and "utterances" not in info
+    assert info["scored_from"] == str(decode.resolve()) and info["data"] == str((data / "test_filtered.jsonl").resolve())
+    assert "|decode_test_filtered_beam10|attention|10|0.0|model.avg.pth|" in results

@@ -40,9 +40,9 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.num_threads)
     info = decode_split(args.model_dir, args.data, args.feats, args.out, search_options(args), args.checkpoint,
                         args.batch_size, args.ngpu, args.nj, args.average_nbest, args.verbose)
-    speed = f"{info['decoded_now'] / info['decode_seconds']:.2f} utt/s" if info["decode_seconds"] else "nothing new decoded"
-    print(f"decoded {info['utterances']} utterances into {Path(args.out) / 'hyp.jsonl'}; RTF {info['rtf']:.4f} "
-          f"({info['decode_seconds']:.1f} s for {info['audio_seconds']:.1f} s of audio, {speed})")
+    speed = f"{info.decoded_now / info.decode_seconds:.2f} utt/s" if info.decode_seconds else "nothing new decoded"
+    print(f"decoded {info.utterances} utterances into {Path(args.out) / 'hyp.jsonl'}; RTF {info.rtf:.4f} "
+          f"({info.decode_seconds:.1f} s for {info.audio_seconds:.1f} s of audio, {speed})")
     return 0
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from asrkit.cli import make_parser, run_main, setup_logging
+from asrkit.decode_info import DecodeInfo
 from asrkit.errors import DataError
 from asrkit.fileio import atomic_open, write_json
 from asrkit.normalize import NORMALIZERS, get_normalizer, parse_rule_overrides
@@ -29,6 +30,9 @@ def main(argv=None) -> int:
                              "result_<name>.txt / scores_<name>.json; every table is printed (default: --normalizer)")
     parser.add_argument("--normalizer_opts", default="",
                         help="rule overrides of the (first) normalizer, e.g. digits_to_words=false")
+    parser.add_argument("--scored_from", metavar="DECODE_DIR", default=None,
+                        help="the decoding --hyp came from, when --data is a subset of its list: its search "
+                             "settings are copied into --out/decode_info.json for RESULTS.md (not its timings)")
     parser.add_argument("--gather", metavar="EXP_DIR", default=None,
                         help="write EXP_DIR/RESULTS.md from every scored decode_* dir in it, and stop")
     args = parser.parse_args(argv)
@@ -58,6 +62,8 @@ def main(argv=None) -> int:
             f.write(text)
         write_json(out / f"scores{suffix}.json", js)
         print(("\n" if i else "") + text[: text.index("## alignments")].rstrip())
+    if args.scored_from and (info := DecodeInfo.read(args.scored_from)):
+        info.subset(args.data, args.scored_from).write(out)
     return 0
 
 

@@ -30,6 +30,7 @@ from asrkit.data import pad_feats
 from asrkit.decode.beam import Hyp
 from asrkit.device import first_device
 from asrkit.decode.search import DecodeOptions, check_model, decode_batch, hyp_record
+from asrkit.decode_info import DecodeInfo
 from asrkit.errors import DataError
 from asrkit.failures import check_failures
 from asrkit.features.store import FeatureReader, check_compatible
@@ -164,7 +165,7 @@ def _worker(rank: int, job: Job, todo: list[Utterance]) -> tuple[float, list]:
 
 def decode_split(model_dir, data, feats, out, opts: DecodeOptions, checkpoint: str = "model.avg.pth",
                  batch_size: int = 16, ngpu: int = 0, nj: int = 0, average_nbest: int = 0,
-                 verbose: bool = False) -> dict:
+                 verbose: bool = False) -> DecodeInfo:
     """Decode a split list's stored features into <out>/hyp.jsonl, skipped.txt, decode_info.json
     (returned). nj processes (0: one per GPU, or 1 on CPU); average_nbest: first average the best
     k epochs into model.avg<k>.pth and decode that."""
@@ -215,13 +216,13 @@ def decode_split(model_dir, data, feats, out, opts: DecodeOptions, checkpoint: s
     with atomic_open(out / "skipped.txt") as f:
         f.writelines(f"{u}\t{why}\n" for u, why in skipped)
     audio_s = sum(u.seconds for u in remaining if u.utt_id in by_id)
-    info = {"rtf": spent / audio_s if audio_s else 0.0, "decode_seconds": spent, "audio_seconds": audio_s,
-            "utterances": len(records), "decoded_now": len(remaining), "skipped": len(skipped),
-            "device": str(device), "nj": nj, "threads": threads, "batch_size": batch_size,
-            "model_dir": str(model_dir), "checkpoint": checkpoint, "data": str(data), "feats": str(feats),
-            **stamp["search"],
-            "versions": {"asrkit": asrkit.__version__, "torch": torch.__version__, "python": platform.python_version()}}
-    write_json(out / "decode_info.json", info)
+    info = DecodeInfo(search=stamp["search"], checkpoint=checkpoint, model_dir=str(model_dir), data=str(data),
+                      feats=str(feats), utterances=len(records), decoded_now=len(remaining), skipped=len(skipped),
+                      rtf=spent / audio_s if audio_s else 0.0, decode_seconds=spent, audio_seconds=audio_s,
+                      device=str(device), nj=nj, threads=threads, batch_size=batch_size,
+                      versions={"asrkit": asrkit.__version__, "torch": torch.__version__,
+                                "python": platform.python_version()})
+    info.write(out)
     for p in [*out.glob(".partial*.jsonl"), stamp_path]:
         p.unlink()
     if skipped:

@@ -20,20 +20,10 @@ for hyp in "$expdir"/*/decode_test_*/hyp.jsonl; do
     [ -f "$hyp" ] || continue
     dir=$(dirname "$hyp")
     out="$(dirname "$dir")/decode_test_filtered_$(basename "$dir" | sed 's/^decode_test_//')"
+    # with the search settings of the decoding it was scored from, for RESULTS.md (not its timings:
+    # they are the full set's)
     python -m asrkit.bin.score --data "$datadir/test_filtered.jsonl" --hyp "$hyp" --out "$out" \
-        --name "$(basename "$out")" --normalizers "$normalizers" > /dev/null
-    # the search settings of the decoding it was scored from, for RESULTS.md (not its timings: they
-    # are the full set's)
-    python - "$dir/decode_info.json" "$out/decode_info.json" "$datadir/test_filtered.jsonl" <<'PY'
-import json, os, sys
-from asrkit.fileio import write_json
-src, dst, data = sys.argv[1:]
-if os.path.isfile(src):
-    info = json.load(open(src, encoding="utf-8"))
-    for k in ("rtf", "decode_seconds", "audio_seconds", "utterances", "skipped"):
-        info.pop(k, None)
-    write_json(dst, {**info, "data": os.path.abspath(data), "scored_from": os.path.abspath(os.path.dirname(src))})
-PY
+        --name "$(basename "$out")" --normalizers "$normalizers" --scored_from "$dir" > /dev/null
     # run.sh has just printed the full test's rows: only the filtered ones here
     echo "Filtered test (now in $(dirname "$dir")/RESULTS.md):"
     python -m asrkit.bin.score --gather "$(dirname "$dir")" | grep -E '^###|^\|set\||^\|---|^\|decode_test_filtered_'
