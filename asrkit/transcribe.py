@@ -23,16 +23,10 @@ LONG_SAMPLES = 30 * SAMPLE_RATE  # longer files are extracted in overlapping win
 
 def extractor_from_attrs(attrs: dict, device: str | torch.device = "cpu"):
     """Rebuild the stage-1 extractor that a model's features came from, and check it is the same."""
-    from asrkit.features.extractors import build_extractor
+    from asrkit.features.extractors import ExtractorSpec
     from asrkit.features.store import check_compatible
 
-    if attrs.get("feats_type") == "fbank":
-        ext = build_extractor("fbank", "", "", str(device), attrs.get("dtype", "float16"), n_mels=int(attrs["n_mels"]))
-    else:
-        spec = ("mean:" if attrs.get("layer_reduce") == "mean" else "") + ",".join(str(i) for i in attrs["layers"])
-        ext = build_extractor(attrs.get("feats_type", "wavlm"), attrs["ssl_model"], spec, str(device),
-                              attrs.get("dtype", "float16"), attrs.get("compute_dtype", "auto"),
-                              whisper_input=attrs.get("whisper_input", "padded").split(",")[0])
+    ext = ExtractorSpec.from_attrs(attrs).build(device)
     check_compatible(ext.attrs, attrs, "feature extractor of the model dir")
     return ext
 

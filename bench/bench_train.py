@@ -34,7 +34,7 @@ from asrkit.train.config import resolve_config  # noqa: E402
 from asrkit.train.experiment import seed_everything  # noqa: E402
 from asrkit.data import SpeechDataset, collate  # noqa: E402
 from asrkit.features.dump import dump  # noqa: E402
-from asrkit.features.extractors import SSLExtractor  # noqa: E402
+from asrkit.features.extractors import ExtractorSpec, SSLExtractor  # noqa: E402
 from asrkit.fileio import load_jsonl, resolve_audio_path, write_jsonl  # noqa: E402
 from asrkit.model_io import build_from_config  # noqa: E402
 from asrkit.ssl import PRESETS, save_random_wavlm  # noqa: E402
@@ -58,7 +58,7 @@ def make_data(root: Path, seconds: float, preset: str, layer: str, device: torch
     write_jsonl(corpus / "list.jsonl", recs)
     wavlm = save_random_wavlm(root / "wavlm", preset)
     store = root / "train.h5"
-    dump(str(corpus / "list.jsonl"), str(store), "wavlm", str(wavlm), layer, nj=nj,
+    dump(str(corpus / "list.jsonl"), str(store), ExtractorSpec("wavlm", str(wavlm), layer), nj=nj,
          ngpu=int(device.type == "cuda"), progress=False)
     build_token_list([r["text"] for r in recs], "char", root / "tokens")
     return dict(data=corpus / "list.jsonl", feats=store, tokens=root / "tokens", wavlm=wavlm)

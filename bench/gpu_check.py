@@ -38,7 +38,7 @@ from machine import header, sync  # noqa: E402
 
 from asrkit.audio import SAMPLE_RATE  # noqa: E402
 from asrkit.features.dump import dump, extract_shard, make_batches, plan_items  # noqa: E402
-from asrkit.features.extractors import SSLExtractor  # noqa: E402
+from asrkit.features.extractors import ExtractorSpec, SSLExtractor  # noqa: E402
 from asrkit.features.store import FeatureReader  # noqa: E402
 from asrkit.fileio import load_jsonl  # noqa: E402
 from asrkit.ssl import save_random_wavlm  # noqa: E402
@@ -141,8 +141,8 @@ def check_dump(c: Check, a, work: Path, d: dict) -> None:
             limit = BF16_PEAK_TFLOPS * 1000 / gflop
             c.add("dump", f"dumper {dt}: share of the chip's bf16 limit ({limit:.0f}x real time)", xrt / limit, "{:.1%}")
     for s in ("train", "valid", "test"):  # for training and decoding below, as stage 1 writes them
-        dump(str(d["data"][s]), str(work / f"{s}_{dtypes[0]}.h5"), "wavlm", str(d["wavlm"]), layer, nj=1,
-             ngpu=ngpu, compute_dtype=dtypes[0], progress=False)
+        dump(str(d["data"][s]), str(work / f"{s}_{dtypes[0]}.h5"),
+             ExtractorSpec("wavlm", str(d["wavlm"]), layer, compute_dtype=dtypes[0]), nj=1, ngpu=ngpu, progress=False)
     d["stores"] = {s: work / f"{s}_{dtypes[0]}.h5" for s in ("train", "valid", "test")}
     # the device's features against CPU float32, and batched against one by one on the device
     recs = load_jsonl(train)[:4]
@@ -167,8 +167,9 @@ def check_dump(c: Check, a, work: Path, d: dict) -> None:
         n = len(load_jsonl(train))
         c.expect("dump", "store holds every utterance", len(r) == n, f"{len(r)} of {n}")
     if gpu:  # the multi-GPU dump (one process per GPU, shards merged) with one GPU
-        dump(str(d["data"]["valid"]), str(work / "valid_spawn.h5"), "wavlm", str(d["wavlm"]), layer, nj=2,
-             ngpu=1, compute_dtype=dtypes[0], progress=False, process_per_gpu=True)
+        dump(str(d["data"]["valid"]), str(work / "valid_spawn.h5"),
+             ExtractorSpec("wavlm", str(d["wavlm"]), layer, compute_dtype=dtypes[0]), nj=2, ngpu=1, progress=False,
+             process_per_gpu=True)
         with FeatureReader(work / "valid_spawn.h5") as x, FeatureReader(d["stores"]["valid"]) as y:
             same = sorted(x.keys()) == sorted(y.keys()) and all(
                 np.allclose(x[k].astype(np.float32), y[k].astype(np.float32), atol=2e-2) for k in y.keys())

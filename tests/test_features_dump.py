@@ -10,12 +10,19 @@ import torch
 
 from asrkit.audio import load_audio, resample
 from asrkit.errors import DataError
+from dataclasses import fields
+
 from asrkit.features import dump as dump_mod
-from asrkit.features.dump import dump
-from asrkit.features.extractors import SSLExtractor
+from asrkit.features.extractors import ExtractorSpec, SSLExtractor
 from asrkit.features.store import FeatureReader, check_compatible
 from asrkit.ssl import parse_layers
 from tests.conftest import write_manifest, write_tone
+
+
+def dump(data, out, **kw):
+    """dump_mod.dump, with the ExtractorSpec fields among the keywords (the tests' shorthand)."""
+    spec = ExtractorSpec(**{k: kw.pop(k) for k in {f.name for f in fields(ExtractorSpec)} & set(kw)})
+    return dump_mod.dump(data, out, spec, **kw)
 
 
 def read_store(path):
@@ -221,8 +228,8 @@ def test_cli_several_lists_one_model_load(tmp_path, tiny_corpus, tiny_wavlm, mon
     recs = [dict(r, audio=str(tiny_corpus.parent / r["audio"])) for r in load_jsonl(tiny_corpus)]
     a, b = write_manifest(tmp_path / "a.jsonl", recs[:5]), write_manifest(tmp_path / "b.jsonl", recs[5:8])
     built = []
-    real = dump_mod.build_extractor
-    monkeypatch.setattr(dump_mod, "build_extractor", lambda *args: built.append(args) or real(*args))
+    real = ExtractorSpec.build
+    monkeypatch.setattr(ExtractorSpec, "build", lambda self, device="cpu": built.append(self) or real(self, device))
     dump_feats.main(["--data", str(a), str(b), "--out", str(tmp_path / "a.h5"), str(tmp_path / "b.h5"),
                      "--feats_type", "wavlm", "--ssl_model", str(tiny_wavlm), "--ssl_layer", "1", "--nj", "0",
                      "--speed_perturb", "0.9 1.0", "--speed_perturb_data", str(a)])
@@ -354,7 +361,6 @@ def test_a_checkpoint_stored_in_16_bits_dumps_like_float32(tmp_path, tiny_corpus
 
     from transformers import AutoModel
 
-    from asrkit.features.extractors import build_extractor
 
     src = tiny_wavlm if kind == "wavlm" else tiny_whisper
     half = tmp_path / f"{kind}-{stored}"
@@ -363,7 +369,7 @@ def test_a_checkpoint_stored_in_16_bits_dumps_like_float32(tmp_path, tiny_corpus
         if f.suffix in (".json", ".txt") and not (half / f.name).exists():
             shutil.copy(f, half)
     assert json.loads((half / "config.json").read_text())["dtype"] == stored
-    ref, ext = (build_extractor("wavlm", str(m), "all", "cpu", "float32", "float32") for m in (src, half))
+    ref, ext = (ExtractorSpec("wavlm", str(m), "all", "float32", "float32").build("cpu") for m in (src, half))
     assert {p.dtype for p in getattr(ext, "model", getattr(ext, "encoder", None)).parameters()} == {torch.float32}
     wavs = [load_audio(str(tiny_corpus.parent / f"wav/spk{s}/u3.wav")) for s in range(3)]
     for a, b in zip(ref([ref.prepare(w) for w in wavs]), ext([ext.prepare(w) for w in wavs])):

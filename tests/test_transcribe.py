@@ -21,6 +21,7 @@ ENCODERS = {
 def make_exp(tmp_path, tiny_corpus, tiny_wavlm, feats_type: str, encoder: str):
     """A tiny random model (so to speak, trained) on one of stage 1's feature types, with its store."""
     from asrkit.features.dump import dump
+    from asrkit.features.extractors import ExtractorSpec
     from asrkit.features.store import FeatureReader
     from asrkit.model_io import build_from_config, save_exp_files
     from asrkit.tokenizer import Tokenizer, build_token_list
@@ -30,10 +31,10 @@ def make_exp(tmp_path, tiny_corpus, tiny_wavlm, feats_type: str, encoder: str):
     write_jsonl(data, [dict(r, audio=str(tiny_corpus.parent / r["audio"])) for r in load_jsonl(tiny_corpus)[:3]])
     store = tmp_path / "test.h5"
     if feats_type == "fbank":
-        dump(str(data), str(store), feats_type="fbank", n_mels=20, nj=0, progress=False)
+        dump(str(data), str(store), ExtractorSpec("fbank", n_mels=20), nj=0, progress=False)
     else:  # stacked layers 1-2 of a tiny WavLM
-        dump(str(data), str(store), feats_type="wavlm", ssl_model=str(tiny_wavlm), ssl_layer="1,2", nj=0,
-             dtype="float32", progress=False)
+        dump(str(data), str(store), ExtractorSpec("wavlm", str(tiny_wavlm), "1,2", dtype="float32"), nj=0,
+             progress=False)
     tok_dir = tmp_path / "tokens"
     build_token_list(["one two three four five six seven eight nine zero"], "char", tok_dir)
     tok = Tokenizer.load(tok_dir)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from asrkit.errors import DataError
-from asrkit.features.extractors import WhisperExtractor, build_extractor
+from asrkit.features.extractors import ExtractorSpec, WhisperExtractor
 from asrkit.transcribe import extractor_from_attrs
 
 SR = 16000
@@ -25,7 +25,7 @@ def waves(*seconds: float) -> list[np.ndarray]:
 def test_a_full_window_gives_transformers_own_hidden_states(tiny_whisper):
     from transformers import WhisperModel
 
-    ext = build_extractor("wavlm", str(tiny_whisper), "all", "cpu", "float32", "float32")
+    ext = ExtractorSpec("wavlm", str(tiny_whisper), "all", "float32", "float32").build("cpu")
     assert isinstance(ext, WhisperExtractor) and ext.attrs["model_type"] == "whisper"
     assert ext.attrs["frame_rate"] == 50.0 and ext.attrs["num_layers"] == 3
     wav = waves(30.0)[0]
@@ -90,14 +90,14 @@ def test_trimmed_inputs_batches_and_windows(tiny_whisper):
 def test_a_whisper_store_is_refused_by_a_wavlm_model(tiny_whisper, tiny_wavlm):
     from asrkit.features.store import check_compatible
 
-    whisper = build_extractor("wavlm", str(tiny_whisper), "1", "cpu", "float32", "float32").attrs
-    wavlm = build_extractor("wavlm", str(tiny_wavlm), "1", "cpu", "float32", "float32").attrs
+    whisper = ExtractorSpec("wavlm", str(tiny_whisper), "1", "float32", "float32").build("cpu").attrs
+    wavlm = ExtractorSpec("wavlm", str(tiny_wavlm), "1", "float32", "float32").build("cpu").attrs
     with pytest.raises(DataError, match="model_type: store has 'whisper', model expects 'wavlm'.*weights_hash"):
         check_compatible(whisper, wavlm)
     with pytest.raises(DataError, match="layer\\(s\\) \\[9\\] do not exist: the model has layers 0-2"):
-        build_extractor("wavlm", str(tiny_whisper), "9", "cpu", "float32", "float32")
+        ExtractorSpec("wavlm", str(tiny_whisper), "9", "float32", "float32").build("cpu")
     # trimmed and padded states are not the same features, and the model dir rebuilds the one it was trained on
-    trimmed = build_extractor("wavlm", str(tiny_whisper), "1", "cpu", "float32", "float32", whisper_input="trimmed")
+    trimmed = ExtractorSpec("wavlm", str(tiny_whisper), "1", "float32", "float32", whisper_input="trimmed").build("cpu")
     with pytest.raises(DataError, match="whisper_input: store has 'trimmed, 30 s windows', model expects 'padded"):
         check_compatible(trimmed.attrs, whisper)
     assert extractor_from_attrs(trimmed.attrs).attrs["whisper_input"] == "trimmed, 30 s windows"

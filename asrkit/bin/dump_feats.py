@@ -14,6 +14,7 @@ verified and left alone. Unreadable utterances are skipped and listed in <out>.s
 from __future__ import annotations
 
 import os
+from dataclasses import fields
 
 # Before torch is loaded: large CPU tensors on transparent huge pages (torch's allocator madvises
 # them). A batch's activations are hundreds of MB allocated afresh, and on a VM that gives huge
@@ -23,7 +24,7 @@ os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 from asrkit.cli import make_parser, run_main, setup_logging, str2bool, usable_cores
 from asrkit.features.codecs import CODECS
 from asrkit.features.dump import dump_lists
-from asrkit.features.extractors import WHISPER_INPUTS
+from asrkit.features.extractors import WHISPER_INPUTS, ExtractorSpec
 from asrkit.ssl import LAYER_SPEC_HELP
 
 
@@ -73,10 +74,10 @@ def main(argv=None) -> int:
     parser = get_parser()
     args = parser.parse_args(argv)
     setup_logging(args.log_file, args.verbose)
-    dump_lists(args.data, args.out, args.speed_perturb_data, args.speed_perturb, feats_type=args.feats_type,
-               ssl_model=args.ssl_model, ssl_layer=args.ssl_layer, nj=args.nj, ngpu=args.ngpu, dtype=args.dtype,
-               compute_dtype=args.compute_dtype, batch_seconds=args.batch_seconds, max_seconds=args.max_seconds,
-               n_mels=args.n_mels, force=args.force, store_codec=args.store_codec, whisper_input=args.whisper_input)
+    spec = ExtractorSpec(**{f.name: getattr(args, f.name) for f in fields(ExtractorSpec)})
+    dump_lists(args.data, args.out, spec, args.speed_perturb_data, args.speed_perturb, nj=args.nj, ngpu=args.ngpu,
+               batch_seconds=args.batch_seconds, max_seconds=args.max_seconds, force=args.force,
+               store_codec=args.store_codec)
     return 0
 
 

@@ -9,7 +9,6 @@ A rerun skips what the shards already hold; the finished store is renamed (or me
 """
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import os
@@ -27,7 +26,7 @@ from asrkit.distributed import barrier, init_distributed
 from asrkit.errors import DataError
 from asrkit.failures import check_failures
 from asrkit.features.codecs import CODECS
-from asrkit.features.extractors import build_extractor
+from asrkit.features.extractors import ExtractorSpec
 from asrkit.features.store import (FeatureReader, FeatureWriter, check_compatible, finalize_store,
                                    read_attrs, read_done, speed_key)
 from asrkit.fileio import atomic_open, read_jsonl, resolve_audio_path
@@ -206,24 +205,22 @@ def verify_store(out: Path, attrs: dict, items: list[Item], extractor) -> str:
     return ""
 
 
-def dump(data: str, out: str, feats_type: str = "wavlm", ssl_model: str = "microsoft/wavlm-base-plus",
-         ssl_layer: str = "9", speed_perturb: str = "", nj: int = 2, ngpu: int = 0, dtype: str = "float16",
-         compute_dtype: str = "auto", batch_seconds: float = 0.0, max_seconds: float = 60.0,
-         n_mels: int = 80, force: bool = False, progress: bool = True, process_per_gpu: bool | None = None,
-         extractor=None, store_codec: str = "none", whisper_input: str = "padded") -> dict:
-    """Dump the features of split list `data` into the store `out`; returns the store's statistics.
-    On GPUs, `process_per_gpu` (default: with more than one GPU) spawns one process per GPU, each
-    writing its own shard, merged at the end. `extractor`: one already built with these options
-    (several splits in one process load the model once). `store_codec`: how the store keeps the
-    arrays (features/codecs.py). `whisper_input`: padded or trimmed windows (extractors.WhisperExtractor)."""
+def dump(data: str, out: str, spec: ExtractorSpec = ExtractorSpec(), speed_perturb: str = "", nj: int = 2,
+         ngpu: int = 0, batch_seconds: float = 0.0, max_seconds: float = 60.0, force: bool = False,
+         progress: bool = True, process_per_gpu: bool | None = None, extractor=None,
+         store_codec: str = "none") -> dict:
+    """Dump the features of split list `data` into the store `out` with the extractor `spec` describes;
+    returns the store's statistics. On GPUs, `process_per_gpu` (default: with more than one GPU) spawns
+    one process per GPU, each writing its own shard, merged at the end. `extractor`: one already built
+    from `spec` (several splits in one process load the model once). `store_codec`: how the store
+    keeps the arrays (features/codecs.py)."""
     out = Path(out)
     speeds = [float(s) for s in speed_perturb.replace(",", " ").split()] or [1.0]
     if any(s <= 0 for s in speeds):
         raise DataError(f"speed factors must be positive, got {speed_perturb!r}", "--speed_perturb")
     device = str(process_device(ngpu))
     if extractor is None:
-        extractor = build_extractor(feats_type, ssl_model, ssl_layer, device, dtype, compute_dtype, n_mels,
-                                    whisper_input)
+        extractor = spec.build(device)
     if store_codec not in CODECS:
         raise DataError(f"unknown store codec {store_codec!r}", "--store_codec", f"choose one of {', '.join(CODECS)}")
     attrs = {**extractor.attrs, "store_codec": store_codec}
@@ -260,8 +257,7 @@ def dump(data: str, out: str, feats_type: str = "wavlm", ssl_model: str = "micro
     else:
         del extractor
         torch.multiprocessing.spawn(_gpu_worker, nprocs=ranks, args=(
-            ranks, batches, partial, nj, max_samples, progress,
-            (feats_type, ssl_model, ssl_layer, dtype, compute_dtype, n_mels, whisper_input), attrs))
+            ranks, batches, partial, nj, max_samples, progress, spec, attrs))
         skipped = []
         for r in range(ranks):
             skipped += read_skipped(partial / f"shard{r}.skipped")
@@ -349,18 +345,16 @@ def _dump_rank(extractor, attrs, items, bad, out: Path, partial: Path, rank: int
     return FeatureReader(out).attrs
 
 
-def _gpu_worker(rank, ranks, batches, partial, nj, max_samples, progress, ext_args, attrs):
-    feats_type, ssl_model, ssl_layer, dtype, compute_dtype, n_mels, whisper_input = ext_args
+def _gpu_worker(rank, ranks, batches, partial, nj, max_samples, progress, spec: ExtractorSpec, attrs):
     torch.cuda.set_device(rank)
-    extractor = build_extractor(feats_type, ssl_model, ssl_layer, f"cuda:{rank}", dtype, compute_dtype, n_mels,
-                                whisper_input)
+    extractor = spec.build(f"cuda:{rank}")
     skipped = extract_shard(extractor, batches[rank::ranks], partial / f"shard{rank}.h5", nj, max_samples,
                             progress and rank == 0, attrs)
     with atomic_open(partial / f"shard{rank}.skipped") as f:
         f.writelines(f"{k}\t{r}\n" for k, r in skipped)
 
 
-def dump_lists(data: list[str], out: list[str], speed_perturb_data: list[str] | None = None,
+def dump_lists(data: list[str], out: list[str], spec: ExtractorSpec, speed_perturb_data: list[str] | None = None,
                speed_perturb: str = "", **options) -> list[dict]:
     """dump() of several split lists into their stores with one extractor, built once (with several
     GPUs, each GPU's process builds its own); only the lists in speed_perturb_data (default: all)
@@ -371,11 +365,7 @@ def dump_lists(data: list[str], out: list[str], speed_perturb_data: list[str] | 
     if unknown := perturbed - set(data):
         raise DataError(f"--speed_perturb_data {' '.join(sorted(unknown))}: not among the --data lists",
                         "--speed_perturb_data")
-    names = ("feats_type", "ssl_model", "ssl_layer", "dtype", "compute_dtype", "n_mels", "whisper_input")
     if options.get("ngpu", 0) <= 1 and options.get("extractor") is None:
-        defaults = inspect.signature(dump).parameters
-        kw = {k: options.get(k, defaults[k].default) for k in names}
-        options["extractor"] = build_extractor(kw["feats_type"], kw["ssl_model"], kw["ssl_layer"],
-                                               str(process_device(options.get("ngpu", 0))), kw["dtype"],
-                                               kw["compute_dtype"], kw["n_mels"], kw["whisper_input"])
-    return [dump(d, o, speed_perturb=speed_perturb if d in perturbed else "", **options) for d, o in zip(data, out)]
+        options["extractor"] = spec.build(process_device(options.get("ngpu", 0)))
+    return [dump(d, o, spec, speed_perturb=speed_perturb if d in perturbed else "", **options)
+            for d, o in zip(data, out)]

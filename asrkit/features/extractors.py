@@ -4,11 +4,14 @@ encoder), or fbank.
 Each extractor has `prepare(wav)`, run in the DataLoader workers on one mono 16 kHz waveform,
 and `__call__(arrays)`, run on a batch in the main process (on the GPU for SSL models); both
 return numpy arrays. `num_frames(samples)` is the exact frame count for an input length and
-`attrs` the description that the store records. `build_extractor` picks the class for a checkpoint.
+`attrs` the description that the store records. `ExtractorSpec` is what the user chose: built once
+from the command line, it builds the extractor (`build`), and is read back from a store's or a model
+dir's attributes (`from_attrs`) to rebuild the same one.
 """
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -71,15 +74,35 @@ def default_compute_dtype(device: torch.device) -> str:
     return "bfloat16" if device.type == "cpu" and cpu_has_native_bf16() else "float32"
 
 
-def build_extractor(feats_type: str, ssl_model: str, ssl_layer: str, device: str, dtype: str,
-                    compute_dtype: str = "auto", n_mels: int = 80, whisper_input: str = "padded"):
-    """The stage-1 extractor: fbank, or the hidden states of `ssl_model` (Whisper or a wav2vec2-like)."""
-    if feats_type == "fbank":
-        return FbankExtractor(n_mels=n_mels, dtype=dtype)
-    if model_type(ssl_model) == "whisper":
-        return WhisperExtractor(ssl_model, ssl_layer, device=device, dtype=dtype, compute_dtype=compute_dtype,
-                                whisper_input=whisper_input)
-    return SSLExtractor(ssl_model, ssl_layer, device=device, dtype=dtype, compute_dtype=compute_dtype)
+@dataclass(frozen=True)
+class ExtractorSpec:
+    """The stage-1 extractor as the user chose it (the dump_feats options of the same names): fbank, or
+    the hidden states of the HF speech encoder `ssl_model` (WavLM, wav2vec2, HuBERT; Whisper's encoder)."""
+    feats_type: str = "wavlm"  # wavlm: any HF speech encoder's hidden states; fbank
+    ssl_model: str = "microsoft/wavlm-base-plus"
+    ssl_layer: str = "9"  # a layer spec (asrkit.ssl.parse_layers)
+    dtype: str = "float16"  # stored
+    compute_dtype: str = "auto"
+    n_mels: int = 80  # fbank
+    whisper_input: str = WHISPER_INPUTS[0]  # Whisper: padded or trimmed windows
+
+    def build(self, device: str | torch.device = "cpu"):
+        if self.feats_type == "fbank":
+            return FbankExtractor(n_mels=self.n_mels, dtype=self.dtype)
+        if model_type(self.ssl_model) == "whisper":
+            return WhisperExtractor(self.ssl_model, self.ssl_layer, device=str(device), dtype=self.dtype,
+                                    compute_dtype=self.compute_dtype, whisper_input=self.whisper_input)
+        return SSLExtractor(self.ssl_model, self.ssl_layer, device=str(device), dtype=self.dtype,
+                            compute_dtype=self.compute_dtype)
+
+    @classmethod
+    def from_attrs(cls, attrs: dict) -> ExtractorSpec:
+        """The spec of the extractor whose `attrs` a store (or a model dir's feats_attrs.json) records."""
+        if attrs.get("feats_type") == "fbank":
+            return cls("fbank", dtype=attrs.get("dtype", "float16"), n_mels=int(attrs["n_mels"]))
+        layers = ("mean:" if attrs.get("layer_reduce") == "mean" else "") + ",".join(str(i) for i in attrs["layers"])
+        return cls(attrs.get("feats_type", "wavlm"), attrs["ssl_model"], layers, attrs.get("dtype", "float16"),
+                   attrs.get("compute_dtype", "auto"), whisper_input=attrs.get("whisper_input", "padded").split(",")[0])
 
 
 class _EncoderStates:
