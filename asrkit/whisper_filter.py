@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from asrkit.audio import SAMPLE_RATE, load_audio
 from asrkit.errors import DataError
-from asrkit.failures import check_failures
+from asrkit.failures import batch_or_one_by_one, check_failures
 from asrkit.fileio import atomic_open, read_jsonl, resolve_audio_path, write_json
 from asrkit.normalize import get_normalizer
 from asrkit.scoring import score_utt
@@ -73,38 +73,34 @@ def transcribe(records: list[dict], model: str, hyp_tsv: Path, batch_size: int =
                                                            desc="Whisper zero-shot") as bar:
         for i in range(0, len(todo), batch_size):
             batch = todo[i:i + batch_size]
-            windows, owner, errors = [], [], {}
+            audio, errors = {}, {}  # utterance -> its 30 s windows, or why it has none
             for r in batch:
                 try:
                     wav = load_audio(r["audio"], r.get("start"), r.get("end"))
+                    audio[r["utt_id"]] = [wav[start:start + WINDOW] for start in range(0, len(wav), WINDOW)]
                 except DataError as e:
                     errors[r["utt_id"]] = str(e)
-                    continue
-                for start in range(0, len(wav), WINDOW):
-                    windows.append(wav[start:start + WINDOW])
-                    owner.append(r["utt_id"])
 
-            def generate(wavs: list) -> list[str]:
-                feats = processor.feature_extractor(wavs, sampling_rate=SAMPLE_RATE, return_tensors="pt",
-                                                    return_attention_mask=True)
+            def generate(utts: list[str]) -> list[str]:
+                """The text of each utterance, all their windows in one batch."""
+                windows = [(u, w) for u in utts for w in audio[u]]
+                if not windows:  # (empty audio)
+                    return [""] * len(utts)
+                feats = processor.feature_extractor([w for _, w in windows], sampling_rate=SAMPLE_RATE,
+                                                    return_tensors="pt", return_attention_mask=True)
                 with torch.inference_mode():
                     ids = whisper.generate(feats.input_features.to(device, dtype), language="en", task="transcribe",
                                            attention_mask=feats.attention_mask.to(device), num_beams=num_beams)
-                return processor.batch_decode(ids, skip_special_tokens=True)
+                texts = processor.batch_decode(ids, skip_special_tokens=True)
+                return [" ".join(t.strip() for (o, _), t in zip(windows, texts) if o == u) for u in utts]
 
-            try:
-                texts = generate(windows) if windows else []
-            except RuntimeError:  # out of memory, say: each utterance alone, and one that fails is reported
-                texts = []
-                for w, u in zip(windows, owner):
-                    try:
-                        texts += [""] if u in errors else generate([w])  # not the rest of a failed one
-                    except RuntimeError as e:
-                        errors[u] = f"decoding failed: {str(e).splitlines()[0]}"
-                        texts.append("")
+            alone_failed: list[tuple[str, str]] = []
+            texts = dict(zip(audio, batch_or_one_by_one(generate, list(audio), str, alone_failed, "decoding failed",
+                                                        (RuntimeError,)) if audio else []))
+            errors.update(alone_failed)
             for r in batch:
                 u = r["utt_id"]
-                hyp = " ".join(t.strip() for t, o in zip(texts, owner) if o == u)
+                hyp = texts.get(u) or ""
                 done[u] = (" ".join(hyp.split()), errors.get(u, "").replace("\t", " ").replace("\n", " "))
                 out.write(f"{u}\t{done[u][0]}\t{done[u][1]}\n")
             out.flush()

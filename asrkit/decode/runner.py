@@ -32,7 +32,7 @@ from asrkit.device import first_device
 from asrkit.decode.search import DecodeOptions, check_model, decode_batch, hyp_record
 from asrkit.decode_info import DecodeInfo
 from asrkit.errors import DataError
-from asrkit.failures import check_failures
+from asrkit.failures import batch_or_one_by_one, check_failures
 from asrkit.features.store import FeatureReader, check_compatible
 from asrkit.fileio import atomic_open, read_jsonl, write_json, write_jsonl
 from asrkit.model_io import average_from_log, load_model
@@ -62,31 +62,22 @@ def decode_utterances(model, utts: list[Utterance], load: Callable[[str], np.nda
     tried, first_skipped = 0, len(skipped)
     for batch in tqdm(longest_first(utts, batch_size), desc="decode", unit="batch", dynamic_ncols=True,
                       disable=not progress):
-        for part in _decode_batch(model, batch, load, opts, device, skipped):
-            yield from part
+        t0 = time.perf_counter()
+        nbests = batch_or_one_by_one(lambda us: _decode(model, us, load, opts, device), batch,
+                                     lambda u: u.utt_id, skipped, "decoding failed")
+        seconds = (time.perf_counter() - t0) / len(batch)  # (a failed batch's time included)
+        yield from ((u, nbest, seconds) for u, nbest in zip(batch, nbests) if nbest is not None)
         tried += len(batch)
         check_failures(tried, skipped[first_skipped:], "decoding", where)
 
 
-def _decode_batch(model, batch, load, opts, device, skipped):
-    """One batch's results as one list, or (after a failure) one list per utterance decoded alone."""
-    t0 = time.perf_counter()
-    try:
-        feats, lens = pad_feats([load(u.utt_id) for u in batch])
-        nbests = decode_batch(model, feats.to(device).float(), lens.to(device), opts)
-    except Exception as e:  # one bad utterance must not kill the run
-        if len(batch) == 1:
-            skipped.append((batch[0].utt_id, f"decoding failed: {e!r}"))
-            log.warning("%s: decoding failed: %r", batch[0].utt_id, e)
-            return
-        log.warning("a batch failed (%r): decoding its %d utterances one by one", e, len(batch))
-        for u in batch:
-            yield from _decode_batch(model, [u], load, opts, device, skipped)
-        return
+def _decode(model, batch: list[Utterance], load, opts, device) -> list[list[Hyp]]:
+    """The n-best of each utterance of one batch."""
+    feats, lens = pad_feats([load(u.utt_id) for u in batch])
+    nbests = decode_batch(model, feats.to(device).float(), lens.to(device), opts)
     if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
-    yield [(u, nbest, seconds / len(batch)) for u, nbest in zip(batch, nbests)]
+        torch.cuda.synchronize()  # (for the timing)
+    return nbests
 
 
 def plan(data: str, reader, min_frames: int) -> tuple[list[Utterance], list[tuple[str, str]]]:

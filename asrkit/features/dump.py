@@ -24,7 +24,7 @@ from asrkit.audio import SAMPLE_RATE, audio_info, load_audio, resample
 from asrkit.device import first_device
 from asrkit.distributed import barrier, init_distributed
 from asrkit.errors import DataError
-from asrkit.failures import check_failures
+from asrkit.failures import batch_or_one_by_one, check_failures
 from asrkit.features.codecs import CODECS
 from asrkit.features.extractors import ExtractorSpec
 from asrkit.features.store import (FeatureReader, FeatureWriter, check_compatible, finalize_store,
@@ -168,18 +168,12 @@ def _extract(extractor, ok, max_samples, skipped):
     if hasattr(extractor, "extract_long") and any(n > max_samples for _, _, n in ok):
         return [(k, extractor.extract_long(a, max_samples)) for k, a, n in ok if n > max_samples] + \
             _extract(extractor, [x for x in ok if x[2] <= max_samples], max_samples, skipped)
-    try:
-        feats = extractor([a for _, a, _ in ok])
-    except (RuntimeError, MemoryError) as e:
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        if len(ok) == 1:
-            skipped.append((ok[0][0], f"extraction failed: {e}"))
-            return []
-        return [r for x in ok for r in _extract(extractor, [x], max_samples, skipped)]
+    feats = batch_or_one_by_one(lambda xs: extractor([a for _, a, _ in xs]), ok, lambda x: x[0], skipped,
+                                "extraction failed", (RuntimeError, MemoryError),
+                                torch.cuda.empty_cache if torch.cuda.is_available() else None)
     for (key, _, n), f in zip(ok, feats):
-        assert f.shape[-2] == extractor.num_frames(n), (key, f.shape, n)
-    return [(key, f) for (key, _, _), f in zip(ok, feats)]
+        assert f is None or f.shape[-2] == extractor.num_frames(n), (key, f.shape, n)
+    return [(key, f) for (key, _, _), f in zip(ok, feats) if f is not None]
 
 
 def verify_store(out: Path, attrs: dict, items: list[Item], extractor) -> str:
