@@ -2,93 +2,14 @@
 HuBERT) and Whisper's encoder.
 
 Users load pretrained checkpoints by id or local dir (`microsoft/wavlm-base-plus`,
-`openai/whisper-base`). Tests, benchmarks and the offline demo build random-weight models from a
-config and save them to a local dir, so that they are loaded back through the very same
-`from_pretrained` path.
+`openai/whisper-base`); tests, benchmarks and the offline demo load random-weight ones that
+asrkit/random_models.py saved, through the very same `from_pretrained` path.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from asrkit.errors import DataError
-
-# Architectures of the real checkpoints; "tiny" is for tests and the offline demo on CPU.
-PRESETS = {
-    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=2, intermediate_size=128,
-                 conv_dim=(32,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4),
-    "small": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024,
-                  conv_dim=(256,) * 7, num_conv_pos_embeddings=64, num_conv_pos_embedding_groups=16),
-    "base-plus": dict(),  # the transformers defaults are WavLM Base(+): 768-dim, 12 layers
-}
-
-
-def save_random_wavlm(out_dir: str | Path, preset: str = "tiny", seed: int = 0) -> Path:
-    """Build a random-weight WavLM of a preset size, save it (config, weights, feature extractor)."""
-    import torch
-    from transformers import Wav2Vec2FeatureExtractor, WavLMConfig, WavLMModel
-
-    if preset not in PRESETS:
-        raise ValueError(f"unknown WavLM preset {preset!r}; choose one of {sorted(PRESETS)}")
-    torch.manual_seed(seed)
-    # WavLM Base(+) normalizes its conv front end per utterance with group norm ("group"), and does
-    # not normalize the waveform; keep that so that padding effects show up in tests as for real.
-    config = WavLMConfig(feat_extract_norm="group", do_stable_layer_norm=False, **PRESETS[preset])
-    model = WavLMModel(config).eval()
-    out_dir = Path(out_dir)
-    model.save_pretrained(out_dir)
-    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,
-                             do_normalize=False, return_attention_mask=False).save_pretrained(out_dir)
-    return out_dir
-
-
-# Whisper's architectures (encoder and decoder alike); "tiny" is for tests, "base" is whisper-base's.
-WHISPER_PRESETS = {
-    "tiny": dict(d_model=64, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=128,
-                 decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=128, max_target_positions=64),
-    "base": dict(d_model=512, encoder_layers=6, encoder_attention_heads=8, encoder_ffn_dim=2048,
-                 decoder_layers=6, decoder_attention_heads=8, decoder_ffn_dim=2048),
-}
-_WHISPER_SPECIALS = ("<|endoftext|>", "<|startoftranscript|>", "<|en|>", "<|translate|>", "<|transcribe|>",
-                     "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>")
-
-
-def save_random_whisper(out_dir: str | Path, preset: str = "tiny", seed: int = 0) -> Path:
-    """Build a random-weight Whisper of a preset size and save all that `generate` needs: config,
-    weights, generation config (English, transcribe), feature extractor and a byte-level tokenizer
-    (the 256 bytes and Whisper's special tokens, no merges)."""
-    import json
-
-    import torch
-    from transformers import (GenerationConfig, WhisperConfig, WhisperFeatureExtractor,
-                              WhisperForConditionalGeneration, WhisperProcessor, WhisperTokenizer)
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    if preset not in WHISPER_PRESETS:
-        raise ValueError(f"unknown Whisper preset {preset!r}; choose one of {sorted(WHISPER_PRESETS)}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    vocab = {c: i for i, c in enumerate(bytes_to_unicode().values())}
-    vocab.update({t: len(vocab) + i for i, t in enumerate(_WHISPER_SPECIALS)})
-    (out_dir / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-    (out_dir / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
-    eot, sot = vocab["<|endoftext|>"], vocab["<|startoftranscript|>"]
-    tokenizer = WhisperTokenizer(str(out_dir / "vocab.json"), str(out_dir / "merges.txt"), unk_token=_WHISPER_SPECIALS[0],
-                                 bos_token=_WHISPER_SPECIALS[0], eos_token=_WHISPER_SPECIALS[0],
-                                 pad_token=_WHISPER_SPECIALS[0], additional_special_tokens=list(_WHISPER_SPECIALS[1:]))
-    torch.manual_seed(seed)
-    config = WhisperConfig(vocab_size=len(vocab), pad_token_id=eot, bos_token_id=eot, eos_token_id=eot,
-                           decoder_start_token_id=sot,
-                           **WHISPER_PRESETS[preset])
-    model = WhisperForConditionalGeneration(config).eval()
-    model.generation_config = GenerationConfig(
-        decoder_start_token_id=sot, eos_token_id=eot, pad_token_id=eot, bos_token_id=eot, is_multilingual=True,
-        lang_to_id={"<|en|>": vocab["<|en|>"]}, no_timestamps_token_id=vocab["<|notimestamps|>"],
-        task_to_id={"transcribe": vocab["<|transcribe|>"], "translate": vocab["<|translate|>"]},
-        max_length=config.max_target_positions, suppress_tokens=[], begin_suppress_tokens=[])
-    model.save_pretrained(out_dir)
-    WhisperProcessor(WhisperFeatureExtractor(), tokenizer).save_pretrained(out_dir)
-    return out_dir
-
 
 # ---------------------------------------------------------------------------------------------
 # Loading any HF speech encoder with hidden states (WavLM, wav2vec2, HuBERT; Whisper) and choosing layers.

@@ -46,7 +46,7 @@ from asrkit.features.dump import _BatchAudio, extract_shard, make_batches, plan_
 from asrkit.features.extractors import SSLExtractor, cpu_has_native_bf16  # noqa: E402
 from asrkit.features.store import FeatureWriter  # noqa: E402
 from asrkit.fileio import load_jsonl, resolve_audio_path, write_jsonl  # noqa: E402
-from asrkit.ssl import save_random_wavlm  # noqa: E402
+from asrkit.random_models import save_random_wavlm  # noqa: E402
 from machine import cpu_name, matmul_gflops, print_header, sync  # noqa: E402
 
 FSDD = Path(os.environ.get("ASRKIT_FSDD", Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd"))

@@ -33,7 +33,7 @@ from asrkit.audio import SAMPLE_RATE  # noqa: E402
 from asrkit.features.codecs import CODECS  # noqa: E402
 from asrkit.features.extractors import FbankExtractor, SSLExtractor  # noqa: E402
 from asrkit.features.store import FeatureReader, FeatureWriter, finalize_store  # noqa: E402
-from asrkit.ssl import save_random_wavlm  # noqa: E402
+from asrkit.random_models import save_random_wavlm  # noqa: E402
 
 
 def audio(minutes: float, seed: int = 0) -> list[np.ndarray]:

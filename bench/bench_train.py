@@ -37,7 +37,7 @@ from asrkit.features.dump import dump  # noqa: E402
 from asrkit.features.extractors import ExtractorSpec, SSLExtractor  # noqa: E402
 from asrkit.fileio import load_jsonl, resolve_audio_path, write_jsonl  # noqa: E402
 from asrkit.model_io import build_from_config  # noqa: E402
-from asrkit.ssl import PRESETS, save_random_wavlm  # noqa: E402
+from asrkit.random_models import PRESETS, save_random_wavlm  # noqa: E402
 from asrkit.tokenizer import Tokenizer, build_token_list  # noqa: E402
 from asrkit.distributed import init_distributed  # noqa: E402
 from asrkit.train.trainer import Trainer  # noqa: E402

@@ -31,7 +31,7 @@ from bench_store import audio  # noqa: E402
 from machine import print_header  # noqa: E402
 from asrkit.audio import SAMPLE_RATE  # noqa: E402
 from asrkit.features.extractors import WhisperExtractor  # noqa: E402
-from asrkit.ssl import save_random_whisper  # noqa: E402
+from asrkit.random_models import save_random_whisper  # noqa: E402
 
 
 def clip(pool: list[np.ndarray], seconds: float, k: int) -> np.ndarray:

@@ -41,7 +41,7 @@ from asrkit.features.dump import dump, extract_shard, make_batches, plan_items  
 from asrkit.features.extractors import ExtractorSpec, SSLExtractor  # noqa: E402
 from asrkit.features.store import FeatureReader  # noqa: E402
 from asrkit.fileio import load_jsonl  # noqa: E402
-from asrkit.ssl import save_random_wavlm  # noqa: E402
+from asrkit.random_models import save_random_wavlm  # noqa: E402
 
 BF16_PEAK_TFLOPS = 790.0  # H100/H200 dense bf16, for the dump's share of the chip's limit
 

@@ -53,7 +53,7 @@ def tiny_corpus(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_wavlm(tmp_path_factory) -> Path:
     """A random-weight WavLM (tiny preset) saved to a temp dir, loadable by from_pretrained."""
-    from asrkit.ssl import save_random_wavlm
+    from asrkit.random_models import save_random_wavlm
 
     return save_random_wavlm(tmp_path_factory.mktemp("wavlm") / "tiny-wavlm", preset="tiny")
 
@@ -61,7 +61,7 @@ def tiny_wavlm(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_whisper(tmp_path_factory) -> Path:
     """A random-weight Whisper (tiny preset: model, feature extractor, tokenizer), loadable by from_pretrained."""
-    from asrkit.ssl import save_random_whisper
+    from asrkit.random_models import save_random_whisper
 
     return save_random_whisper(tmp_path_factory.mktemp("whisper") / "tiny-whisper", preset="tiny")
 

@@ -145,7 +145,7 @@ def test_kill_and_resume_gives_the_same_store(tiny_corpus, tiny_wavlm, monkeypat
 
 
 def test_foreign_store_is_refused(tiny_corpus, tiny_wavlm, tmp_path):
-    from asrkit.ssl import save_random_wavlm
+    from asrkit.random_models import save_random_wavlm
 
     other = save_random_wavlm(tmp_path / "other", preset="tiny", seed=1)
     stores = {}

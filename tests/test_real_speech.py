@@ -13,7 +13,7 @@ import pytest
 
 from asrkit.features.store import FeatureReader
 from asrkit.fileio import load_jsonl
-from asrkit.ssl import save_random_whisper
+from asrkit.random_models import save_random_whisper
 from conftest import REPO
 
 pytestmark = pytest.mark.slow  # real training through run.sh

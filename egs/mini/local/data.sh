@@ -15,7 +15,7 @@ python -m asrkit.bin.make_demo_corpus --out "$out" --num_speakers "$num_speakers
     --utts_per_speaker "$utts_per_speaker" --seed "$seed"
 wavlm="$out/wavlm-random-$wavlm_preset"
 if [ ! -f "$wavlm/config.json" ]; then
-    python -c 'import sys; from asrkit.ssl import save_random_wavlm; save_random_wavlm(sys.argv[1] + ".tmp", sys.argv[2])' \
+    python -c 'import sys; from asrkit.random_models import save_random_wavlm; save_random_wavlm(sys.argv[1] + ".tmp", sys.argv[2])' \
         "$wavlm" "$wavlm_preset"
     rm -rf "$wavlm" && mv "$wavlm.tmp" "$wavlm"
 fi
