@@ -28,11 +28,13 @@ class DistInfo:
         return self.world_size > 1
 
 
-def _env_int(*names: str, default: int) -> int:
-    for name in names:
-        if name in os.environ:
-            return int(os.environ[name])
-    return default
+def launch() -> tuple[int, int, int]:
+    """(rank, world size, local rank) of this process under torchrun or srun; (0, 1, 0) alone."""
+    def env(*names: str, default: int) -> int:
+        return next((int(os.environ[n]) for n in names if n in os.environ), default)
+
+    return (env("RANK", "SLURM_PROCID", default=0), env("WORLD_SIZE", "SLURM_NTASKS", default=1),
+            env("LOCAL_RANK", "SLURM_LOCALID", default=0))
 
 
 def init_distributed(ngpu: int | None = None, backend: str = "auto", timeout_min: float = 30) -> DistInfo:
@@ -41,9 +43,7 @@ def init_distributed(ngpu: int | None = None, backend: str = "auto", timeout_min
     ngpu=0 trains on CPU with gloo; otherwise each process takes the GPU of its local rank with NCCL.
     None means: the GPUs if there are any.
     """
-    rank = _env_int("RANK", "SLURM_PROCID", default=0)
-    world = _env_int("WORLD_SIZE", "SLURM_NTASKS", default=1)
-    local_rank = _env_int("LOCAL_RANK", "SLURM_LOCALID", default=0)
+    rank, world, local_rank = launch()
     use_cuda = torch.cuda.is_available() if ngpu is None else ngpu > 0
     if use_cuda and not torch.cuda.is_available():
         raise RuntimeError(f"--ngpu {ngpu} asked for GPUs but CUDA has none here; use --ngpu 0 for CPU")

@@ -115,6 +115,17 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         f.write("\n")
 
 
+def write_skipped(path: str | os.PathLike, skipped: Iterable[tuple[str, str]]) -> None:
+    """The (utterance, reason) lines of what a job skipped, as TSV, atomically."""
+    with atomic_open(path) as f:
+        f.writelines(f"{u}\t{why}\n" for u, why in skipped)
+
+
+def read_skipped(path: str | os.PathLike) -> list[tuple[str, str]]:
+    """What write_skipped wrote."""
+    return [tuple(line.split("\t", 1)) for line in Path(path).read_text(encoding="utf-8").splitlines()]
+
+
 def resolve_audio_path(audio: str, list_file: str | os.PathLike) -> str:
     """An utterance's `audio` as an absolute path: relative paths are relative to its list file."""
     p = Path(audio).expanduser()

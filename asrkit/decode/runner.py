@@ -34,7 +34,7 @@ from asrkit.decode_info import DecodeInfo
 from asrkit.errors import DataError
 from asrkit.failures import batch_or_one_by_one, check_failures
 from asrkit.features.store import FeatureReader, check_compatible
-from asrkit.fileio import atomic_open, read_jsonl, write_json, write_jsonl
+from asrkit.fileio import read_jsonl, write_json, write_jsonl, write_skipped
 from asrkit.model_io import average_from_log, load_model
 
 log = logging.getLogger("asrkit.decode")
@@ -204,8 +204,7 @@ def decode_split(model_dir, data, feats, out, opts: DecodeOptions, checkpoint: s
     by_id = read_partials(out)
     records = [by_id[u.utt_id] for u in sorted(todo, key=lambda u: u.utt_id) if u.utt_id in by_id]
     write_jsonl(out / "hyp.jsonl", records)
-    with atomic_open(out / "skipped.txt") as f:
-        f.writelines(f"{u}\t{why}\n" for u, why in skipped)
+    write_skipped(out / "skipped.txt", skipped)
     audio_s = sum(u.seconds for u in remaining if u.utt_id in by_id)
     info = DecodeInfo(search=stamp["search"], checkpoint=checkpoint, model_dir=str(model_dir), data=str(data),
                       feats=str(feats), utterances=len(records), decoded_now=len(remaining), skipped=len(skipped),

@@ -22,14 +22,14 @@ from tqdm import tqdm
 
 from asrkit.audio import SAMPLE_RATE, audio_info, load_audio, resample
 from asrkit.device import first_device
-from asrkit.distributed import barrier, init_distributed
+from asrkit.distributed import barrier, init_distributed, launch
 from asrkit.errors import DataError
 from asrkit.failures import batch_or_one_by_one, check_failures
 from asrkit.features.codecs import CODECS
 from asrkit.features.extractors import ExtractorSpec
 from asrkit.features.store import (FeatureReader, FeatureWriter, check_compatible, finalize_store,
                                    read_attrs, read_done, speed_key)
-from asrkit.fileio import atomic_open, read_jsonl, resolve_audio_path
+from asrkit.fileio import read_jsonl, read_skipped, resolve_audio_path, write_skipped
 
 log = logging.getLogger("asrkit.dump")
 
@@ -228,6 +228,7 @@ def dump(data: str, out: str, spec: ExtractorSpec = ExtractorSpec(), speed_pertu
 
     partial = Path(f"{out}.partial")
     partial.mkdir(parents=True, exist_ok=True)
+    batch_seconds = batch_seconds or (200.0 if ngpu > 0 else 20.0)
     rank, world, _ = launch()
     if world > 1:
         return _dump_rank(extractor, attrs, items, bad, out, partial, rank, world, nj, ngpu, batch_seconds,
@@ -238,8 +239,6 @@ def dump(data: str, out: str, spec: ExtractorSpec = ExtractorSpec(), speed_pertu
     todo = [it for it in items if it.key not in done]
     if done:
         log.info("resuming %s: %d of %d utterances already done", out, len(items) - len(todo), len(items))
-    if not batch_seconds:
-        batch_seconds = 200.0 if ngpu > 0 else 20.0
     batches = make_batches(todo, int(batch_seconds * SAMPLE_RATE))
     max_samples = int(max_seconds * SAMPLE_RATE)
     ranks = max(1, ngpu)
@@ -259,8 +258,7 @@ def dump(data: str, out: str, spec: ExtractorSpec = ExtractorSpec(), speed_pertu
     check_failures(len(bad) + len(items), skipped, "feature extraction", str(data), final=True)
     shards = sorted(partial.glob("shard*.h5"))
     stats = finalize_store(shards, out, attrs, skipped)
-    with atomic_open(f"{out}.skipped.tsv") as f:
-        f.writelines(f"{k}\t{r}\n" for k, r in skipped)
+    write_skipped(f"{out}.skipped.tsv", skipped)
     shutil.rmtree(partial)
     gb, hours = out.stat().st_size / 1e9, stats["total_seconds"] / 3600
     log.info("wrote %s: %d utterances, %.2f h, %.3f GB (%.3f GB per hour of audio); %d skipped%s",
@@ -284,21 +282,6 @@ def resumable(shard: Path, attrs: dict) -> set[str]:
     return set()
 
 
-def read_skipped(path: Path) -> list[tuple[str, str]]:
-    """(key, reason) lines a process wrote for the utterances it could not extract."""
-    return [tuple(line.split("\t", 1)) for line in path.read_text(encoding="utf-8").splitlines()]
-
-
-def launch() -> tuple[int, int, int]:
-    """(rank, world size, local rank) of this process under torchrun or srun; (0, 1, 0) alone."""
-    env = os.environ
-    world = int(env.get("WORLD_SIZE", env.get("SLURM_NTASKS", 1)))
-    if world == 1:
-        return 0, 1, 0
-    return (int(env.get("RANK", env.get("SLURM_PROCID", 0))), world,
-            int(env.get("LOCAL_RANK", env.get("SLURM_LOCALID", 0))))
-
-
 def process_device(ngpu: int) -> torch.device:
     """Where this process extracts: the CPU, the first GPU, or under torchrun/srun its local rank's."""
     device = first_device(ngpu)
@@ -319,11 +302,10 @@ def _dump_rank(extractor, attrs, items, bad, out: Path, partial: Path, rank: int
     todo = [it for it in items[rank::world] if it.key not in done]
     log.info("rank %d of %d: %d utterances to extract (%d already done)", rank, world, len(todo),
              len(items[rank::world]) - len(todo))
-    batches = make_batches(todo, int((batch_seconds or (200.0 if ngpu > 0 else 20.0)) * SAMPLE_RATE))
+    batches = make_batches(todo, int(batch_seconds * SAMPLE_RATE))
     skipped = extract_shard(extractor, batches, shard, nj, int(max_seconds * SAMPLE_RATE), progress and rank == 0,
                             attrs, str(out))
-    with atomic_open(partial / f"{name}.skipped") as f:
-        f.writelines(f"{k}\t{r}\n" for k, r in skipped)
+    write_skipped(partial / f"{name}.skipped", skipped)
     barrier()
     if rank == 0:
         skipped = list(bad)
@@ -331,8 +313,7 @@ def _dump_rank(extractor, attrs, items, bad, out: Path, partial: Path, rank: int
             skipped += read_skipped(partial / f"rank{r}-of{world}.skipped")
         check_failures(len(bad) + len(items), skipped, "feature extraction", str(out), final=True)
         finalize_store([partial / f"rank{r}-of{world}.h5" for r in range(world)], out, attrs, skipped)
-        with atomic_open(f"{out}.skipped.tsv") as f:
-            f.writelines(f"{k}\t{r}\n" for k, r in skipped)
+        write_skipped(f"{out}.skipped.tsv", skipped)
         shutil.rmtree(partial)
         log.info("merged %d shards into %s", world, out)
     barrier()
@@ -344,8 +325,7 @@ def _gpu_worker(rank, ranks, batches, partial, nj, max_samples, progress, spec: 
     extractor = spec.build(f"cuda:{rank}")
     skipped = extract_shard(extractor, batches[rank::ranks], partial / f"shard{rank}.h5", nj, max_samples,
                             progress and rank == 0, attrs)
-    with atomic_open(partial / f"shard{rank}.skipped") as f:
-        f.writelines(f"{k}\t{r}\n" for k, r in skipped)
+    write_skipped(partial / f"shard{rank}.skipped", skipped)
 
 
 def dump_lists(data: list[str], out: list[str], spec: ExtractorSpec, speed_perturb_data: list[str] | None = None,

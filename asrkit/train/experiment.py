@@ -12,7 +12,7 @@ from asrkit.cli import setup_logging
 from asrkit.data import SpeechDataset
 from asrkit.distributed import cleanup, init_distributed
 from asrkit.features.store import FeatureReader, check_compatible
-from asrkit.fileio import atomic_open
+from asrkit.fileio import write_skipped
 from asrkit.model_io import FEATS_ATTRS, build_from_config, load_feats_attrs, save_exp_files
 from asrkit.tokenizer import Tokenizer
 from asrkit.train.trainer import Trainer
@@ -54,8 +54,7 @@ def train(args, config: dict) -> None:
             save_exp_files(exp_dir, config, args.token_dir, train_store.attrs)
             for name, ds in (("train", train_set), ("valid", valid_set)):
                 if ds.skipped:
-                    with atomic_open(exp_dir / f"skipped_{name}.txt") as f:
-                        f.writelines(f"{u}\t{r}\n" for u, r in ds.skipped)
+                    write_skipped(exp_dir / f"skipped_{name}.txt", ds.skipped)
             n_params = sum(p.numel() for p in model.parameters())
             log.info("%s: %.2fM parameters; %d training and %d validation utterances; %d processes on %s",
                      config.get("encoder"), n_params / 1e6, len(train_set), len(valid_set), dist.world_size,
