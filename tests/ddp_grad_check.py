@@ -61,6 +61,7 @@ def main(out: str, argv: list[str]) -> None:
                   "unsynced_rank_diff": float((other[0] - other[1]).abs().max())}
         with open(out, "w") as f:
             json.dump(result, f)
+    dist.barrier()  # rank 1 must not tear the group down while rank 0 still computes the reference
     dist.destroy_process_group()
 
 
