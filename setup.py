@@ -17,7 +17,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.9",
-    packages=find_packages(include=["asrkit", "asrkit.*"]),
+    packages=find_packages(include=["asrkit", "asrkit.*", "asrkit_corpora", "asrkit_corpora.*"]),
     install_requires=[
         # Ranges that were tested; tools/requirements.lock pins the exact environment. torchaudio 2.11
         # is its last release: 2.11.0 loads only with torch 2.11.0 (the GPU machine's pair), 2.11.1

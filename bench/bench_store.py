@@ -92,7 +92,7 @@ def wer_rows(codecs: list[str], tmp: Path, seeds: list[int]) -> list[tuple[str, 
     repo = Path(__file__).resolve().parents[1]
     fsdd = Path(os.environ.get("ASRKIT_FSDD", repo.parent / "shared/data/fsdd"))
     corpus = tmp / "digits"
-    subprocess.run([sys.executable, "-m", "asrkit.bin.make_connected_digits", "--fsdd", str(fsdd), "--out",
+    subprocess.run([sys.executable, "-m", "asrkit_corpora.bin.make_connected_digits", "--fsdd", str(fsdd), "--out",
                     str(corpus), "--unseen_speakers", "theo", "yweweler"], check=True, capture_output=True)
     rows = []
     for codec, seed in ((c, s) for s in seeds for c in codecs):

@@ -92,7 +92,8 @@ def sh(*cmd, timeout: float = 600, **kw) -> str:
 
 def prepare(c: Check, a, work: Path) -> dict:
     """FSDD connected digits (real speech and transcripts), split, a random WavLM, a token list."""
-    from asrkit.bin import make_connected_digits, make_tokens, prepare_data
+    from asrkit.bin import make_tokens, prepare_data
+    from asrkit_corpora.bin import make_connected_digits
 
     corpus = work / "corpus"
     extra = ["--speakers", "jackson", "theo"] if a.tiny else ["--repeats", str(a.repeats)]

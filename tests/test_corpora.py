@@ -10,12 +10,12 @@ import pytest
 import soundfile as sf
 
 from asrkit.audio import load_audio
-from asrkit.bin import make_connected_digits as cd_cli
-from asrkit.bin import make_demo_corpus as demo_cli
+from asrkit_corpora.bin import make_connected_digits as cd_cli
+from asrkit_corpora.bin import make_demo_corpus as demo_cli
 from asrkit.cli import run_main
-from asrkit.corpora import demo
-from asrkit.corpora.espeak import Synthesizer, Voice
-from asrkit.corpora.fsdd import group_takes, make_connected_digits, read_fsdd
+from asrkit_corpora import demo
+from asrkit_corpora.espeak import Synthesizer, Voice
+from asrkit_corpora.fsdd import group_takes, make_connected_digits, read_fsdd
 from asrkit.errors import DataError
 from asrkit.fileio import load_jsonl
 from conftest import write_tone

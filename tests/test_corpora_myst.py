@@ -7,8 +7,9 @@ from collections import Counter
 
 import pytest
 
-from asrkit.bin import prepare_data, prepare_myst
-from asrkit.corpora.myst import find_data_dir, scan_myst
+from asrkit.bin import prepare_data
+from asrkit_corpora.bin import prepare_myst
+from asrkit_corpora.myst import find_data_dir, scan_myst
 from asrkit.errors import DataError
 from asrkit.fileio import load_jsonl
 from corpora_fixtures import FAKE_MYST, make_fake_myst, myst_utt_id

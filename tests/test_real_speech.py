@@ -32,7 +32,7 @@ def test_pretrained_whisper_states_learn_digits_far_better_than_random_ones(fsdd
     if not (WHISPER_BASE / "config.json").is_file():
         pytest.skip(f"the pretrained Whisper-base is not at {WHISPER_BASE}")
     corpus = tmp_path / "corpus"
-    subprocess.run([sys.executable, "-m", "asrkit.bin.make_connected_digits",
+    subprocess.run([sys.executable, "-m", "asrkit_corpora.bin.make_connected_digits",
                     "--fsdd", str(fsdd), "--out", str(corpus), "--speakers", "jackson", "nicolas", "theo",
                     "--unseen_speakers", "theo", "--repeats", "1"], check=True, capture_output=True, timeout=600)
     config = tmp_path / "tiny.yaml"  # the tiny Conformer with a schedule for 8 short epochs

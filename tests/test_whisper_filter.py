@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from asrkit.bin import prepare_myst
+from asrkit_corpora.bin import prepare_myst
 from asrkit.fileio import load_jsonl
 from asrkit.whisper_filter import apply_rule, read_hyps, whisper_filter
 from corpora_fixtures import make_fake_myst, myst_utt_id

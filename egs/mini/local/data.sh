@@ -11,7 +11,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 [ -n "$out" ] || { echo "$0: --out DIR is required" >&2; exit 2; }
-python -m asrkit.bin.make_demo_corpus --out "$out" --num_speakers "$num_speakers" \
+python -m asrkit_corpora.bin.make_demo_corpus --out "$out" --num_speakers "$num_speakers" \
     --utts_per_speaker "$utts_per_speaker" --seed "$seed"
 wavlm="$out/wavlm-random-$wavlm_preset"
 if [ ! -f "$wavlm/config.json" ]; then

@@ -18,9 +18,9 @@ done
 if [ -n "$model" ] && [ -n "$test_list" ]; then
     echo "$0: give --test_list or --whisper_filter, not both" >&2; exit 2
 fi
-python -m asrkit.bin.prepare_myst "${args[@]}"
+python -m asrkit_corpora.bin.prepare_myst "${args[@]}"
 [ -n "$model" ] || exit 0
 python "$here/whisper_filter.py" --data "$out/manifest.jsonl" --split test --model "$model" \
     --max_wer "$max_wer" --out "$out/whisper_filter"
 echo "Flagging the Whisper-filtered test set:"
-python -m asrkit.bin.prepare_myst "${args[@]}" --test_list "$out/whisper_filter/test_filtered.ids"
+python -m asrkit_corpora.bin.prepare_myst "${args[@]}" --test_list "$out/whisper_filter/test_filtered.ids"

@@ -59,7 +59,7 @@ class Synthesizer:
         except ImportError:
             raise DataError("eSpeak NG is not installed", "espeakng-loader",
                             "pip install espeakng-loader (or: pip install -e '.[demo]')") from None
-        self._proc = subprocess.Popen([sys.executable, "-m", "asrkit.corpora.espeak"], stdin=subprocess.PIPE,
+        self._proc = subprocess.Popen([sys.executable, "-m", "asrkit_corpora.espeak"], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         atexit.register(self.close)
 

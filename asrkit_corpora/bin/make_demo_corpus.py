@@ -1,7 +1,7 @@
 """Generate the offline demo corpus with eSpeak NG: synthetic voices (child-like ones included,
 some noisy) reading connected digits and short commands. No download.
 
-    python -m asrkit.bin.make_demo_corpus --out corpus --num_speakers 20 --utts_per_speaker 60 --seed 0
+    python -m asrkit_corpora.bin.make_demo_corpus --out corpus --num_speakers 20 --utts_per_speaker 60 --seed 0
 
 writes corpus/wav/<speaker>/<utt_id>.wav (16 kHz) and corpus/manifest.jsonl (utt_id, audio, text,
 speaker, age, group, gender, voice, pitch, range, rate, snr, noise). A rerun with the same options
@@ -10,7 +10,7 @@ does nothing; an interrupted run resumes.
 from __future__ import annotations
 
 from asrkit.cli import make_parser, run_main, setup_logging
-from asrkit.corpora.demo import GRAMMARS, make_demo_corpus
+from asrkit_corpora.demo import GRAMMARS, make_demo_corpus
 
 
 def get_parser():

@@ -2,7 +2,7 @@
 with short gaps, resampled to 16 kHz, with a split field that keeps held-out takes and unseen
 speakers out of training.
 
-    python -m asrkit.bin.make_connected_digits --fsdd ../shared/data/fsdd --out corpus \\
+    python -m asrkit_corpora.bin.make_connected_digits --fsdd ../shared/data/fsdd --out corpus \\
         --min_digits 2 --max_digits 6 --gap 0.05 0.25 --heldout_take 45 --unseen_speakers theo
 
 split: train, valid (takes valid_take..heldout_take-1), test (takes >= heldout_take of the other
@@ -11,7 +11,7 @@ speakers), test_unseen (every take of --unseen_speakers). Use it in stage 0 with
 from __future__ import annotations
 
 from asrkit.cli import make_parser, run_main, setup_logging
-from asrkit.corpora.fsdd import make_connected_digits
+from asrkit_corpora.fsdd import make_connected_digits
 from asrkit.errors import DataError
 
 

@@ -17,7 +17,7 @@ import soundfile as sf
 from asrkit.audio import SAMPLE_RATE, audio_info
 from asrkit.fileio import atomic_path, write_json, write_jsonl
 
-log = logging.getLogger("asrkit.corpora")
+log = logging.getLogger("asrkit_corpora")
 
 
 class CorpusWriter:

@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from asrkit.audio import SAMPLE_RATE, load_audio
-from asrkit.corpora.writer import CorpusWriter
+from asrkit_corpora.writer import CorpusWriter
 from asrkit.errors import DataError
 from asrkit.fileio import read_jsonl, resolve_audio_path
 from asrkit.normalize import number_to_words

@@ -17,8 +17,8 @@ import numpy as np
 from tqdm import tqdm
 
 from asrkit.audio import SAMPLE_RATE, resample
-from asrkit.corpora.espeak import CHILD_VARIANTS, Synthesizer, Voice
-from asrkit.corpora.writer import CorpusWriter
+from asrkit_corpora.espeak import CHILD_VARIANTS, Synthesizer, Voice
+from asrkit_corpora.writer import CorpusWriter
 from asrkit.errors import DataError
 
 DIGITS = "zero one two three four five six seven eight nine".split()

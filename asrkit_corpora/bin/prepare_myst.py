@@ -1,6 +1,6 @@
 """MyST (LDC2021S05) -> raw manifest for stage 0, keeping the corpus's own train/development/test.
 
-    python -m asrkit.bin.prepare_myst --myst_root /data/LDC2021S05 --out data/local \\
+    python -m asrkit_corpora.bin.prepare_myst --myst_root /data/LDC2021S05 --out data/local \\
         [--test_list conf/test_filtered.list]
 
 writes out/manifest.jsonl (utt_id, audio, text with its markup, speaker = student, session, split,
@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from asrkit.cli import make_parser, run_main, setup_logging
-from asrkit.corpora.myst import read_id_list, scan_myst
+from asrkit_corpora.myst import read_id_list, scan_myst
 from asrkit.errors import DataError
 from asrkit.fileio import atomic_open, write_json, write_jsonl
 
