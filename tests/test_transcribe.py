@@ -153,3 +153,43 @@ def test_transcribe_writes_a_file_per_input(tmp_path, tiny_corpus, tiny_wavlm, c
         transcribe.main([f"--model_dir={exp}", str(wavs[0]), str(write_tone(tmp_path / "b" / "child0.wav")),
                          f"--output_dir={out}"])
     assert "child0" in capsys.readouterr().err
+
+
+def test_a_whisper_decoder_model_transcribes_without_a_ctc_head(tmp_path, tiny_corpus, tiny_whisper, capsys):
+    """egs/child's model for a Whisper front end (decoder whisper, no CTC head): transcribe's default
+    joint search falls back to the attention search, gives stage 4's text, and one span per file."""
+    from asrkit.features.dump import dump
+    from asrkit.features.extractors import ExtractorSpec
+    from asrkit.features.store import FeatureReader
+    from asrkit.model_io import build_from_config, save_exp_files
+    from asrkit.tokenizer import build_token_list
+
+    data = tmp_path / "test.jsonl"
+    write_jsonl(data, [dict(r, audio=str(tiny_corpus.parent / r["audio"])) for r in load_jsonl(tiny_corpus)[:2]])
+    store = tmp_path / "test.h5"
+    dump(str(data), str(store), ExtractorSpec("wavlm", str(tiny_whisper), "last", dtype="float32"), nj=0,
+         progress=False)
+    tok = build_token_list(["one two three"], "whisper", tmp_path / "tokens", pretrained=str(tiny_whisper))
+    attrs = FeatureReader(store).attrs
+    config = {"frontend_conf": {"layer_norm": False}, "encoder": "identity", "decoder": "whisper",
+              "decoder_conf": {"pretrained": str(tiny_whisper)}, "model_conf": {"ctc_weight": 0.0},
+              "input_dim": int(attrs["dim"]), "input_layers": 1, "vocab_size": tok.vocab_size}
+    exp = tmp_path / "exp"
+    save_exp_files(exp, config, tmp_path / "tokens", attrs)
+    torch.manual_seed(0)
+    torch.save(build_from_config(config).state_dict(), exp / "model.avg.pth")
+    decode.main([f"--model_dir={exp}", f"--data={data}", f"--feats={store}", f"--out={tmp_path / 'dec'}",
+                 "--mode=attention", "--beam=2", "--maxlenratio=-6"])
+    hyps = {r["utt_id"]: r["text"] for r in load_jsonl(tmp_path / "dec" / "hyp.jsonl")}
+    capsys.readouterr()
+    records = load_jsonl(data)
+    assert transcribe.main([f"--model_dir={exp}", "--beam=2", "--maxlenratio=-6", "--json",
+                            *(r["audio"] for r in records)]) == 0
+    out = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [o["text"] for o in out] == [hyps[r["utt_id"]] for r in records] and any(o["text"] for o in out)
+    from asrkit.audio import audio_info
+
+    for r, o in zip(records, out):
+        sr, frames, _ = audio_info(r["audio"])
+        assert o["words"] == ([{"word": o["text"], "start": 0.0, "end": pytest.approx(frames / sr, abs=0.05),
+                                "confidence": None}] if o["text"] else [])
