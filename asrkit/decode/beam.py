@@ -114,109 +114,151 @@ def beam_search(model, enc: torch.Tensor, enc_lens: torch.Tensor, opts: SearchOp
     only go down as a hypothesis grows (decoder log-probs are <= 0, and the CTC probability of a
     prefix bounds that of its extensions), so no live hypothesis can overtake them. The result is
     the same as without it; only the wasted steps at the end are saved."""
-    B, device, V, K = enc.size(0), enc.device, model.vocab_size, opts.beam
-    sos, eos, blank, w = model.sos, model.eos, model.blank, opts.ctc_weight
-    use_ctc, use_att = w > 0, w < 1
-    maxlen, minlen = length_limits(enc_lens, opts, getattr(model, "max_tokens", None) if use_att else None)
-    maxlen_t, minlen_t = torch.tensor(maxlen, device=device), torch.tensor(minlen, device=device)
-    C = V if not use_att else min(V, max(K, int(opts.pre_beam_ratio * K)))
-    ctc = None
-    if use_ctc:
-        ctc = CTCPrefixScorer(model.ctc_log_probs(enc) if ctc_logp is None else ctc_logp, enc_lens, blank, eos)
+    search = _Search(model, enc, enc_lens, opts, ctc_logp)
+    for step in range(max(search.maxlen) + 1):
+        att, token_scores = search.token_scores(step)
+        candidates, scores, ctc_scores = search.candidates(token_scores, step)
+        search.extend(att, candidates, scores, ctc_scores)
+        if not search.drop_finished(step, stop_when_decided):
+            break
+    return [sorted(h, key=lambda x: -x.score)[: opts.nbest] for h in search.ended]
 
-    active = torch.arange(B, device=device)  # utterances still searching
-    row_utt = active.repeat_interleave(K)  # utterance of each row
-    stepper = Stepper(model, enc, enc_lens, K) if use_att else None
-    ys = torch.full((B * K, 1), sos, dtype=torch.long, device=device)
-    scores = torch.full((B, K), NEG_INF, device=device)
-    scores[:, 0] = 0.0  # one live hypothesis per utterance at the start
-    att_sum = torch.zeros(B * K, device=device)
-    state = ctc.init_state(row_utt) if use_ctc else None
-    ended: list[list[Hyp]] = [[] for _ in range(B)]
 
-    for step in range(max(maxlen) + 1):
-        A, N = active.numel(), active.numel() * K
-        if use_att:  # the decoder runs on live rows only (dead ones: K-1 empty slots at the start, finished)
-            live = torch.isfinite(scores).view(-1)
+class _Search:
+    """One batched search. Its rows are (utterance, beam slot) pairs, `beam` consecutive rows for each
+    utterance still searching (`active`); a row holds a prefix `ys` from <sos>, whose total score is in
+    `scores` (utterances, beam) (-inf: an empty or finished slot), its summed decoder log-probs in
+    `att_sum` and its CTC prefix state in `ctc_state`. `ended` collects each utterance's finished
+    hypotheses. A step: `token_scores` -> `candidates` -> `extend` -> `drop_finished`."""
+
+    def __init__(self, model, enc: torch.Tensor, enc_lens: torch.Tensor, opts: SearchOptions,
+                 ctc_logp: torch.Tensor | None):
+        self.opts, self.device, self.beam, self.vocab = opts, enc.device, opts.beam, model.vocab_size
+        self.sos, self.eos, self.blank = model.sos, model.eos, model.blank
+        self.use_ctc, self.use_att = opts.ctc_weight > 0, opts.ctc_weight < 1
+        cap = getattr(model, "max_tokens", None) if self.use_att else None
+        self.maxlen, self.minlen = length_limits(enc_lens, opts, cap)
+        self.maxlen_t = torch.tensor(self.maxlen, device=self.device)
+        self.minlen_t = torch.tensor(self.minlen, device=self.device)
+        # the pre-beam: the decoder's best tokens of each row are its candidates (all tokens without a decoder)
+        self.n_candidates = (self.vocab if not self.use_att else
+                             min(self.vocab, max(self.beam, int(opts.pre_beam_ratio * self.beam))))
+        self.ctc = None
+        if self.use_ctc:
+            self.ctc = CTCPrefixScorer(model.ctc_log_probs(enc) if ctc_logp is None else ctc_logp, enc_lens,
+                                       self.blank, self.eos)
+        n_utts = enc.size(0)
+        self.active = torch.arange(n_utts, device=self.device)
+        self.row_utt = self.active.repeat_interleave(self.beam)  # the utterance of each row
+        self.stepper = Stepper(model, enc, enc_lens, self.beam) if self.use_att else None
+        self.ys = torch.full((n_utts * self.beam, 1), self.sos, dtype=torch.long, device=self.device)
+        self.scores = torch.full((n_utts, self.beam), NEG_INF, device=self.device)
+        self.scores[:, 0] = 0.0  # one live hypothesis per utterance at the start
+        self.att_sum = torch.zeros(n_utts * self.beam, device=self.device)
+        self.ctc_state = self.ctc.init_state(self.row_utt) if self.use_ctc else None
+        self.ended: list[list[Hyp]] = [[] for _ in range(n_utts)]
+        self.before: Beams | None = None  # the beams before this step's extension
+
+    def token_scores(self, step: int) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(decoder log-probs (rows, V) of each row's next token, or None without a decoder; their
+        weighted part of the score, with the tokens this step cannot take at -inf)."""
+        rows, w = self.ys.size(0), self.opts.ctc_weight
+        att = None
+        if self.use_att:  # the decoder runs on live rows only (dead ones: K-1 empty slots at the start, finished)
+            live = torch.isfinite(self.scores).view(-1)
             if bool(live.all()):
-                att = stepper.step(ys)
+                att = self.stepper.step(self.ys)
             else:
                 live = live.nonzero().squeeze(1)
-                att = torch.zeros(N, V, device=device).index_copy_(0, live, stepper.step(ys, live).float())
-            full = (1 - w) * att.float()
+                att = torch.zeros(rows, self.vocab, device=self.device).index_copy_(
+                    0, live, self.stepper.step(self.ys, live).float())
+            scores = (1 - w) * att.float()
         else:
-            full = torch.zeros(N, V, device=device)
-        full[:, blank] = NEG_INF
-        if sos != eos:
-            full[:, sos] = NEG_INF
-        row_maxlen, row_minlen = maxlen_t[row_utt], minlen_t[row_utt]
-        full[step < row_minlen, eos] = NEG_INF
-        forced = step >= row_maxlen
+            scores = torch.zeros(rows, self.vocab, device=self.device)
+        scores[:, self.blank] = NEG_INF
+        if self.sos != self.eos:
+            scores[:, self.sos] = NEG_INF
+        scores[step < self.minlen_t[self.row_utt], self.eos] = NEG_INF
+        forced = step >= self.maxlen_t[self.row_utt]
         if forced.any():  # last step: only eos
-            eos_score = full[forced, eos]
-            full[forced] = NEG_INF
-            full[forced, eos] = eos_score
-        if C < V:  # pre-beam; as in ESPnet, eos is always a candidate (an extra column unless in the top C)
-            cand = full.topk(C, dim=1).indices
+            eos_score = scores[forced, self.eos]
+            scores[forced] = NEG_INF
+            scores[forced, self.eos] = eos_score
+        return att, scores
+
+    def candidates(self, token_scores: torch.Tensor, step: int):
+        """(candidate tokens (rows, C'), the total score of each row extended by each, the CTC scorer's
+        (psi, state) for them or None)."""
+        eos = self.eos
+        if self.n_candidates < self.vocab:  # as in ESPnet, eos is always a candidate (an extra column unless in the top C)
+            cand = token_scores.topk(self.n_candidates, dim=1).indices
             has_eos = (cand == eos).any(1, keepdim=True)
             cand = torch.cat([cand, torch.full_like(cand[:, :1], eos)], dim=1)
-            cand_score = full.gather(1, cand)
-            cand_score[:, -1:] = cand_score[:, -1:].masked_fill(has_eos, NEG_INF)
+            cand_scores = token_scores.gather(1, cand)
+            cand_scores[:, -1:] = cand_scores[:, -1:].masked_fill(has_eos, NEG_INF)
         else:
-            cand = torch.arange(V, device=device).expand(N, V)
-            cand_score = full.gather(1, cand)
-        if use_ctc:
-            psi, r_new = ctc.score(state, row_utt, cand, step)
-            alive = torch.isfinite(state.psi)[:, None]  # dead rows would give inf - inf
-            cand_score = cand_score + w * torch.where(alive, psi - state.psi[:, None], NEG_INF)
-        cand_score = cand_score + opts.length_bonus + scores.view(N, 1)
+            cand = torch.arange(self.vocab, device=self.device).expand(token_scores.size(0), self.vocab)
+            cand_scores = token_scores.gather(1, cand)
+        ctc_scores = None
+        if self.use_ctc:
+            psi, r_new = ctc_scores = self.ctc.score(self.ctc_state, self.row_utt, cand, step)
+            prev = self.ctc_state.psi
+            alive = torch.isfinite(prev)[:, None]  # dead rows would give inf - inf
+            cand_scores = cand_scores + self.opts.ctc_weight * torch.where(alive, psi - prev[:, None], NEG_INF)
+        return cand, cand_scores + self.opts.length_bonus + self.scores.view(-1, 1), ctc_scores
 
-        before = Beams(ys, scores, att_sum, state.psi if use_ctc else None)  # for utterances that die out
-        Cx = cand.size(1)
-        top_s, top_i = cand_score.reshape(A, K * Cx).topk(K, dim=1)  # (A, K)
-        parent = (torch.arange(A, device=device)[:, None] * K + top_i // Cx).view(-1)
-        j = (top_i % Cx).view(-1)
-        tok = cand[parent, j]
-        if use_att:
-            att_sum = att_sum[parent] + att[parent, tok]
-            stepper.reorder(parent)
-        if use_ctc:
-            state = CTCPrefixScorer.select(r_new, psi, cand, parent, j)
-        ys = torch.cat([ys[parent], tok[:, None]], dim=1)
-        scores = top_s
+    def extend(self, att: torch.Tensor | None, cand: torch.Tensor, cand_scores: torch.Tensor, ctc_scores) -> None:
+        """Each utterance keeps its `beam` best (row, candidate) pairs; the hypotheses that chose <eos> end."""
+        n_utts, beam, width = self.active.numel(), self.beam, cand.size(1)
+        self.before = Beams(self.ys, self.scores, self.att_sum, self.ctc_state.psi if self.use_ctc else None)
+        best, flat = cand_scores.reshape(n_utts, beam * width).topk(beam, dim=1)  # (utterances, beam)
+        parent = (torch.arange(n_utts, device=self.device)[:, None] * beam + flat // width).view(-1)
+        which = (flat % width).view(-1)  # the chosen candidate of the parent row
+        token = cand[parent, which]
+        if self.use_att:
+            self.att_sum = self.att_sum[parent] + att[parent, token]
+            self.stepper.reorder(parent)
+        if self.use_ctc:
+            psi, r_new = ctc_scores
+            self.ctc_state = CTCPrefixScorer.select(r_new, psi, cand, parent, which)
+        self.ys = torch.cat([self.ys[parent], token[:, None]], dim=1)
+        self.scores = best
+        finished = (token.view(n_utts, beam) == self.eos) & torch.isfinite(best)
+        if finished.any():  # they leave their slot
+            for a, k in finished.nonzero().tolist():
+                r = a * beam + k
+                self.ended[int(self.active[a])].append(Hyp(
+                    self.ys[r, 1:-1].tolist(), float(best[a, k]), float(self.att_sum[r]),
+                    float(self.ctc_state.psi[r]) if self.use_ctc else 0.0))
+            self.scores = self.scores.masked_fill(finished, NEG_INF)
 
-        # finished hypotheses leave their slot
-        fin = (tok.view(A, K) == eos) & torch.isfinite(top_s)
-        if fin.any():
-            for a, k in fin.nonzero().tolist():
-                r = a * K + k
-                ended[int(active[a])].append(Hyp(ys[r, 1:-1].tolist(), float(top_s[a, k]), float(att_sum[r]),
-                                                 float(state.psi[r]) if use_ctc else 0.0))
-            scores = scores.masked_fill(fin, NEG_INF)
-
-        # utterances that are done: eos was forced, nothing alive, or (maxlenratio=0) end detection
-        keep = []
-        best_live = scores.max(1).values.tolist()  # one device sync per step, not per utterance
-        for a, b in enumerate(active.tolist()):
+    def drop_finished(self, step: int, stop_when_decided: bool) -> bool:
+        """Drop the utterances that are done (eos was forced, nothing alive, its n-best decided, or
+        with maxlenratio 0 end detection); False when none is left."""
+        opts, beam, keep = self.opts, self.beam, []
+        best_live = self.scores.max(1).values.tolist()  # one device sync per step, not per utterance
+        for a, b in enumerate(self.active.tolist()):
             dead = best_live[a] == NEG_INF
-            if dead and not ended[b]:
+            if dead and not self.ended[b]:
                 # every candidate was impossible (e.g. CTC cannot fit it): keep the best unfinished one
-                ended[b].append(before.best(a))
+                self.ended[b].append(self.before.best(a))
                 log.warning("utterance %d: no hypothesis reached eos; keeping the best unfinished one", b)
-            decided = (stop_when_decided and opts.length_bonus <= 0 and len(ended[b]) >= opts.nbest
-                       and best_live[a] < sorted(h.score for h in ended[b])[-opts.nbest])
-            if not (dead or decided or step >= maxlen[b] or (opts.maxlenratio == 0 and end_detect(ended[b], step))):
+            decided = (stop_when_decided and opts.length_bonus <= 0 and len(self.ended[b]) >= opts.nbest
+                       and best_live[a] < sorted(h.score for h in self.ended[b])[-opts.nbest])
+            if not (dead or decided or step >= self.maxlen[b]
+                    or (opts.maxlenratio == 0 and end_detect(self.ended[b], step))):
                 keep.append(a)
-        if len(keep) < A:
-            if not keep:
-                break
-            sel = torch.tensor(keep, device=device)
-            rows = (sel[:, None] * K + torch.arange(K, device=device)).view(-1)
-            active, scores = active[sel], scores[sel]
-            row_utt, ys, att_sum = row_utt[rows], ys[rows], att_sum[rows]
-            if use_att:
-                stepper.reorder(rows)
-                stepper.keep(sel)
-            if use_ctc:
-                state = state.rows(rows)
-    return [sorted(h, key=lambda x: -x.score)[: opts.nbest] for h in ended]
+        if len(keep) == len(best_live):
+            return True
+        if not keep:
+            return False
+        sel = torch.tensor(keep, device=self.device)
+        rows = (sel[:, None] * beam + torch.arange(beam, device=self.device)).view(-1)
+        self.active, self.scores = self.active[sel], self.scores[sel]
+        self.row_utt, self.ys, self.att_sum = self.row_utt[rows], self.ys[rows], self.att_sum[rows]
+        if self.use_att:
+            self.stepper.reorder(rows)
+            self.stepper.keep(sel)
+        if self.use_ctc:
+            self.ctc_state = self.ctc_state.rows(rows)
+        return True
