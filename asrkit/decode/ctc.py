@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -160,74 +161,111 @@ def ctc_prefix_beam_search_batch(logp: torch.Tensor, lens: torch.Tensor, beam: i
     likeliest tokens. An extension equals an existing prefix only when it extends that prefix's parent
     by its last label: such pairs are merged, found by a hash of the prefixes and confirmed by comparing
     them (so a hash collision cannot merge different prefixes)."""
-    B, T, V = logp.shape
-    dev, W = logp.device, beam
-    k = min(token_prune or beam, V)
+    n_utts, n_frames, vocab = logp.shape
+    k = min(token_prune or beam, vocab)
     top_lp, top_id = logp.topk(k, dim=-1)  # on the input dtype: the same choice as the per-utterance search
-    top_lp = top_lp.double()
-    lens = lens.to(dev)
-    neg = torch.tensor(NEG_INF, dtype=torch.float64, device=dev)
-    pb = torch.full((B, W), NEG_INF, dtype=torch.float64, device=dev)  # ending in a blank
-    pb[:, 0] = 0.0  # the empty prefix
-    pnb = torch.full_like(pb, NEG_INF)  # ending in a label
-    tokens = torch.zeros(B, W, 1, dtype=torch.long, device=dev)  # grows with the longest prefix
-    length = torch.zeros(B, W, dtype=torch.long, device=dev)
-    last = torch.full((B, W), -1, dtype=torch.long, device=dev)  # -1: empty prefix
-    # polynomial hash of each prefix and of its parent (the prefix without its last label), mod a prime
-    hash_, parent_hash = torch.zeros_like(length), torch.full_like(length, -1)
-    P, M = _HASH_P, _HASH_M
-    bi = torch.arange(B, device=dev)[:, None]
-    for t in range(T):
+    top_lp, lens = top_lp.double(), lens.to(logp.device)
+    prefixes = _Prefixes.start(n_utts, beam, logp.device)
+    neg = torch.tensor(NEG_INF, dtype=torch.float64, device=logp.device)
+    utt = torch.arange(n_utts, device=logp.device)[:, None]
+    for t in range(n_frames):
         lp, ids = top_lp[:, t], top_id[:, t]  # (B, k)
-        valid = torch.maximum(pb, pnb) > NEG_INF  # (B, W)
-        lp_blank = torch.where(ids == blank, lp, neg).max(1).values[:, None]  # (B, 1), -inf: blank not in top k
-        # staying the same prefix: through a blank, or the last label repeated
-        stay_b = torch.logaddexp(pb + lp_blank, pnb + lp_blank)
-        match = ids[:, None, :] == last[:, :, None]  # (B, W, k): candidate c is the prefix's last label
-        lp_last = torch.where(match, lp[:, None, :], neg).max(2).values  # (B, W)
-        stay_nb = pnb + lp_last
-        # extending by c: after a blank only when c repeats the last label
-        lpc = lp[:, None, :]
-        ext = torch.where(match, pb[:, :, None] + lpc, torch.logaddexp(pb[:, :, None] + lpc, pnb[:, :, None] + lpc))
-        ext = ext.masked_fill((ids == blank)[:, None, :] | ~valid[:, :, None], NEG_INF)  # (B, W, k)
-        # an extension of prefix i equal to prefix j (j's parent is i, j's last label a candidate) joins j
-        pair = (parent_hash[:, None, :] == hash_[:, :, None]) & (length[:, None, :] == length[:, :, None] + 1) \
-            & valid[:, :, None] & valid[:, None, :]  # (B, i, j)
-        b_, i_, j_ = pair.nonzero(as_tuple=True)
-        if len(b_):
-            n = tokens.size(2)
-            differ = (tokens[b_, i_] != tokens[b_, j_]) & (torch.arange(n, device=dev) < length[b_, i_, None])
-            pair[b_, i_, j_] = ~differ.any(1)
-        merge = pair[:, :, :, None] & match[:, None, :, :]  # (B, i, j, c): extension (i, c) is prefix j
-        into_j = torch.where(merge, ext[:, :, None, :], neg).amax(dim=(1, 3))  # (B, W)
-        stay_nb = torch.logaddexp(stay_nb, into_j)
-        ext = ext.masked_fill(merge.any(2), NEG_INF)
-        # the `beam` best of stays (W) and extensions (W x k), per utterance
-        score = torch.cat([torch.logaddexp(stay_b, stay_nb), ext.view(B, W * k)], dim=1)
-        top, idx = score.topk(W, dim=1)
-        is_ext, src = idx >= W, torch.where(idx >= W, (idx - W) // k, idx)
-        e_idx = (idx - W).clamp(min=0)
-        c = ids.gather(1, e_idx % k)
-        dead = top == NEG_INF
-        new_pb = torch.where(is_ext, neg, stay_b.gather(1, src)).masked_fill(dead, NEG_INF)
-        new_pnb = torch.where(is_ext, ext.view(B, W * k).gather(1, e_idx), stay_nb.gather(1, src))
-        new_pnb = new_pnb.masked_fill(dead, NEG_INF)
-        src_len, src_hash = length.gather(1, src), hash_.gather(1, src)
-        if int(src_len.max()) >= tokens.size(2):  # room for one more label
-            tokens = torch.cat([tokens, torch.zeros_like(tokens[:, :, :1])], 2)
-        new_tokens = tokens[bi, src]  # (B, W, n)
-        new_tokens.scatter_(2, src_len[:, :, None],
-                            torch.where(is_ext, c, new_tokens.gather(2, src_len[:, :, None])[..., 0])[..., None])
-        on = (t < lens)[:, None]  # frames past an utterance's end leave its beam as it is
-        pb, pnb = torch.where(on, new_pb, pb), torch.where(on, new_pnb, pnb)
-        tokens = torch.where(on[:, :, None], new_tokens, tokens)
-        length = torch.where(on, src_len + is_ext.long(), length)
-        last = torch.where(on, torch.where(is_ext, c, last.gather(1, src)), last)
-        parent_hash = torch.where(on, torch.where(is_ext, src_hash, parent_hash.gather(1, src)), parent_hash)
-        hash_ = torch.where(on, torch.where(is_ext, (src_hash * M + c + 1) % P, src_hash), hash_)
-    score = torch.logaddexp(pb, pnb)
-    out = []
-    for b in range(B):
-        out.append([(tokens[b, w, : int(length[b, w])].tolist(), float(score[b, w]))
-                    for w in range(W) if score[b, w] > NEG_INF])
-    return out
+        if int(prefixes.length.max()) >= prefixes.tokens.size(2):  # room for one more label
+            prefixes = prefixes._replace(tokens=torch.cat([prefixes.tokens, torch.zeros_like(prefixes.tokens[:, :, :1])], 2))
+        valid = prefixes.valid()
+        stay_b, stay_nb, ext, match = _frame_scores(prefixes, valid, lp, ids, blank, neg)
+        stay_nb, ext = _merge_equal_prefixes(prefixes, valid, stay_nb, ext, match, neg)
+        new = _best_beam(prefixes, stay_b, stay_nb, ext, ids, neg, utt)
+        prefixes = prefixes.updated(new, (t < lens)[:, None])  # past an utterance's end its beam stays
+    score = torch.logaddexp(prefixes.pb, prefixes.pnb)
+    return [[(prefixes.tokens[b, w, : int(prefixes.length[b, w])].tolist(), float(score[b, w]))
+             for w in range(beam) if score[b, w] > NEG_INF] for b in range(n_utts)]
+
+
+class _Prefixes(NamedTuple):
+    """The batched prefix search's beams, (B, W) each: the log-probs of a prefix ending in a blank
+    (pb) and in a label (pnb), its labels (B, W, n; n grows with the longest), its length and last
+    label (-1: empty), and a polynomial hash of it and of its parent (itself without its last label)."""
+    pb: torch.Tensor
+    pnb: torch.Tensor
+    tokens: torch.Tensor
+    length: torch.Tensor
+    last: torch.Tensor
+    hash: torch.Tensor
+    parent_hash: torch.Tensor
+
+    @classmethod
+    def start(cls, n_utts: int, beam: int, device) -> _Prefixes:
+        """The empty prefix alone in each beam."""
+        pb = torch.full((n_utts, beam), NEG_INF, dtype=torch.float64, device=device)
+        pb[:, 0] = 0.0
+        length = torch.zeros(n_utts, beam, dtype=torch.long, device=device)
+        return cls(pb, torch.full_like(pb, NEG_INF), torch.zeros(n_utts, beam, 1, dtype=torch.long, device=device),
+                   length, torch.full_like(length, -1), torch.zeros_like(length), torch.full_like(length, -1))
+
+    def valid(self) -> torch.Tensor:
+        return torch.maximum(self.pb, self.pnb) > NEG_INF
+
+    def updated(self, new: _Prefixes, on: torch.Tensor) -> _Prefixes:
+        """`new` for the utterances `on` (B, 1), these prefixes for the others."""
+        old, on3 = self, on[:, :, None]
+        return _Prefixes(torch.where(on, new.pb, old.pb), torch.where(on, new.pnb, old.pnb),
+                         torch.where(on3, new.tokens, old.tokens), torch.where(on, new.length, old.length),
+                         torch.where(on, new.last, old.last), torch.where(on, new.hash, old.hash),
+                         torch.where(on, new.parent_hash, old.parent_hash))
+
+
+def _frame_scores(p: _Prefixes, valid: torch.Tensor, lp: torch.Tensor, ids: torch.Tensor, blank: int,
+                  neg: torch.Tensor):
+    """Each prefix staying itself (through a blank: stay_b (B, W); the last label repeated: stay_nb)
+    and extended by each candidate label (ext (B, W, k)), and which candidates repeat its last label
+    (match (B, W, k)); `valid` are the prefixes that exist, `neg` -inf as a tensor."""
+    lp_blank = torch.where(ids == blank, lp, neg).max(1).values[:, None]  # (B, 1), -inf: blank not in top k
+    stay_b = torch.logaddexp(p.pb + lp_blank, p.pnb + lp_blank)
+    match = ids[:, None, :] == p.last[:, :, None]
+    stay_nb = p.pnb + torch.where(match, lp[:, None, :], neg).max(2).values
+    # extending by c: after a blank only when c repeats the last label
+    lpc = lp[:, None, :]
+    ext = torch.where(match, p.pb[:, :, None] + lpc,
+                      torch.logaddexp(p.pb[:, :, None] + lpc, p.pnb[:, :, None] + lpc))
+    ext = ext.masked_fill((ids == blank)[:, None, :] | ~valid[:, :, None], NEG_INF)
+    return stay_b, stay_nb, ext, match
+
+
+def _merge_equal_prefixes(p: _Prefixes, valid: torch.Tensor, stay_nb: torch.Tensor, ext: torch.Tensor,
+                          match: torch.Tensor, neg: torch.Tensor):
+    """An extension of prefix i equal to prefix j (j's parent is i, j's last label the candidate) joins
+    j: (stay_nb with it added, ext with it removed)."""
+    pair = (p.parent_hash[:, None, :] == p.hash[:, :, None]) & (p.length[:, None, :] == p.length[:, :, None] + 1) \
+        & valid[:, :, None] & valid[:, None, :]  # (B, i, j)
+    b_, i_, j_ = pair.nonzero(as_tuple=True)
+    if len(b_):  # confirm by the labels: a hash collision must not merge different prefixes
+        n = p.tokens.size(2)
+        differ = (p.tokens[b_, i_] != p.tokens[b_, j_]) & (torch.arange(n, device=ext.device) < p.length[b_, i_, None])
+        pair[b_, i_, j_] = ~differ.any(1)
+    merge = pair[:, :, :, None] & match[:, None, :, :]  # (B, i, j, c): extension (i, c) is prefix j
+    into_j = torch.where(merge, ext[:, :, None, :], neg).amax(dim=(1, 3))  # (B, W)
+    return torch.logaddexp(stay_nb, into_j), ext.masked_fill(merge.any(2), NEG_INF)
+
+
+def _best_beam(p: _Prefixes, stay_b: torch.Tensor, stay_nb: torch.Tensor, ext: torch.Tensor,
+               ids: torch.Tensor, neg: torch.Tensor, utt: torch.Tensor) -> _Prefixes:
+    """The `beam` best of the stays (W) and the extensions (W x k) of each utterance (`utt`: their
+    indices (B, 1)), as new prefixes; `p.tokens` has room for one more label."""
+    n_utts, beam, k = ext.shape
+    score = torch.cat([torch.logaddexp(stay_b, stay_nb), ext.view(n_utts, beam * k)], dim=1)
+    top, idx = score.topk(beam, dim=1)
+    is_ext, src = idx >= beam, torch.where(idx >= beam, (idx - beam) // k, idx)  # src: the prefix it came from
+    e_idx = (idx - beam).clamp(min=0)
+    label = ids.gather(1, e_idx % k)
+    dead = top == NEG_INF
+    pb = torch.where(is_ext, neg, stay_b.gather(1, src)).masked_fill(dead, NEG_INF)
+    pnb = torch.where(is_ext, ext.view(n_utts, beam * k).gather(1, e_idx), stay_nb.gather(1, src))
+    pnb = pnb.masked_fill(dead, NEG_INF)
+    src_len, src_hash = p.length.gather(1, src), p.hash.gather(1, src)
+    tokens = p.tokens[utt, src]  # (B, W, n)
+    tokens.scatter_(2, src_len[:, :, None],
+                    torch.where(is_ext, label, tokens.gather(2, src_len[:, :, None])[..., 0])[..., None])
+    return _Prefixes(pb, pnb, tokens, src_len + is_ext.long(), torch.where(is_ext, label, p.last.gather(1, src)),
+                     torch.where(is_ext, (src_hash * _HASH_M + label + 1) % _HASH_P, src_hash),
+                     torch.where(is_ext, src_hash, p.parent_hash.gather(1, src)))
