@@ -7,4 +7,5 @@ lines are `python -m asrkit_corpora.bin.<name>` (make_demo_corpus, make_connecte
 - `fsdd`: connected-digit utterances from the Free Spoken Digit Dataset
 - `myst`: the My Science Tutor corpus (LDC2021S05) as distributed
 - `writer`: resumable writing of a generated corpus (wav files, then the manifest)
+- `whisper_filter`: zero-shot Whisper decoding of a test set and MyST's filtered-test rule
 """

@@ -37,7 +37,7 @@ from machine import print_header  # noqa: E402
 from asrkit.fileio import load_jsonl  # noqa: E402
 from asrkit.normalize import get_normalizer  # noqa: E402
 from asrkit.scoring import score_set, total  # noqa: E402
-from asrkit.whisper_filter import transcribe  # noqa: E402
+from asrkit_corpora.whisper_filter import transcribe  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

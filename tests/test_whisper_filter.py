@@ -11,7 +11,7 @@ import pytest
 
 from asrkit_corpora.bin import prepare_myst
 from asrkit.fileio import load_jsonl
-from asrkit.whisper_filter import apply_rule, read_hyps, whisper_filter
+from asrkit_corpora.whisper_filter import apply_rule, read_hyps, whisper_filter
 from corpora_fixtures import make_fake_myst, myst_utt_id
 from conftest import REPO
 

@@ -11,7 +11,7 @@ every utterance, out/filter.json the rule, its parameters and the counts. local/
 egs/myst/run.sh is given --whisper_filter MODEL.
 """
 from asrkit.cli import make_parser, run_main, setup_logging
-from asrkit.whisper_filter import whisper_filter
+from asrkit_corpora.whisper_filter import whisper_filter
 
 
 def main(argv=None) -> int:
