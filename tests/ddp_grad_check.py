@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import sys
 
 import torch
@@ -67,3 +68,8 @@ def main(out: str, argv: list[str]) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1], sys.argv[2:])
+    # End without the interpreter's teardown: in 2 of 5 full suites (never alone, 21 runs) rank 1
+    # aborted there, "terminate called without an active exception", after the work was done.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
