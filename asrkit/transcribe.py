@@ -9,7 +9,6 @@ without a CTC head gives one span for the whole file).
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 
 import numpy as np
 import torch
@@ -73,12 +72,7 @@ class Transcriber:
         self.device = torch.device(device)
         self.model, self.tokenizer, self.config, self.attrs = load_model(model_dir, checkpoint, self.device)
         self.extractor = extractor_from_attrs(self.attrs, self.device)
-        self.opts = DecodeOptions(**search)
-        if self.model.ctc is None and self.opts.mode == "joint" and self.opts.ctc_weight > 0:
-            # (decoder whisper): joint decoding without a CTC head is the attention search
-            log.info("%s has no CTC head: decoding with the attention decoder alone", model_dir)
-            self.opts = replace(self.opts, ctc_weight=0.0)
-        check_model(self.model, self.opts, str(model_dir))
+        self.opts = check_model(self.model, DecodeOptions(**search), str(model_dir))
         self.frame_s = self.model.subsampling / float(self.attrs["frame_rate"])
 
     def features(self, path: str) -> np.ndarray:

@@ -156,8 +156,8 @@ def test_transcribe_writes_a_file_per_input(tmp_path, tiny_corpus, tiny_wavlm, c
 
 
 def test_a_whisper_decoder_model_transcribes_without_a_ctc_head(tmp_path, tiny_corpus, tiny_whisper, capsys):
-    """egs/child's model for a Whisper front end (decoder whisper, no CTC head): transcribe's default
-    joint search falls back to the attention search, gives stage 4's text, and one span per file."""
+    """egs/child's model for a Whisper front end (decoder whisper, no CTC head): the default joint
+    search is its attention search, in stage 4 and in transcribe alike; one span per file."""
     from asrkit.features.dump import dump
     from asrkit.features.extractors import ExtractorSpec
     from asrkit.features.store import FeatureReader
@@ -179,7 +179,9 @@ def test_a_whisper_decoder_model_transcribes_without_a_ctc_head(tmp_path, tiny_c
     torch.manual_seed(0)
     torch.save(build_from_config(config).state_dict(), exp / "model.avg.pth")
     decode.main([f"--model_dir={exp}", f"--data={data}", f"--feats={store}", f"--out={tmp_path / 'dec'}",
-                 "--mode=attention", "--beam=2", "--maxlenratio=-6"])
+                 "--beam=2", "--maxlenratio=-6"])
+    info = json.loads((tmp_path / "dec" / "decode_info.json").read_text())
+    assert (info["mode"], info["ctc_weight"]) == ("joint", 0.0)
     hyps = {r["utt_id"]: r["text"] for r in load_jsonl(tmp_path / "dec" / "hyp.jsonl")}
     capsys.readouterr()
     records = load_jsonl(data)

@@ -167,7 +167,7 @@ def decode_split(model_dir, data, feats, out, opts: DecodeOptions, checkpoint: s
     if average_nbest:
         checkpoint = average_from_log(model_dir, average_nbest, f"model.avg{average_nbest}.pth").name
     model, tokenizer, _, feats_attrs = load_model(model_dir, checkpoint, device)
-    check_model(model, opts, str(model_dir))
+    opts = check_model(model, opts, str(model_dir))
     reader = FeatureReader(feats)
     check_compatible(reader.attrs, feats_attrs, str(feats))
     todo, plan_skipped = plan(data, reader, model.min_frames)

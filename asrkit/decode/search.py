@@ -50,8 +50,13 @@ def search_options(args) -> DecodeOptions:
         raise DataError(str(e), "decoding options") from None
 
 
-def check_model(model, opts: DecodeOptions, where: str = "") -> None:
-    """A clear error when the mode needs a branch (CTC head, decoder) that the model was built without."""
+def check_model(model, opts: DecodeOptions, where: str = "") -> DecodeOptions:
+    """The options this model decodes with: joint decoding of a model without a CTC head (decoder
+    whisper) is its attention search (ctc_weight 0); a clear error when the mode needs a branch (CTC
+    head, decoder) that the model was built without."""
+    if getattr(model, "ctc", 1) is None and opts.mode == "joint" and opts.ctc_weight > 0:
+        log.info("%s has no CTC head: decoding with the attention decoder alone", where or "the model")
+        opts = replace(opts, ctc_weight=0.0)
     needs_ctc = opts.mode != "attention" and not (opts.mode == "joint" and opts.ctc_weight == 0)
     if needs_ctc and getattr(model, "ctc", 1) is None:
         raise DataError(f"mode {opts.mode} needs the CTC head, which this model has not", where,
@@ -60,6 +65,7 @@ def check_model(model, opts: DecodeOptions, where: str = "") -> None:
     if needs_att and getattr(model, "decoder", 1) is None:
         raise DataError(f"mode {opts.mode} needs the attention decoder, which this model has not", where,
                         "use --mode ctc_greedy or ctc_prefix_beam")
+    return opts
 
 
 def _trim(tokens: list[int], model) -> list[int]:
