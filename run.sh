@@ -58,7 +58,7 @@ opt train_args "" "more options for asrkit.bin.train, e.g. \"--max_epoch 5\""
 opt tag "" "experiment name (default: from config, features and tokens)"
 opt num_nodes 1 "nodes for multi-node training"
 opt node_rank 0 "this node's rank (multi-node without Slurm)"
-opt master_addr localhost "rendezvous host (multi-node)"
+opt master_addr localhost "rendezvous host (multi-node; under Slurm: the allocation's first node)"
 opt master_port 29500 "rendezvous port (multi-node)"
 opt nproc_per_node "" "training processes per node (default: ngpu, or 1 on CPU)"
 opt launcher local "local (torchrun on this node) or slurm (srun torchrun on every node)"
@@ -146,6 +146,17 @@ dtag="$(basename "${decode_config%.*}")_${inference_model%.pth}"
 logdir="$expdir/logs"
 mkdir -p "$logdir" "$expdir/stamps"
 all_sets="$train_set $valid_set $test_sets"
+if [ "$launcher" = slurm ] && [ "$master_addr" = localhost ] && [ -n "${SLURM_JOB_NODELIST:-}" ]; then
+    master_addr=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)  # the allocation's first node
+fi
+distributed_stages="3"  # the stages that run as one job across the processes of every node
+if [ "$launcher" = slurm ] || [ "$num_nodes" -gt 1 ]; then distributed_stages="1 3 4"; fi
+node_suffix="" node_started=""
+if [ "$node_rank" -gt 0 ]; then
+    node_suffix=".node$node_rank"
+    node_started="$expdir/stamps/.node$node_rank.started"
+    touch "$node_started"
+fi
 
 # The exact command line, so a run can be repeated or resumed from any stage.
 { printf '# %s in %s\n' "$(date '+%F %T')" "$PWD"; printf '%q ' "$0" "${argv[@]}"; echo; } >> "$logdir/commands.sh"
@@ -166,31 +177,51 @@ fingerprint() {
 # run_stage N "title" "inputs" "outputs" "option names" command...
 # Skips the stage when its stamp matches its options, command and inputs, and its outputs exist.
 # The command runs in a subshell with errexit; the commands it runs are traced into the stage log.
+# Across nodes (--num_nodes > 1), node 0 runs every stage and writes the stamps; another node takes
+# part in the distributed stages (1, 3, 4) only, and after each stage waits for node 0's stamp.
 run_stage() {
     local n=$1 title=$2 inputs=$3 outputs=$4 names=$5; shift 5
     # stamps and logs are per output: features per feats_tag, token lists per unit, experiments per tag
     local key
     case $n in 0) key="" ;; 1) key=".$feats_tag" ;; 2) key=".$unit" ;; *) key=".$tag" ;; esac
-    local stamp="$expdir/stamps/stage$n$key.done" log="$logdir/stage$n$key.log" sig o name missing=false
+    local stamp="$expdir/stamps/stage$n$key.done" log="$logdir/stage$n$key$node_suffix.log" sig
     if [ "$n" -lt "$stage" ] || [ "$n" -gt "$stop_stage" ] || [[ " $skip_stages " == *" $n "* ]]; then
         return 0
     fi
     # shellcheck disable=SC2086
     sig=$({ for name in $names; do printf '%s=%q\n' "$name" "${!name}"; done
             printf '%q ' "$@"; echo; fingerprint $inputs; } | md5sum | cut -d' ' -f1)
-    for o in $outputs; do [ -e "$o" ] || missing=true; done
-    if [ "$force" != true ] && ! $missing && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$sig" ]; then
+    if [ "$force" != true ] && stamp_matches "$stamp" "$sig" "$outputs"; then
         echo "[stage $n] $title: up to date, skipped"
         return 0
     fi
-    rm -f "$stamp"
+    if [ "$node_rank" -gt 0 ]; then
+        [[ " $distributed_stages " == *" $n "* ]] && run_logged "$n" "$title" "$log" "$@"
+        wait_for_node0 "$n" "$title" "$stamp" "$sig" "$outputs"
+        return 0
+    fi
+    rm -f "$stamp" "$stamp.failed"
     # A rerun with the same signature continues an interrupted run (training resumes from its
     # checkpoint); a different one starts afresh (see stage 3).
     stage_resuming=false
     [ "$force" != true ] && [ -f "$stamp.started" ] && [ "$(cat "$stamp.started")" = "$sig" ] && stage_resuming=true
     echo "$sig" > "$stamp.started"
+    if ! run_logged "$n" "$title" "$log" "$@"; then
+        touch "$stamp.failed"  # (the other nodes stop waiting)
+        exit 1
+    fi
+    echo "$sig" > "$stamp"
+}
+
+stamp_matches() {  # stamp_matches STAMP SIG OUTPUTS: the stamp holds SIG and every output exists
+    local o
+    for o in $3; do [ -e "$o" ] || return 1; done
+    [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]
+}
+
+run_logged() {  # run_logged N TITLE LOG command...: run a stage's command, its output into LOG
+    local n=$1 title=$2 log=$3 t0=$SECONDS status; shift 3
     echo "[stage $n] $title ... (log: $log)"
-    local t0=$SECONDS status
     printf '# %s\n' "$(date '+%F %T')" > "$log"
     set +e
     if [ -t 1 ]; then  # on a terminal, show progress bars as well as logging them
@@ -206,10 +237,23 @@ run_stage() {
         sed 's/.*\r//' "$log" | grep -v '^+' | tail -n 12 >&2
         echo "Fix the problem and resume with:" >&2
         echo "  (cd $(printf '%q' "$PWD") && $(printf '%q ' "$0" "${argv[@]}")--stage $n)" >&2
-        exit "$status"
+        return "$status"
     fi
-    echo "$sig" > "$stamp"
     echo "[stage $n] $title: done in $((SECONDS - t0))s"
+}
+
+wait_for_node0() {  # wait_for_node0 N TITLE STAMP SIG OUTPUTS: until node 0 has the stage done
+    local said=false
+    until stamp_matches "$3" "$4" "$5"; do
+        if [ "$3.failed" -nt "$node_started" ]; then
+            echo "[stage $1] $2 failed on node 0 (see its log in $logdir): stopping" >&2
+            exit 1
+        fi
+        $said || echo "[stage $1] $2: waiting for node 0 (until $3 is written; every node needs the same options)"
+        said=true
+        sleep 2
+    done
+    echo "[stage $1] $2: done on node 0"
 }
 
 # ------------------------------------------------------------------ stage 0: data preparation
@@ -240,7 +284,7 @@ launch_cmd() {
                 --nproc_per_node "$procs" --rdzv_backend c10d
                 --rdzv_endpoint "$master_addr:$master_port" --rdzv_id "$id" -m "$module")
     elif [ "$num_nodes" -gt 1 ]; then
-        launch=(torchrun --nnodes "$num_nodes" --node_rank "$node_rank" --nproc_per_node "$procs"
+        launch=(torchrun --nnodes "$num_nodes" --nproc_per_node "$procs"
                 --rdzv_backend c10d --rdzv_endpoint "$master_addr:$master_port" --rdzv_id "$id" -m "$module")
     elif [ "$procs" -gt 1 ]; then
         launch=(torchrun --standalone --nproc_per_node "$procs" -m "$module")
@@ -259,7 +303,7 @@ stage1() {
     # nodes one per GPU (or per node on CPU), each taking a share of the utterances; speed
     # perturbation for training data only
     local launch
-    if [ "$launcher" = slurm ] || [ "$num_nodes" -gt 1 ]; then
+    if [[ " $distributed_stages " == *" 1 "* ]]; then
         launch_cmd asrkit.bin.dump_feats "$(( ngpu > 0 ? ngpu : 1 ))" dump
     else
         launch_cmd asrkit.bin.dump_feats 1 dump
@@ -284,7 +328,7 @@ run_stage 2 "token list ($unit)" "$datadir/$train_set.jsonl" "$token_dir/tokens.
 
 # ------------------------------------------------------------------ stage 3: training
 stage3() {
-    if [ -d "$exp" ] && ! $stage_resuming; then
+    if [ "$node_rank" -eq 0 ] && [ -d "$exp" ] && ! $stage_resuming; then
         # A checkpoint made from other inputs or options must not be resumed: keep it aside.
         local old
         old="$exp.old-$(date +%Y%m%d-%H%M%S)"
@@ -306,10 +350,16 @@ run_stage 3 "training ($tag)" \
 
 # ------------------------------------------------------------------ stage 4: decoding
 stage4() {
-    local s
+    # across nodes: one process per GPU (or per node on CPU) of every node, each decoding a share
+    local s launch
     for s in $test_sets; do
+        if [[ " $distributed_stages " == *" 4 "* ]]; then
+            launch_cmd asrkit.bin.decode "$(( ngpu > 0 ? ngpu : 1 ))" "decode-$s"
+        else
+            launch=(python -m asrkit.bin.decode)
+        fi
         # shellcheck disable=SC2086
-        python -m asrkit.bin.decode --config "$decode_config" --model_dir "$exp" \
+        "${launch[@]}" --config "$decode_config" --model_dir "$exp" \
             --checkpoint "$inference_model" --data "$datadir/$s.jsonl" --feats "$dumpdir/$feats_tag/$s.h5" \
             --out "$exp/decode_${s}_${dtag}" --ngpu "$ngpu" $decode_args
     done

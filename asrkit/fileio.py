@@ -47,6 +47,17 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
             os.fsync(f.fileno())
 
 
+def open_for_append(path: str | os.PathLike):
+    """Open a file of lines for appending; a last line that a kill cut short is dropped first, so
+    that the next line starts on its own."""
+    path = Path(path)
+    if path.is_file():
+        text = path.read_bytes()
+        if text and not text.endswith(b"\n"):
+            path.write_bytes(text[:text.rfind(b"\n") + 1])
+    return open(path, "a", encoding="utf-8")
+
+
 def read_lines(path: str | os.PathLike,
                on_error: Callable[[DataError], None] | None = None) -> Iterator[tuple[int, str]]:
     """Yield (line number, text) of a UTF-8 text file, without the newline.

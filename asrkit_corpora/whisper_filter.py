@@ -24,7 +24,7 @@ from tqdm import tqdm
 from asrkit.audio import SAMPLE_RATE, load_audio
 from asrkit.errors import DataError
 from asrkit.failures import batch_or_one_by_one, check_failures
-from asrkit.fileio import atomic_open, read_jsonl, resolve_audio_path, write_json
+from asrkit.fileio import atomic_open, open_for_append, read_jsonl, resolve_audio_path, write_json
 from asrkit.normalize import get_normalizer
 from asrkit.scoring import score_utt
 
@@ -65,11 +65,8 @@ def transcribe(records: list[dict], model: str, hyp_tsv: Path, batch_size: int =
     except OSError as e:
         raise load_error(e, model) from None
     hyp_tsv.parent.mkdir(parents=True, exist_ok=True)
-    if hyp_tsv.is_file():  # drop a line that a kill cut short, so that the next one starts on its own
-        text = hyp_tsv.read_bytes()
-        hyp_tsv.write_bytes(text[:text.rfind(b"\n") + 1])
     failed: list[tuple[str, str]] = []
-    with open(hyp_tsv, "a", encoding="utf-8") as out, tqdm(total=len(todo), unit="utt", disable=not progress,
+    with open_for_append(hyp_tsv) as out, tqdm(total=len(todo), unit="utt", disable=not progress,
                                                            desc="Whisper zero-shot") as bar:
         for i in range(0, len(todo), batch_size):
             batch = todo[i:i + batch_size]

@@ -8,7 +8,6 @@ import torch
 
 from asrkit.bin import decode
 from asrkit.decode import DecodeOptions
-from asrkit.decode.runner import run_stamp
 from asrkit.fileio import load_jsonl, write_jsonl
 from decode_fixtures import make_exp_dir
 
@@ -36,21 +35,47 @@ def test_decode_writes_nbest_and_does_not_depend_on_batch_size_or_processes(tmp_
     assert info["utterances"] == len(records) and info["beam"] == 3 and info["rtf"] > 0
 
 
-def test_resume_keeps_decoded_utterances(tmp_path):
+def test_a_killed_decoding_resumes_where_it_stopped(tmp_path, monkeypatch):
+    """Killed after 2 utterances (and mid-line on a third): the rerun decodes only the rest and ends
+    as an uninterrupted run; a rerun with other options starts afresh."""
+    from asrkit.decode import runner
+
     exp, data, feats, _ = make_exp_dir(tmp_path)
     full = run(exp, data, feats, tmp_path / "full", "--mode=ctc_greedy")
-    out = tmp_path / "resumed"
-    out.mkdir()
-    # an earlier run with the same options had decoded one utterance (marked as such) when killed
-    first = dict(next(iter(full.values())), text="FROM THE FIRST RUN")
-    stamp = run_stamp(DecodeOptions(mode="ctc_greedy", beam=3), "model.avg.pth", data, feats)
-    (out / ".partial.options.json").write_text(json.dumps(stamp))
-    write_jsonl(out / ".partial.jsonl", [first])
+    out, real, calls = tmp_path / "resumed", runner.hyp_record, []
+
+    def dying(*args):
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        calls.append(args[0])
+        return real(*args)
+
+    monkeypatch.setattr(runner, "hyp_record", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run(exp, data, feats, out, "--mode=ctc_greedy", "--batch_size=1")
+    part = out / ".partial" / "part0.jsonl"
+    with open(part, "a") as f:
+        f.write('{"utt_id": "cut by the kill", "te')
+    assert not (out / "hyp.jsonl").exists() and len(part.read_text().splitlines()) == 3
+
+    def counting(*args):
+        calls.append(args[0])
+        return real(*args)
+
+    monkeypatch.setattr(runner, "hyp_record", counting)
     resumed = run(exp, data, feats, out, "--mode=ctc_greedy")
-    assert resumed[first["utt_id"]]["text"] == "FROM THE FIRST RUN"
-    assert {u: r["text"] for u, r in resumed.items() if u != first["utt_id"]} == \
-        {u: r["text"] for u, r in full.items() if u != first["utt_id"]}
-    assert not (out / ".partial.jsonl").exists()
+    assert len(calls) == len(full) and sorted(calls) == sorted(full)  # 2 before the kill, the rest now
+    assert resumed == full and not (out / ".partial").exists()
+    assert json.loads((out / "decode_info.json").read_text())["decoded_now"] == len(full) - 2
+
+    calls.clear()
+    monkeypatch.setattr(runner, "hyp_record", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run(exp, data, feats, tmp_path / "other", "--mode=ctc_greedy", "--batch_size=1")
+    monkeypatch.setattr(runner, "hyp_record", counting)
+    calls.clear()
+    run(exp, data, feats, tmp_path / "other", "--mode=ctc_prefix_beam")
+    assert len(calls) == len(full)  # other options: nothing kept
 
 
 def test_average_nbest_averages_the_best_epochs(tmp_path):

@@ -3,6 +3,7 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -89,3 +90,68 @@ def test_training_killed_mid_run_resumes_and_finishes(tiny_corpus, tmp_path):
     assert len(list(exp.parent.glob(exp.name + ".old-*"))) == 1
     epochs = [r["epoch"] for r in load_jsonl(exp / "train_log.jsonl") if r.get("kind") == "epoch"]
     assert epochs == [1]
+
+
+def test_two_nodes_run_each_stage_once_and_share_the_distributed_ones(tiny_corpus, tmp_path):
+    """README's manual multi-node form, with two "nodes" on localhost: two run.sh processes with
+    --num_nodes 2 --node_rank 0/1 in one shared directory, c10d on 127.0.0.1, gloo. Node 0 alone
+    prepares the data, the token list and the scores; both take part in the dump, the training and
+    the decoding, each process doing a share; nothing races. A rerun finds every stage up to date on
+    both nodes; the store and the hypotheses equal one process's."""
+    import socket
+
+    import numpy as np
+
+    from asrkit.features.dump import dump
+    from asrkit.features.extractors import ExtractorSpec
+    from asrkit.features.store import FeatureReader
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ["--raw_data", str(tiny_corpus), *TINY, "--nj", "0", "--train_args", TRAIN_ARGS, "--num_nodes", "2",
+            "--master_addr", "127.0.0.1", "--master_port", str(port)]
+
+    def two_nodes() -> list[str]:
+        procs = [subprocess.Popen([str(REPO / "run.sh"), *args, "--node_rank", str(r)], cwd=tmp_path, text=True,
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+                 for r in (0, 1)]
+        try:
+            outs = [p.communicate(timeout=600)[0] for p in procs]
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    os.killpg(p.pid, signal.SIGKILL)
+        assert [p.returncode for p in procs] == [0, 0], "\n".join(outs)
+        return outs
+
+    node0, node1 = two_nodes()
+    assert stage_states(node0) == {n: "done" for n in range(6)}, node0
+    for n in (1, 3, 4):  # both nodes ran the distributed stages ...
+        assert re.search(rf"^\[stage {n}\] .*: done in \d+s$", node1, re.M), node1
+    for n in (0, 2, 5):  # ... and node 1 waited for node 0's others (or found them done)
+        assert not re.search(rf"^\[stage {n}\] .*: done in", node1, re.M), node1
+    logs = tmp_path / "exp" / "logs"
+    assert sorted(p.name for p in logs.glob("*.node1.log")) == [
+        "stage1.fbank.node1.log", "stage3.conformer_tiny_fbank_char.node1.log",
+        "stage4.conformer_tiny_fbank_char.node1.log"]
+    dump_log = (logs / "stage1.fbank.node1.log").read_text()
+    assert re.search(r"process 1: [1-9]\d* utterances to extract", dump_log), dump_log  # its share of a split
+    decode_log = (logs / "stage4.conformer_tiny_fbank_char.node1.log").read_text()
+    assert "rank 1 of 2" in decode_log and "with 2 process(es)" in decode_log, decode_log
+
+    again = two_nodes()
+    assert [stage_states(out) for out in again] == [{n: "skipped" for n in range(6)}] * 2, again
+
+    one = tmp_path / "one.h5"
+    dump(str(tmp_path / "data" / "test.jsonl"), str(one), ExtractorSpec(feats_type="fbank"), nj=0, progress=False)
+    a, b = FeatureReader(one), FeatureReader(tmp_path / "dump" / "fbank" / "test.h5")
+    assert sorted(a.keys()) == sorted(b.keys()) and all(np.array_equal(a[k], b[k]) for k in a.keys())
+    exp = tmp_path / "exp" / "conformer_tiny_fbank_char"
+    two = next(exp.glob("decode_test_*"))
+    subprocess.run([sys.executable, "-m", "asrkit.bin.decode", "--config", str(REPO / "conf" / "decode.yaml"),
+                    "--model_dir", str(exp), "--data", str(tmp_path / "data" / "test.jsonl"), "--feats", str(one),
+                    "--out", str(tmp_path / "one"), "--beam", "2"], check=True, capture_output=True, cwd=tmp_path)
+    hyps = [{r["utt_id"]: (r["text"], round(r["score"], 3)) for r in load_jsonl(d / "hyp.jsonl")}
+            for d in (two, tmp_path / "one")]
+    assert hyps[0] == hyps[1] and len(hyps[0]) == len(load_jsonl(tmp_path / "data" / "test.jsonl"))

@@ -36,6 +36,8 @@ RULES = [
     (r"^tools/install\.sh --relock", "resolves every package anew from the network, then runs the whole suite"),
     (r"^python bench/gpu_check\.py --device cpu --tiny", "tests/test_gpu_check.py runs it"),
     (r"^bash bench/gpu_(wheels|check)\.sh", "for a lent GPU machine (the wheels are downloaded from the network)"),
+    (r"^salloc |--launcher slurm", "needs Slurm"),
+    (r"^\./run\.sh .*--num_nodes 2 --node_rank", "two nodes: tests/test_pipeline.py runs this form, on one host"),
     (r"^\./run\.sh$", ["--num_speakers", "12", "--utts_per_speaker", "2", "--nj", "1",
                        "--train_args", "--max_epoch 1", "--decode_args", "--beam 2 --maxlenratio -10"]),
     (r"^bash egs/child/run\.sh .*train_conformer_small", ["--nj", "1", "--ngpu", "0", "--train_args", TINY_TRAIN,
@@ -54,7 +56,6 @@ RULES = [
     (r"^python -c ", []),
     (r"^bench/setup_espnet_venv\.sh", "installs ESPnet from the network into its own environment"),
     (r"--device cuda", "needs a GPU"),
-    (r"--launcher slurm", "needs Slurm"),
 ]
 
 

@@ -40,6 +40,8 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.num_threads)
     info = decode_split(args.model_dir, args.data, args.feats, args.out, search_options(args), args.checkpoint,
                         args.batch_size, args.ngpu, args.nj, args.average_nbest, args.verbose)
+    if info is None:  # a torchrun/srun rank other than 0: it decoded its share, rank 0 reports
+        return 0
     speed = f"{info.decoded_now / info.decode_seconds:.2f} utt/s" if info.decode_seconds else "nothing new decoded"
     print(f"decoded {info.utterances} utterances into {Path(args.out) / 'hyp.jsonl'}; RTF {info.rtf:.4f} "
           f"({info.decode_seconds:.1f} s for {info.audio_seconds:.1f} s of audio, {speed})")

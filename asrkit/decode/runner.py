@@ -5,10 +5,10 @@
     decode_split("exp/<tag>", "data/test.jsonl", "dump/<feats_tag>/test.h5", "exp/<tag>/decode_test",
                  DecodeOptions(beam=10, ctc_weight=0.3))
 
-Finished batches are appended to <out>/.partial*.jsonl, so an interrupted run resumes where it stopped
-(with the same options, checkpoint and inputs); hyp.jsonl appears atomically at the end. Utterances
-missing from the store, too short for the model, or failing to decode are skipped and listed in
-<out>/skipped.txt.
+The utterances are shared among processes by asrkit/shards.py: each appends its finished batches to
+its part in <out>/.partial/, so an interrupted run resumes where it stopped (with the same options,
+checkpoint and inputs); hyp.jsonl appears atomically at the end. Utterances missing from the store,
+too short for the model, or failing to decode are skipped and listed in <out>/skipped.txt.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import json
 import logging
 import platform
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple
 
@@ -28,14 +28,16 @@ import asrkit
 from asrkit.cli import setup_logging
 from asrkit.data import pad_feats
 from asrkit.decode.beam import Hyp
-from asrkit.device import first_device
 from asrkit.decode.search import DecodeOptions, check_model, decode_batch, hyp_record
 from asrkit.decode_info import DecodeInfo
+from asrkit.device import process_device
+from asrkit.distributed import launch
 from asrkit.errors import DataError
 from asrkit.failures import batch_or_one_by_one, check_failures
 from asrkit.features.store import FeatureReader, check_compatible
-from asrkit.fileio import read_jsonl, write_json, write_jsonl, write_skipped
+from asrkit.fileio import open_for_append, read_jsonl, write_jsonl, write_skipped
 from asrkit.model_io import average_from_log, load_model
+from asrkit.shards import run_sharded
 
 log = logging.getLogger("asrkit.decode")
 
@@ -98,123 +100,118 @@ def plan(data: str, reader, min_frames: int) -> tuple[list[Utterance], list[tupl
     return sorted(todo, key=lambda u: -u.frames), skipped
 
 
-def run_stamp(opts: DecodeOptions, checkpoint: str, data, feats) -> dict:
-    """What must not change for a partial decoding to be resumed."""
-    return {"search": asdict(opts), "checkpoint": checkpoint,
-            "data": str(Path(data).resolve()), "feats": str(Path(feats).resolve())}
-
-
-def read_partials(out: Path) -> dict[str, dict]:
-    """Records of earlier (possibly killed) runs: every complete line of every partial file."""
+def read_records(part: Path) -> dict[str, dict]:
+    """The hyp.jsonl records of a part, by utterance: its complete lines (a line cut by a kill is not
+    one: that utterance is decoded again)."""
     done = {}
-    for p in sorted(out.glob(".partial*.jsonl")):
-        for line in p.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-                done[rec["utt_id"]] = rec
-            except (json.JSONDecodeError, KeyError, TypeError):
-                pass  # a line cut by a kill: that utterance is decoded again
+    for line in part.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+            done[rec["utt_id"]] = rec
+        except (json.JSONDecodeError, KeyError, TypeError):
+            pass
     return done
 
 
-def decode_into(partial: Path, model, tokenizer, reader, todo: list[Utterance], opts: DecodeOptions,
-                batch_size: int, device: torch.device, progress: bool = True) -> tuple[float, list]:
-    """Decode `todo`, appending hyp.jsonl records to `partial`: (seconds searching, skipped)."""
-    skipped, spent = [], 0.0
-    with open(partial, "a", encoding="utf-8") as out:
-        for u, nbest, seconds in decode_utterances(model, todo, reader.__getitem__, opts, batch_size, device,
-                                                   skipped, progress, where=str(partial.parent)):
+def decode_into(part: Path, model, tokenizer, reader, todo: list[Utterance], opts: DecodeOptions,
+                batch_size: int, device: torch.device, progress: bool = True) -> list[tuple[str, str]]:
+    """Decode `todo`, appending hyp.jsonl records to `part`; returns the utterances skipped."""
+    skipped = []
+    with open_for_append(part) as out:
+        for u, nbest, _ in decode_utterances(model, todo, reader.__getitem__, opts, batch_size, device, skipped,
+                                             progress, where=str(part.parent.parent)):
             out.write(json.dumps(hyp_record(u.utt_id, nbest, tokenizer), ensure_ascii=False) + "\n")
             out.flush()
-            spent += seconds
-    return spent, skipped
+    return skipped
 
 
-class Job(NamedTuple):
-    """What each decoding process needs besides its share of the utterances."""
+@dataclass
+class _Decoding:
+    """Stage 4 as a sharded job (asrkit/shards.py): each part is a file of hyp.jsonl records."""
     model_dir: Path
     checkpoint: str
+    data: str
     feats: str
     out: Path
     opts: DecodeOptions
     batch_size: int
-    nj: int
     ngpu: int
-    threads: int
+    threads: int  # torch threads in all (shared by spawned processes)
+    processes: int
     verbose: bool
+    planned: list[Utterance]
+    plan_skipped: list[tuple[str, str]]
+    device: torch.device
+    loaded: tuple | None = None  # (model, tokenizer) here; None in a spawned process, which loads its own
+    started: float = field(default_factory=time.perf_counter)
 
+    def __getstate__(self):
+        return {**self.__dict__, "loaded": None}
 
-def _worker(rank: int, job: Job, todo: list[Utterance]) -> tuple[float, list]:
-    """One of job.nj processes: decode its share into its own partial file."""
-    setup_logging(None, job.verbose, rank=rank)
-    torch.set_num_threads(max(1, job.threads // job.nj))
-    device = torch.device(f"cuda:{rank % job.ngpu}") if job.ngpu else torch.device("cpu")
-    model, tokenizer = load_model(job.model_dir, job.checkpoint, device)[:2]
-    return decode_into(job.out / f".partial.{rank}.jsonl", model, tokenizer, FeatureReader(job.feats), todo,
-                       job.opts, job.batch_size, device, progress=rank == 0)
+    def held(self, part: Path) -> set[str]:
+        return set(read_records(part))
+
+    def work(self, items: list[Utterance], part: Path, rank: int) -> list[tuple[str, str]]:
+        device = self.device
+        if self.loaded is None:
+            setup_logging(None, self.verbose, rank=rank)
+            torch.set_num_threads(max(1, self.threads // self.processes))
+            device = torch.device(f"cuda:{rank % self.ngpu}") if self.ngpu else device
+            self.loaded = load_model(self.model_dir, self.checkpoint, device)[:2]
+        return decode_into(part, *self.loaded, FeatureReader(self.feats), items, self.opts, self.batch_size, device,
+                           progress=rank == 0)
+
+    def merge(self, parts: list[Path], skipped: list[tuple[str, str]], resumed: set[str]) -> DecodeInfo:
+        spent = time.perf_counter() - self.started
+        skipped = self.plan_skipped + skipped
+        check_failures(len(self.planned) + len(self.plan_skipped), skipped, "decoding", str(self.out), final=True)
+        by_id = {k: r for part in parts for k, r in read_records(part).items()}
+        records = [by_id[u.utt_id] for u in sorted(self.planned, key=lambda u: u.utt_id) if u.utt_id in by_id]
+        write_jsonl(self.out / "hyp.jsonl", records)
+        write_skipped(self.out / "skipped.txt", skipped)
+        now = [u for u in self.planned if u.utt_id in by_id and u.utt_id not in resumed]
+        audio_s = sum(u.seconds for u in now)
+        info = DecodeInfo(search=asdict(self.opts), checkpoint=self.checkpoint, model_dir=str(self.model_dir),
+                          data=str(self.data), feats=str(self.feats), utterances=len(records), decoded_now=len(now),
+                          skipped=len(skipped), rtf=spent / audio_s if audio_s else 0.0, decode_seconds=spent,
+                          audio_seconds=audio_s, device=str(self.device), nj=self.processes, threads=self.threads,
+                          batch_size=self.batch_size,
+                          versions={"asrkit": asrkit.__version__, "torch": torch.__version__,
+                                    "python": platform.python_version()})
+        info.write(self.out)
+        if skipped:
+            log.warning("%d utterance(s) skipped, listed in %s", len(skipped), self.out / "skipped.txt")
+        return info
 
 
 def decode_split(model_dir, data, feats, out, opts: DecodeOptions, checkpoint: str = "model.avg.pth",
                  batch_size: int = 16, ngpu: int = 0, nj: int = 0, average_nbest: int = 0,
                  verbose: bool = False) -> DecodeInfo:
     """Decode a split list's stored features into <out>/hyp.jsonl, skipped.txt, decode_info.json
-    (returned). nj processes (0: one per GPU, or 1 on CPU); average_nbest: first average the best
-    k epochs into model.avg<k>.pth and decode that."""
-    device = first_device(ngpu)
-    nj = nj or max(1, ngpu)
+    (returned). The utterances are shared (asrkit/shards.py) among the ranks of a torchrun/srun
+    launch (on one node or many), or among nj processes spawned here (0: one per GPU, or 1 on CPU);
+    under torchrun/srun the ranks other than 0 return None. average_nbest: first average the best k
+    epochs into model.avg<k>.pth and decode that."""
+    device = process_device(ngpu)
+    world = launch()[1]
+    processes = world if world > 1 else nj or max(1, ngpu)
     model_dir, out = Path(model_dir), Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if average_nbest:
+    if average_nbest:  # (under torchrun every rank writes the same average, atomically)
         checkpoint = average_from_log(model_dir, average_nbest, f"model.avg{average_nbest}.pth").name
     model, tokenizer, _, feats_attrs = load_model(model_dir, checkpoint, device)
     opts = check_model(model, opts, str(model_dir))
     reader = FeatureReader(feats)
     check_compatible(reader.attrs, feats_attrs, str(feats))
     todo, plan_skipped = plan(data, reader, model.min_frames)
-    skipped = list(plan_skipped)
-
-    # resume: keep what an earlier run with the same options already decoded
-    stamp_path = out / ".partial.options.json"
-    stamp = run_stamp(opts, checkpoint, data, feats)
-    same = stamp_path.is_file() and json.loads(stamp_path.read_text()) == stamp
-    done = read_partials(out) if same else {}
-    for p in out.glob(".partial*.jsonl"):
-        p.unlink()
-    write_jsonl(out / ".partial.jsonl", done.values())
-    write_json(stamp_path, stamp)
-    if done:
-        log.info("resuming: %d utterances already decoded", len(done))
-    remaining = [u for u in todo if u.utt_id not in done]
-    log.info("decoding %d utterances (%d skipped) on %s with %d process(es): %s", len(remaining), len(skipped),
-             device, nj, stamp["search"])
-    t0, threads = time.perf_counter(), torch.get_num_threads()
-    if nj == 1:
-        spent, failed = decode_into(out / ".partial.jsonl", model, tokenizer, reader, remaining, opts, batch_size,
-                                    device)
-        skipped += failed
-    else:
+    log.info("decoding %d utterances (%d skipped) on %s with %d process(es): %s", len(todo), len(plan_skipped),
+             device, processes, asdict(opts))
+    spawned = world == 1 and processes > 1
+    job = _Decoding(model_dir, checkpoint, str(data), str(feats), out, opts, batch_size, ngpu,
+                    torch.get_num_threads(), processes, verbose, todo, plan_skipped, device,
+                    None if spawned else (model, tokenizer))
+    if spawned:
         del model
-        job = Job(model_dir, checkpoint, str(feats), out, opts, batch_size, nj, ngpu, threads, verbose)
-        with torch.multiprocessing.get_context("spawn").Pool(nj) as pool:
-            results = pool.starmap(_worker, [(r, job, remaining[r::nj]) for r in range(nj)])
-        skipped += [s for _, failed in results for s in failed]
-        spent = time.perf_counter() - t0  # wall time, the processes' start included
-
-    check_failures(len(todo) + len(plan_skipped), skipped, "decoding", str(out), final=True)
-    by_id = read_partials(out)
-    records = [by_id[u.utt_id] for u in sorted(todo, key=lambda u: u.utt_id) if u.utt_id in by_id]
-    write_jsonl(out / "hyp.jsonl", records)
-    write_skipped(out / "skipped.txt", skipped)
-    audio_s = sum(u.seconds for u in remaining if u.utt_id in by_id)
-    info = DecodeInfo(search=stamp["search"], checkpoint=checkpoint, model_dir=str(model_dir), data=str(data),
-                      feats=str(feats), utterances=len(records), decoded_now=len(remaining), skipped=len(skipped),
-                      rtf=spent / audio_s if audio_s else 0.0, decode_seconds=spent, audio_seconds=audio_s,
-                      device=str(device), nj=nj, threads=threads, batch_size=batch_size,
-                      versions={"asrkit": asrkit.__version__, "torch": torch.__version__,
-                                "python": platform.python_version()})
-    info.write(out)
-    for p in [*out.glob(".partial*.jsonl"), stamp_path]:
-        p.unlink()
-    if skipped:
-        log.warning("%d utterance(s) skipped, listed in %s", len(skipped), out / "skipped.txt")
-    return info
+    stamp = {"search": asdict(opts), "checkpoint": checkpoint, "data": str(Path(data).resolve()),
+             "feats": str(Path(feats).resolve())}
+    return run_sharded(job, todo, lambda u: u.utt_id, out / ".partial", stamp, ".jsonl", processes)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,15 +20,16 @@ import torch
 from tqdm import tqdm
 
 from asrkit.audio import SAMPLE_RATE, audio_info, load_audio, resample
-from asrkit.device import first_device
-from asrkit.distributed import barrier, init_distributed, launch
+from asrkit.device import process_device
+from asrkit.distributed import launch
 from asrkit.errors import DataError
 from asrkit.failures import batch_or_one_by_one, check_failures
 from asrkit.features.codecs import CODECS
 from asrkit.features.extractors import ExtractorSpec
-from asrkit.features.store import (FeatureReader, FeatureWriter, check_compatible, finalize_store,
-                                   read_attrs, read_done, speed_key)
-from asrkit.fileio import read_jsonl, read_skipped, resolve_audio_path, write_skipped
+from asrkit.features.store import (FeatureReader, FeatureWriter, check_compatible, finalize_store, read_done,
+                                   speed_key)
+from asrkit.fileio import read_jsonl, resolve_audio_path, write_skipped
+from asrkit.shards import run_sharded
 
 log = logging.getLogger("asrkit.dump")
 
@@ -204,19 +204,22 @@ def dump(data: str, out: str, spec: ExtractorSpec = ExtractorSpec(), speed_pertu
          progress: bool = True, process_per_gpu: bool | None = None, extractor=None,
          store_codec: str = "none") -> dict:
     """Dump the features of split list `data` into the store `out` with the extractor `spec` describes;
-    returns the store's statistics. On GPUs, `process_per_gpu` (default: with more than one GPU) spawns
-    one process per GPU, each writing its own shard, merged at the end. `extractor`: one already built
-    from `spec` (several splits in one process load the model once). `store_codec`: how the store
-    keeps the arrays (features/codecs.py)."""
+    returns the store's statistics. The work is shared (asrkit/shards.py) among the ranks of a
+    torchrun/srun launch, or on GPUs with `process_per_gpu` (default: with more than one GPU) among
+    processes spawned here, one per GPU; each writes its own partial store, merged at the end.
+    `extractor`: one already built from `spec` (several splits in one process load the model once).
+    `store_codec`: how the store keeps the arrays (features/codecs.py)."""
     out = Path(out)
     speeds = [float(s) for s in speed_perturb.replace(",", " ").split()] or [1.0]
     if any(s <= 0 for s in speeds):
         raise DataError(f"speed factors must be positive, got {speed_perturb!r}", "--speed_perturb")
-    device = str(process_device(ngpu))
-    if extractor is None:
-        extractor = spec.build(device)
     if store_codec not in CODECS:
         raise DataError(f"unknown store codec {store_codec!r}", "--store_codec", f"choose one of {', '.join(CODECS)}")
+    if process_per_gpu is None:
+        process_per_gpu = ngpu > 1
+    spawn = ngpu > 0 and process_per_gpu and launch()[1] == 1
+    if extractor is None:
+        extractor = spec.build(str(process_device(ngpu)))
     attrs = {**extractor.attrs, "store_codec": store_codec}
     items, bad = plan_items(data, speeds)
     if out.exists() and not force:
@@ -225,107 +228,60 @@ def dump(data: str, out: str, spec: ExtractorSpec = ExtractorSpec(), speed_pertu
             log.info("%s is complete and matches the options: nothing to do (--force to redo)", out)
             return FeatureReader(out).attrs
         log.info("redoing %s: %s", out, why)
-
-    partial = Path(f"{out}.partial")
-    partial.mkdir(parents=True, exist_ok=True)
-    batch_seconds = batch_seconds or (200.0 if ngpu > 0 else 20.0)
-    rank, world, _ = launch()
-    if world > 1:
-        return _dump_rank(extractor, attrs, items, bad, out, partial, rank, world, nj, ngpu, batch_seconds,
-                          max_seconds, progress)
-    done = set()
-    for shard in sorted(partial.glob("shard*.h5")):
-        done |= resumable(shard, attrs)
-    todo = [it for it in items if it.key not in done]
-    if done:
-        log.info("resuming %s: %d of %d utterances already done", out, len(items) - len(todo), len(items))
-    batches = make_batches(todo, int(batch_seconds * SAMPLE_RATE))
-    max_samples = int(max_seconds * SAMPLE_RATE)
-    ranks = max(1, ngpu)
-    if process_per_gpu is None:
-        process_per_gpu = ngpu > 1
-    if not (ngpu > 0 and process_per_gpu):
-        skipped = extract_shard(extractor, batches, partial / "shard0.h5", nj, max_samples, progress, attrs,
-                                str(out))
-    else:
+    job = _Extraction(spec, attrs, out, bad, len(items) + len(bad), nj,
+                      int((batch_seconds or (200.0 if ngpu > 0 else 20.0)) * SAMPLE_RATE),
+                      int(max_seconds * SAMPLE_RATE), progress, None if spawn else extractor)
+    if spawn:  # each spawned process loads the model on its own GPU
         del extractor
-        torch.multiprocessing.spawn(_gpu_worker, nprocs=ranks, args=(
-            ranks, batches, partial, nj, max_samples, progress, spec, attrs))
-        skipped = []
-        for r in range(ranks):
-            skipped += read_skipped(partial / f"shard{r}.skipped")
-    skipped = bad + skipped
-    check_failures(len(bad) + len(items), skipped, "feature extraction", str(data), final=True)
-    shards = sorted(partial.glob("shard*.h5"))
-    stats = finalize_store(shards, out, attrs, skipped)
-    write_skipped(f"{out}.skipped.tsv", skipped)
-    shutil.rmtree(partial)
-    gb, hours = out.stat().st_size / 1e9, stats["total_seconds"] / 3600
-    log.info("wrote %s: %d utterances, %.2f h, %.3f GB (%.3f GB per hour of audio); %d skipped%s",
-             out, stats["num_utts"], hours, gb, gb / hours if hours else math.nan, len(skipped),
-             f", listed in {out}.skipped.tsv" if skipped else "")
-    return {**attrs, **stats}
+        torch.cuda.empty_cache()
+    stats = run_sharded(job, items, lambda it: it.key, Path(f"{out}.partial"), {"attrs": attrs}, ".h5",
+                        processes=ngpu if spawn else 1)
+    return stats if stats is not None else FeatureReader(out).attrs
 
 
-def resumable(shard: Path, attrs: dict) -> set[str]:
-    """The keys a partial shard holds, if it was made with these attributes; else it is deleted."""
-    try:
-        with h5py.File(shard, "r") as f:
-            same = read_attrs(f) == attrs
-    except OSError:
-        same = False
-    if same:
-        return set(read_done(shard))
-    log.info("discarding %s: damaged or made with other options", shard)
-    shard.unlink()
-    Path(f"{shard}.done").unlink(missing_ok=True)
-    return set()
+@dataclass
+class _Extraction:
+    """The dump as a sharded job (asrkit/shards.py): each part is a partial store (store.FeatureWriter)."""
+    spec: ExtractorSpec
+    attrs: dict
+    out: Path
+    bad: list[tuple[str, str]]  # found unreadable while planning
+    planned: int
+    nj: int
+    batch_samples: int
+    max_samples: int
+    progress: bool
+    extractor: object = None  # None: a spawned process, which builds its own on GPU <rank>
 
+    def held(self, part: Path) -> set[str]:
+        try:
+            h5py.File(part, "r").close()
+        except OSError:
+            log.info("discarding %s: damaged", part)
+            part.unlink()
+            Path(f"{part}.done").unlink(missing_ok=True)
+            return set()
+        return set(read_done(part))
 
-def process_device(ngpu: int) -> torch.device:
-    """Where this process extracts: the CPU, the first GPU, or under torchrun/srun its local rank's."""
-    device = first_device(ngpu)
-    return torch.device("cuda", launch()[2] % torch.cuda.device_count()) if device.type == "cuda" else device
+    def work(self, items: list[Item], part: Path, rank: int) -> list[tuple[str, str]]:
+        extractor = self.extractor
+        if extractor is None:
+            torch.cuda.set_device(rank)
+            extractor = self.spec.build(f"cuda:{rank}")
+        log.info("process %d: %d utterances to extract", rank, len(items))
+        return extract_shard(extractor, make_batches(items, self.batch_samples), part, self.nj, self.max_samples,
+                             self.progress and rank == 0, self.attrs, str(self.out))
 
-
-def _dump_rank(extractor, attrs, items, bad, out: Path, partial: Path, rank: int, world: int, nj: int, ngpu: int,
-               batch_seconds: float, max_seconds: float, progress: bool) -> dict:
-    """One of `world` processes (torchrun, srun, on one node or many): utterances rank, rank + world,
-    ... of the list into its own resumable shard <out>.partial/rank<r>-of<world>.h5; once all are
-    done, rank 0 merges the shards into the store, and every rank returns when the store is there.
-    A resumed run must have the same world size (shards of another size are not reused)."""
-
-    init_distributed(ngpu, "gloo")  # for the barriers only: the ranks share nothing else
-    name = f"rank{rank}-of{world}"
-    shard = partial / f"{name}.h5"
-    done = resumable(shard, attrs) if shard.exists() else set()
-    todo = [it for it in items[rank::world] if it.key not in done]
-    log.info("rank %d of %d: %d utterances to extract (%d already done)", rank, world, len(todo),
-             len(items[rank::world]) - len(todo))
-    batches = make_batches(todo, int(batch_seconds * SAMPLE_RATE))
-    skipped = extract_shard(extractor, batches, shard, nj, int(max_seconds * SAMPLE_RATE), progress and rank == 0,
-                            attrs, str(out))
-    write_skipped(partial / f"{name}.skipped", skipped)
-    barrier()
-    if rank == 0:
-        skipped = list(bad)
-        for r in range(world):
-            skipped += read_skipped(partial / f"rank{r}-of{world}.skipped")
-        check_failures(len(bad) + len(items), skipped, "feature extraction", str(out), final=True)
-        finalize_store([partial / f"rank{r}-of{world}.h5" for r in range(world)], out, attrs, skipped)
-        write_skipped(f"{out}.skipped.tsv", skipped)
-        shutil.rmtree(partial)
-        log.info("merged %d shards into %s", world, out)
-    barrier()
-    return FeatureReader(out).attrs
-
-
-def _gpu_worker(rank, ranks, batches, partial, nj, max_samples, progress, spec: ExtractorSpec, attrs):
-    torch.cuda.set_device(rank)
-    extractor = spec.build(f"cuda:{rank}")
-    skipped = extract_shard(extractor, batches[rank::ranks], partial / f"shard{rank}.h5", nj, max_samples,
-                            progress and rank == 0, attrs)
-    write_skipped(partial / f"shard{rank}.skipped", skipped)
+    def merge(self, parts: list[Path], skipped: list[tuple[str, str]], resumed: set[str]) -> dict:
+        skipped = self.bad + skipped
+        check_failures(self.planned, skipped, "feature extraction", str(self.out), final=True)
+        stats = finalize_store(parts, self.out, self.attrs, skipped)
+        write_skipped(f"{self.out}.skipped.tsv", skipped)
+        gb, hours = self.out.stat().st_size / 1e9, stats["total_seconds"] / 3600
+        log.info("wrote %s from %d part(s): %d utterances, %.2f h, %.3f GB (%.3f GB per hour of audio); %d skipped%s",
+                 self.out, len(parts), stats["num_utts"], hours, gb, gb / hours if hours else math.nan,
+                 len(skipped), f", listed in {self.out}.skipped.tsv" if skipped else "")
+        return {**self.attrs, **stats}
 
 
 def dump_lists(data: list[str], out: list[str], spec: ExtractorSpec, speed_perturb_data: list[str] | None = None,
