@@ -6,34 +6,38 @@ and ESPnet's egs2/myst/asr1/local/whisper_filter.py do with whisper-large-v2.
     kept = whisper_filter("data/local/manifest.jsonl", "openai/whisper-large-v2", "data/local/whisper_filter",
                           split="test")
 
-The decoding is batched (on the GPU when there is one), greedy, English, through transformers'
-`generate`. An utterance longer than Whisper's 30 s window is decoded as consecutive 30 s windows
-whose texts are joined. It is resumable: every batch's hypotheses are appended to `hyp.tsv`, and a
-rerun decodes only what it lacks. An utterance that cannot be read or decoded is reported and not kept;
+The decoding is batched (on the GPUs when there are some, each a share), greedy, English, through
+transformers' `generate`. An utterance longer than Whisper's 30 s window is decoded as consecutive
+30 s windows whose texts are joined. It is resumable (asrkit/shards.py): every batch's hypotheses
+are appended to a part in `hyp.tsv.partial/`, merged into `hyp.tsv` at the end, and a rerun decodes
+only what neither holds. An utterance that cannot be read or decoded is reported and not kept;
 when most fail, the run stops with the first one's cause (asrkit.failures).
 """
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from asrkit.audio import SAMPLE_RATE, load_audio
+from asrkit.distributed import launch
 from asrkit.errors import DataError
 from asrkit.failures import batch_or_one_by_one, check_failures
 from asrkit.fileio import atomic_open, open_for_append, read_jsonl, resolve_audio_path, write_json
 from asrkit.normalize import get_normalizer
 from asrkit.scoring import score_utt
+from asrkit.shards import run_sharded
 
 log = logging.getLogger("asrkit.whisper_filter")
 WINDOW = 30 * SAMPLE_RATE
 
 
 def read_hyps(path: Path) -> dict[str, tuple[str, str]]:
-    """{utt_id: (hypothesis, error)} of the complete lines of a partial hyp.tsv."""
+    """{utt_id: (hypothesis, error)} of the complete lines of a hyp.tsv (or of a part of one)."""
     if not path.is_file():
         return {}
     out = {}
@@ -46,66 +50,103 @@ def read_hyps(path: Path) -> dict[str, tuple[str, str]]:
 
 def transcribe(records: list[dict], model: str, hyp_tsv: Path, batch_size: int = 16,
                device: str | None = None, progress: bool = True, num_beams: int = 1) -> dict[str, tuple[str, str]]:
-    """Zero-shot hypotheses {utt_id: (text, error)} of `records`, appended batch by batch to hyp_tsv
-    (greedy, or a beam search of `num_beams`)."""
-    from transformers import WhisperForConditionalGeneration, WhisperProcessor
-
-    from asrkit.ssl import hf_source, load_error
-
-    done = read_hyps(hyp_tsv)  # an utterance that failed is tried again (its new line comes later and wins)
+    """Zero-shot hypotheses {utt_id: (text, error)} of `records` (greedy, or a beam search of
+    `num_beams`), kept in hyp_tsv: what it holds is not decoded again, except failures. The rest is
+    shared (asrkit/shards.py) among the GPUs (or the ranks of a torchrun launch), each appending
+    batch by batch to its part in <hyp_tsv>.partial/, merged into hyp_tsv at the end. Under
+    torchrun the ranks other than 0 return None."""
+    done = read_hyps(hyp_tsv)
     todo = sorted((r for r in records if done.get(r["utt_id"], ("", "failed"))[1]),
                   key=lambda r: -float(r.get("duration") or 0))
     if not todo:
         return done
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
-    try:
-        processor = WhisperProcessor.from_pretrained(hf_source(model))
-        whisper = WhisperForConditionalGeneration.from_pretrained(hf_source(model), dtype=dtype).to(device).eval()
-    except OSError as e:
-        raise load_error(e, model) from None
-    hyp_tsv.parent.mkdir(parents=True, exist_ok=True)
-    failed: list[tuple[str, str]] = []
-    with open_for_append(hyp_tsv) as out, tqdm(total=len(todo), unit="utt", disable=not progress,
-                                                           desc="Whisper zero-shot") as bar:
-        for i in range(0, len(todo), batch_size):
-            batch = todo[i:i + batch_size]
-            audio, errors = {}, {}  # utterance -> its 30 s windows, or why it has none
-            for r in batch:
-                try:
-                    wav = load_audio(r["audio"], r.get("start"), r.get("end"))
-                    audio[r["utt_id"]] = [wav[start:start + WINDOW] for start in range(0, len(wav), WINDOW)]
-                except DataError as e:
-                    errors[r["utt_id"]] = str(e)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    gpus = torch.cuda.device_count() if device == "cuda" else 0
+    job = _ZeroShot(model, hyp_tsv, batch_size, device, gpus, progress, num_beams, len(todo))
+    return run_sharded(job, todo, lambda r: r["utt_id"], Path(f"{hyp_tsv}.partial"),
+                       {"model": str(model), "num_beams": num_beams}, ".tsv", processes=max(1, gpus))
 
-            def generate(utts: list[str]) -> list[str]:
-                """The text of each utterance, all their windows in one batch."""
-                windows = [(u, w) for u in utts for w in audio[u]]
-                if not windows:  # (empty audio)
-                    return [""] * len(utts)
-                feats = processor.feature_extractor([w for _, w in windows], sampling_rate=SAMPLE_RATE,
-                                                    return_tensors="pt", return_attention_mask=True)
-                with torch.inference_mode():
-                    ids = whisper.generate(feats.input_features.to(device, dtype), language="en", task="transcribe",
-                                           attention_mask=feats.attention_mask.to(device), num_beams=num_beams)
-                texts = processor.batch_decode(ids, skip_special_tokens=True)
-                return [" ".join(t.strip() for (o, _), t in zip(windows, texts) if o == u) for u in utts]
 
-            alone_failed: list[tuple[str, str]] = []
-            texts = dict(zip(audio, batch_or_one_by_one(generate, list(audio), str, alone_failed, "decoding failed",
-                                                        (RuntimeError,)) if audio else []))
-            errors.update(alone_failed)
-            for r in batch:
-                u = r["utt_id"]
-                hyp = texts.get(u) or ""
-                done[u] = (" ".join(hyp.split()), errors.get(u, "").replace("\t", " ").replace("\n", " "))
-                out.write(f"{u}\t{done[u][0]}\t{done[u][1]}\n")
-            out.flush()
-            bar.update(len(batch))
-            failed += [(u, errors[u]) for u in (r["utt_id"] for r in batch) if u in errors]
-            check_failures(i + len(batch), failed, "Whisper's zero-shot decoding", str(hyp_tsv),
-                           final=i + len(batch) == len(todo))
-    return done
+@dataclass
+class _ZeroShot:
+    """Whisper's zero-shot decoding as a sharded job: each part is lines of hyp.tsv."""
+    model: str
+    hyp_tsv: Path
+    batch_size: int
+    device: str
+    gpus: int
+    progress: bool
+    num_beams: int
+    planned: int
+
+    def held(self, part: Path) -> set[str]:
+        return {u for u, (_, err) in read_hyps(part).items() if not err}  # (a failure is tried again)
+
+    def work(self, records: list[dict], part: Path, rank: int) -> list[tuple[str, str]]:
+        from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+        from asrkit.ssl import hf_source, load_error
+
+        device = torch.device("cuda", (launch()[2] if launch()[1] > 1 else rank) % self.gpus) if self.gpus \
+            else torch.device(self.device)
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
+        try:
+            processor = WhisperProcessor.from_pretrained(hf_source(self.model))
+            whisper = WhisperForConditionalGeneration.from_pretrained(hf_source(self.model), dtype=dtype)
+        except OSError as e:
+            raise load_error(e, self.model) from None
+        whisper = whisper.to(device).eval()
+
+        def generate(audio: dict[str, list], utts: list[str]) -> list[str]:
+            """The text of each utterance, all their windows in one batch."""
+            windows = [(u, w) for u in utts for w in audio[u]]
+            if not windows:  # (empty audio)
+                return [""] * len(utts)
+            feats = processor.feature_extractor([w for _, w in windows], sampling_rate=SAMPLE_RATE,
+                                                return_tensors="pt", return_attention_mask=True)
+            with torch.inference_mode():
+                ids = whisper.generate(feats.input_features.to(device, dtype), language="en", task="transcribe",
+                                       attention_mask=feats.attention_mask.to(device), num_beams=self.num_beams)
+            texts = processor.batch_decode(ids, skip_special_tokens=True)
+            return [" ".join(t.strip() for (o, _), t in zip(windows, texts) if o == u) for u in utts]
+
+        failed: list[tuple[str, str]] = []
+        with open_for_append(part) as out, tqdm(total=len(records), unit="utt", desc="Whisper zero-shot",
+                                                disable=not (self.progress and rank == 0)) as bar:
+            for i in range(0, len(records), self.batch_size):
+                batch = records[i:i + self.batch_size]
+                audio, errors = {}, {}  # utterance -> its 30 s windows, or why it has none
+                for r in batch:
+                    try:
+                        wav = load_audio(r["audio"], r.get("start"), r.get("end"))
+                        audio[r["utt_id"]] = [wav[start:start + WINDOW] for start in range(0, len(wav), WINDOW)]
+                    except DataError as e:
+                        errors[r["utt_id"]] = str(e)
+                alone_failed: list[tuple[str, str]] = []
+                texts = dict(zip(audio, batch_or_one_by_one(lambda us: generate(audio, us), list(audio), str,
+                                                            alone_failed, "decoding failed", (RuntimeError,))
+                                 if audio else []))
+                errors.update(alone_failed)
+                for r in batch:
+                    u = r["utt_id"]
+                    hyp, err = " ".join((texts.get(u) or "").split()), " ".join(errors.get(u, "").split())
+                    out.write(f"{u}\t{hyp}\t{err}\n")
+                out.flush()
+                bar.update(len(batch))
+                failed += [(u, errors[u]) for u in (r["utt_id"] for r in batch) if u in errors]
+                check_failures(i + len(batch), failed, "Whisper's zero-shot decoding", str(self.hyp_tsv))
+        return failed
+
+    def merge(self, parts: list[Path], skipped: list[tuple[str, str]], resumed: set[str]) -> dict:
+        check_failures(self.planned, skipped, "Whisper's zero-shot decoding", str(self.hyp_tsv), final=True)
+        hyps = read_hyps(self.hyp_tsv)
+        for part in parts:
+            for u, (hyp, err) in read_hyps(part).items():
+                if not (err and u in hyps and not hyps[u][1]):  # a success is not undone by a failure
+                    hyps[u] = (hyp, err)
+        with atomic_open(self.hyp_tsv) as f:
+            f.writelines(f"{u}\t{hyp}\t{err}\n" for u, (hyp, err) in hyps.items())
+        return hyps
 
 
 def apply_rule(records: list[dict], hyps: dict[str, tuple[str, str]], max_wer: float = 50.0,

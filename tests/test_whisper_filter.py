@@ -40,7 +40,7 @@ def test_zero_shot_decoding_resumes_and_writes_the_list(tmp_path, tiny_whisper):
     manifest, out = tmp_path / "local" / "manifest.jsonl", tmp_path / "wf"
     test = [r for r in load_jsonl(manifest) if r["split"] == "test"]
     out.mkdir()
-    # a run killed after one utterance, in the middle of writing the next line
+    # a hyp.tsv holding one utterance and a line cut short (kept from an earlier run, or written by hand)
     first = myst_utt_id("000301", 1)
     (out / "hyp.tsv").write_text(f"{first}\tit goes around the sun\t\n{myst_utt_id('000301', 2)}\tye")
     kept = whisper_filter(manifest, str(tiny_whisper), out, max_wer=1000, progress=False)
