@@ -15,6 +15,10 @@ class TinyState(NamedTuple):
     memory: torch.Tensor
     memory_lens: torch.Tensor
     rows_per_utt: int
+    live: torch.Tensor | None = None
+
+    def at_rows(self, live):
+        return self._replace(live=live)
 
     def select(self, index):
         return self if self.h is None else self._replace(h=self.h.index_select(0, index))
@@ -54,8 +58,8 @@ class TinyASR(nn.Module):
     def decoder_init(self, enc, enc_lens, rows_per_utt):
         return TinyState(None, enc, enc_lens, rows_per_utt)
 
-    def decoder_step(self, tokens, state, live=None):
-        rows = torch.arange(len(tokens)) if live is None else live
+    def decoder_step(self, tokens, state):
+        rows = torch.arange(len(tokens)) if state.live is None else state.live
         utt = rows // state.rows_per_utt
         h = torch.zeros(len(tokens), self.rnn.hidden_size) if state.h is None else state.h
         h = self.rnn(self.emb(tokens), h)

@@ -220,10 +220,10 @@ def test_attention_rescoring_scores_candidates_with_the_decoder():
 class OOMOnBigBatches(TinyASR):
     """Fails like a full GPU when more than 8 hypotheses are scored at once."""
 
-    def decoder_step(self, tokens, state, live=None):
+    def decoder_step(self, tokens, state):
         if tokens.size(0) > 8:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return super().decoder_step(tokens, state, live)
+        return super().decoder_step(tokens, state)
 
 
 def test_out_of_memory_splits_the_batch_and_retries(caplog):

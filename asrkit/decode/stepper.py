@@ -10,8 +10,9 @@ dropping the rows of finished utterances); a dead row must only be continued by 
 lazily, composed, at the next step.
 
 The model provides the steps (see docs/INTERNALS.md): `decoder_init(enc, enc_lens, K) -> state`,
-`decoder_step(tokens (M,), state, live) -> (logp (M, V), state)`, and the state's `select(index)`
-(its per-row caches) and `keep(utts)` (its per-utterance memory).
+`decoder_step(tokens (M,), state) -> (logp (M, V), state)`, and the state's `at_rows(live)` (the
+rows the next step computes: the only place the live rows reach the model), `select(index)` (its
+per-row caches) and `keep(utts)` (its per-utterance memory).
 """
 from __future__ import annotations
 
@@ -57,7 +58,8 @@ class Stepper:
         if index is not None and self.length:
             self.state = self.state.select(index)
         self.length += 1
-        logp, self.state = self.model.decoder_step(ys[:, -1] if live is None else ys[live, -1], self.state, live)
+        logp, self.state = self.model.decoder_step(ys[:, -1] if live is None else ys[live, -1],
+                                                   self.state.at_rows(live))
         return logp
 
     def reorder(self, index: torch.Tensor) -> None:

@@ -24,6 +24,11 @@ class DecoderState(NamedTuple):
     cache: tuple[KVCache, ...]
     length: int = 0  # positions decoded so far
 
+    def at_rows(self, live: torch.Tensor | None) -> DecoderState:
+        """The next step computes the rows `live` (M,) of the utterances x rows_per_utt (all when
+        None): those of the search's live hypotheses."""
+        return self._replace(memory=tuple(m._replace(live=live) for m in self.memory))
+
     def select(self, index: torch.Tensor) -> DecoderState:
         """Row r continues row index[r] (beam reordering; rows of finished utterances left out)."""
         return self._replace(cache=tuple(c.select(index) for c in self.cache))
@@ -119,19 +124,17 @@ class TransformerDecoder(nn.Module):
         return DecoderState(self.memories(memory, memory_lens, rows_per_utt),
                             tuple(layer.self_attn.empty_cache(merge_every) for layer in self.decoders))
 
-    def step(self, tokens: torch.Tensor, state: DecoderState,
-             live: torch.Tensor | None = None) -> tuple[torch.Tensor, DecoderState]:
+    def step(self, tokens: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
         """Logits (M, V) of the token after each row's prefix, given its newest token (M,), for the
-        rows `live` (M,) of the utterances x rows_per_utt (all when None), and the next state.
-        The state's caches hold these M rows (DecoderState.select)."""
-        return self.step_embedded(self.embed_tokens(tokens[:, None], state.length)[:, 0], state, live)
+        M rows the state is at (DecoderState.at_rows), and the next state, whose caches hold these M
+        rows (DecoderState.select)."""
+        return self.step_embedded(self.embed_tokens(tokens[:, None], state.length)[:, 0], state)
 
-    def step_embedded(self, x: torch.Tensor, state: DecoderState,
-                      live: torch.Tensor | None = None) -> tuple[torch.Tensor, DecoderState]:
+    def step_embedded(self, x: torch.Tensor, state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
         """step() on the first layer's input x (M, D) of the newest position."""
         caches = []
         for layer, mem, cache in zip(self.decoders, state.memory, state.cache):
-            x, cache = layer(x, None, mem._replace(live=live), cache)
+            x, cache = layer(x, None, mem, cache)
             caches.append(cache)
         return self.output_layer(self.after_norm(x)), DecoderState(state.memory, tuple(caches), state.length + 1)
 
@@ -219,9 +222,9 @@ class WhisperDecoder(TransformerDecoder):
         x = torch.cat([self.prefix(ys_in.size(0)), self.embed_tokens(ys_in)], 1)
         return self.forward_embedded(x, ys_lens + n, memory, memory_lens)[:, n:]
 
-    def step(self, tokens, state, live=None):
+    def step(self, tokens, state):
         if state.length == 0:  # the prompt first, then <sos>'s place
             for x in self.prefix(tokens.size(0)).unbind(1):
-                _, state = self.step_embedded(x, state, live)
+                _, state = self.step_embedded(x, state)
             state = state._replace(length=0)
-        return super().step(tokens, state, live)
+        return super().step(tokens, state)

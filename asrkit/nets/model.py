@@ -133,8 +133,8 @@ class ASRModel(nn.Module):
         self._need_decoder()
         return self.decoder.init_state(enc, enc_lens, rows_per_utt, **options)
 
-    def decoder_step(self, tokens, state, live=None):
+    def decoder_step(self, tokens, state):
         """Log-probabilities (M, V) of the token after each row's prefix, given its newest token (M,),
-        for the rows `live` (all when None), and the next state (see TransformerDecoder.step)."""
-        logits, state = self.decoder.step(tokens, state, live)
+        for the rows the state is at (DecoderState.at_rows), and the next state (see TransformerDecoder.step)."""
+        logits, state = self.decoder.step(tokens, state)
         return logits.float().log_softmax(-1), state
