@@ -1,6 +1,8 @@
 """Transcribe new audio with an experiment dir: the feature extractor the model was trained on (from
 its feats_attrs.json), then the decoder; optional word timings from CTC forced alignment (a model
-without a CTC head gives one span for the whole file).
+without a CTC head gives one span per utterance). A long recording (a lesson, a session) is cut at
+its pauses into utterance-sized segments (asrkit/segment.py), decoded in batches like stage 4's
+utterances and joined, on the recording's own clock.
 
     from asrkit.transcribe import Transcriber
     asr = Transcriber("exp/<tag>")                      # joint CTC/attention, beam 10, on CPU
@@ -9,16 +11,20 @@ without a CTC head gives one span for the whole file).
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
-from asrkit.audio import SAMPLE_RATE, load_audio
+from asrkit.audio import SAMPLE_RATE, audio_info, load_audio
 from asrkit.decode.search import DecodeOptions, check_model
 from asrkit.errors import DataError
+from asrkit.segment import SegmentOptions, segment_file
 
 log = logging.getLogger(__name__)
-LONG_SAMPLES = 30 * SAMPLE_RATE  # longer files are extracted in overlapping windows
+LONG_SAMPLES = 30 * SAMPLE_RATE  # longer pieces are extracted in overlapping windows
+GROUP_SECONDS = 300.0  # audio whose features are in memory at once
 
 
 def extractor_from_attrs(attrs: dict, device: str | torch.device = "cpu"):
@@ -63,10 +69,20 @@ def word_timings(ctc_logp: torch.Tensor, token_ids: list[int], token_strs: list[
     return out
 
 
-class Transcriber:
-    """A model dir ready to transcribe files; search options: asrkit.decode.DecodeOptions' fields."""
+class Piece(NamedTuple):
+    """What is decoded as one utterance: a whole file, or a segment of a long one (seconds)."""
+    file: str
+    start: float
+    end: float | None  # None: to the end of the file
 
-    def __init__(self, model_dir, checkpoint: str = "model.avg.pth", device: str = "cpu", **search):
+
+class Transcriber:
+    """A model dir ready to transcribe files; search options: asrkit.decode.DecodeOptions' fields.
+    A file longer than `segment.max_seconds` is cut at its pauses (asrkit.segment) and its segments
+    decoded as utterances; `segment=None` decodes every file whole."""
+
+    def __init__(self, model_dir, checkpoint: str = "model.avg.pth", device: str = "cpu",
+                 segment: SegmentOptions | None = SegmentOptions(), **search):
         from asrkit.model_io import load_model
 
         self.device = torch.device(device)
@@ -74,13 +90,26 @@ class Transcriber:
         self.extractor = extractor_from_attrs(self.attrs, self.device)
         self.opts = check_model(self.model, DecodeOptions(**search), str(model_dir))
         self.frame_s = self.model.subsampling / float(self.attrs["frame_rate"])
+        self.segment = segment
 
-    def features(self, path: str) -> np.ndarray:
-        audio = load_audio(path, sample_rate=SAMPLE_RATE)
+    def pieces(self, path: str, progress: bool = False) -> tuple[list[Piece], float]:
+        """The pieces of a file and its length in seconds."""
+        sr, frames, _ = audio_info(path)
+        seconds = frames / sr
+        if self.segment is None or seconds <= self.segment.max_seconds:
+            return [Piece(path, 0.0, None)], seconds
+        with tqdm(total=round(seconds), unit="s audio", desc="finding pauses", disable=not progress,
+                  dynamic_ncols=True) as bar:
+            segments = segment_file(path, self.segment, lambda done: bar.update(round(done) - bar.n))
+        log.info("%s: %.1f s cut into %d segments at its pauses", path, seconds, len(segments))
+        return [Piece(path, s.start, s.end) for s in segments], seconds
+
+    def features(self, piece: Piece) -> np.ndarray:
+        audio = load_audio(piece.file, piece.start or None, piece.end, sample_rate=SAMPLE_RATE)
         # the length check is on the samples: `prepare` returns what the extractor's batch step takes,
         # which for fbank is already frames
         if self.extractor.num_frames(len(audio)) < self.model.min_frames:
-            raise DataError(f"too short ({len(audio) / SAMPLE_RATE:.2f} s) for this model", str(path))
+            raise DataError(f"too short ({len(audio) / SAMPLE_RATE:.2f} s) for this model", _where(piece))
         wav = self.extractor.prepare(audio)
         if len(audio) > LONG_SAMPLES and hasattr(self.extractor, "extract_long"):
             feats = self.extractor.extract_long(wav, LONG_SAMPLES)
@@ -89,37 +118,103 @@ class Transcriber:
         return np.asarray(feats, dtype=np.float32)
 
     @torch.no_grad()
-    def transcribe(self, paths, timings: bool = False, batch_size: int = 8) -> list[dict]:
-        """One record per file, in order; a file that cannot be read or decoded gets {"file", "error"}
-        instead of text. Files are decoded `batch_size` at a time (the search batches utterances x beams)."""
-        from asrkit.decode.runner import Utterance, decode_utterances
-
+    def transcribe(self, paths, timings: bool = False, batch_size: int = 8, progress: bool = False) -> list[dict]:
+        """One record per file, in order: {"file", "text", "score"[, "words"][, "segments"]}; a file
+        that cannot be read or decoded gets {"file", "error"} instead. Files (or the segments of long
+        ones, each {"start", "end", "text"}, with "error" if it failed) are decoded `batch_size` at a
+        time (the search batches utterances x beams), a few minutes of audio at a time; word timings
+        and segments are on each file's own clock."""
         paths = [str(p) for p in paths]
-        feats: dict[str, np.ndarray] = {}
         out: dict[str, dict] = {}
-        for path in paths:
+        files: dict[str, list[Piece]] = {}
+        seconds: dict[str, float] = {}
+        for path in dict.fromkeys(paths):
             try:
-                feats[path] = self.features(path)
+                files[path], seconds[path] = self.pieces(path, progress)
             except DataError as e:
                 log.warning("%s", e)
                 out[path] = {"file": path, "error": str(e)}
-        utts = [Utterance(p, feats[p].shape[-2], 0.0) for p in paths if p in feats]
+        done: dict[Piece, dict] = {}
+        with tqdm(total=round(sum(seconds.values())), unit="s audio", desc="transcribing", disable=not progress,
+                  dynamic_ncols=True) as bar:
+            for group in _groups([p for found in files.values() for p in found], GROUP_SECONDS, seconds):
+                done.update(self._decode(group, timings, batch_size))
+                bar.update(round(sum(_seconds(p, seconds) for p in group)))
+        for path, found in files.items():
+            out[path] = _file_record(path, [(p, done[p]) for p in found], timings)
+        return [out[p] for p in paths]
+
+    def _decode(self, pieces: list[Piece], timings: bool, batch_size: int) -> dict[Piece, dict]:
+        """{piece: {"text", "score"[, "words"]} or {"error"}} of one group of pieces."""
+        from asrkit.decode.runner import Utterance, decode_utterances
+
+        feats, out = {}, {}
+        for i, piece in enumerate(pieces):
+            try:
+                feats[str(i)] = self.features(piece)
+            except DataError as e:
+                log.warning("%s", e)
+                out[piece] = {"error": str(e)}
+        utts = [Utterance(k, f.shape[-2], 0.0) for k, f in feats.items()]
         failed: list[tuple[str, str]] = []
         for u, nbest, _ in decode_utterances(self.model, utts, feats.__getitem__, self.opts, batch_size,
                                              self.device, failed, progress=False):
-            h = nbest[0] if nbest else None
-            rec = {"file": u.utt_id, "text": self.tokenizer.decode(h.tokens) if h else "",
-                   "score": h.score if h else None}
-            if timings and h and self.model.ctc is None:  # (decoder whisper): no alignment, one span
-                rec["words"] = [{"word": rec["text"], "start": 0.0, "end": round(u.frames * self.frame_s, 3),
-                                 "confidence": None}] if rec["text"] else []
-            elif timings and h:
-                x = torch.from_numpy(feats[u.utt_id][None]).to(self.device)
-                enc, enc_lens = self.model.encode(x, torch.tensor([u.frames], device=self.device))
-                logp = self.model.ctc_log_probs(enc)[0, : int(enc_lens[0])]
-                strs = [self.tokenizer.tokens[t] for t in h.tokens]
-                rec["words"] = word_timings(logp, h.tokens, strs, self.tokenizer.token_type, self.frame_s,
-                                            self.model.blank)
-            out[u.utt_id] = rec
-        out.update({p: {"file": p, "error": why} for p, why in failed})
-        return [out[p] for p in paths]
+            piece, h = pieces[int(u.utt_id)], nbest[0] if nbest else None
+            rec = {"text": self.tokenizer.decode(h.tokens) if h else "", "score": h.score if h else None}
+            if timings:
+                rec["words"] = [{**w, "start": round(w["start"] + piece.start, 3),
+                                 "end": round(w["end"] + piece.start, 3)}
+                                for w in self._words(h, feats[u.utt_id], u.frames, rec["text"])]
+            out[piece] = rec
+        out.update({pieces[int(k)]: {"error": why} for k, why in failed})
+        return out
+
+    def _words(self, h, feats: np.ndarray, frames: int, text: str) -> list[dict]:
+        """A piece's words with timings from its start: the CTC forced alignment of its best hypothesis,
+        or for a model without a CTC head (decoder whisper) one span for the whole piece."""
+        if not h or not text:
+            return []
+        if self.model.ctc is None:
+            return [{"word": text, "start": 0.0, "end": round(frames * self.frame_s, 3), "confidence": None}]
+        x = torch.from_numpy(feats[None]).to(self.device)
+        enc, enc_lens = self.model.encode(x, torch.tensor([frames], device=self.device))
+        logp = self.model.ctc_log_probs(enc)[0, : int(enc_lens[0])]
+        strs = [self.tokenizer.tokens[t] for t in h.tokens]
+        return word_timings(logp, h.tokens, strs, self.tokenizer.token_type, self.frame_s, self.model.blank)
+
+
+def _seconds(piece: Piece, file_seconds: dict[str, float]) -> float:
+    return (file_seconds[piece.file] if piece.end is None else piece.end) - piece.start
+
+
+def _groups(pieces: list[Piece], max_seconds: float, file_seconds: dict[str, float]) -> list[list[Piece]]:
+    """Consecutive pieces, each group at most max_seconds of audio (or one piece): what is in memory at once."""
+    groups, total = [], 0.0
+    for p in pieces:
+        if not groups or total + _seconds(p, file_seconds) > max_seconds:
+            groups.append([])
+            total = 0.0
+        groups[-1].append(p)
+        total += _seconds(p, file_seconds)
+    return groups
+
+
+def _where(piece: Piece) -> str:
+    return piece.file if piece.end is None else f"{piece.file} [{piece.start:.2f}-{piece.end:.2f} s]"
+
+
+def _file_record(path: str, decoded: list[tuple[Piece, dict]], timings: bool) -> dict:
+    """A file's record from its pieces' (in order)."""
+    if len(decoded) == 1 and decoded[0][0].end is None:  # decoded whole
+        rec = decoded[0][1]
+        return {"file": path, **rec}
+    ok = [r for _, r in decoded if "error" not in r]
+    if decoded and not ok:
+        return {"file": path, "error": f"every segment failed; the first: {decoded[0][1]['error']}"}
+    rec = {"file": path, "text": " ".join(r["text"] for r in ok if r["text"]),
+           "score": sum(r["score"] or 0.0 for r in ok)}
+    if timings:
+        rec["words"] = [w for r in ok for w in r.get("words", [])]
+    rec["segments"] = [{"start": p.start, "end": p.end, **({"error": r["error"]} if "error" in r else {"text": r["text"]})}
+                       for p, r in decoded]
+    return rec

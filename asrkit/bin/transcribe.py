@@ -5,7 +5,9 @@
 Prints one line per file, `<file>\\t<text>`; with --json one JSON object per file, with word timings
 from CTC forced alignment. With --output_dir, also a file per input named after it, in each of
 --output_format's formats: txt (the text), srt and vtt (subtitles from the word timings), json.
-A file that cannot be read is reported and the others go on (exit code 1).
+A file that cannot be read is reported and the others go on (exit code 1). A file longer than
+--max_segment seconds (a lesson, a session) is cut at its pauses into segments decoded as utterances
+(their texts joined; timings on the file's clock; with --json, its "segments").
 
     python -m asrkit.bin.transcribe --model_dir exp/<tag> session1.wav --output_dir subs --output_format srt,txt
 """
@@ -15,9 +17,10 @@ import json
 import sys
 from pathlib import Path
 
-from asrkit.cli import make_parser, run_main, setup_logging
+from asrkit.cli import make_parser, run_main, setup_logging, str2bool
 from asrkit.decode.search import add_search_options, search_options
 from asrkit.device import first_device
+from asrkit.segment import SegmentOptions
 from asrkit.subtitles import FORMATS, write_transcripts
 
 
@@ -32,6 +35,12 @@ def main(argv=None) -> int:
     parser.add_argument("--output_dir", default=None, help="write <stem>.<format> per input file here")
     parser.add_argument("--output_format", default="txt",
                         help=f"comma-separated, of {', '.join(FORMATS)} (with --output_dir)")
+    parser.add_argument("--max_segment", type=float, default=SegmentOptions.max_seconds,
+                        help="a file longer than this (seconds) is cut at its pauses (Silero VAD) into segments "
+                             "no longer than this, decoded as utterances; 0: decode every file whole")
+    parser.add_argument("--min_segment", type=float, default=SegmentOptions.min_seconds,
+                        help="a shorter segment joins a neighbour")
+    parser.add_argument("--progress", type=str2bool, default=True, help="progress bars on stderr")
     add_search_options(parser)
     args = parser.parse_args(argv)
     setup_logging(args.log_file, args.verbose)
@@ -45,10 +54,11 @@ def main(argv=None) -> int:
     from asrkit.transcribe import Transcriber
 
     opts = search_options(args)
-    asr = Transcriber(args.model_dir, args.checkpoint, first_device(args.ngpu), **vars(opts))
+    segment = SegmentOptions(args.max_segment, args.min_segment) if args.max_segment > 0 else None
+    asr = Transcriber(args.model_dir, args.checkpoint, first_device(args.ngpu), segment, **vars(opts))
     failed = 0
     timings = args.json or bool(args.output_dir and {"srt", "vtt", "json"} & set(formats))
-    for rec in asr.transcribe(args.audio, timings=timings, batch_size=args.batch_size):
+    for rec in asr.transcribe(args.audio, timings=timings, batch_size=args.batch_size, progress=args.progress):
         failed += "error" in rec
         if args.output_dir and "error" not in rec:
             write_transcripts(rec, args.output_dir, formats)

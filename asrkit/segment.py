@@ -1,0 +1,140 @@
+"""Cutting a long recording into utterance-sized segments at its pauses, with Silero VAD.
+
+    from asrkit.segment import SegmentOptions, segment_file
+    segment_file("lesson.wav", SegmentOptions(max_seconds=20))   # [Segment(start, end), ...] in seconds
+
+The speech probability of each 32 ms chunk comes from Silero VAD (the `silero-vad` package; its
+model ships inside the wheel and runs on torch, on the CPU). The recording is read in blocks of
+about 33 s, a few minutes of them at a time, each block with one second of the audio before it so
+that the VAD's recurrent state has settled when the block starts: memory stays bounded whatever
+the length. Silero's own `get_speech_timestamps_from_probs` turns the probabilities into speech
+stretches (hysteresis around `threshold`, pauses of at least `min_pause`, `pad` of context kept on
+each side). Then a stretch longer than `max_seconds` is cut where the speech probability is lowest
+(no piece shorter than `min_seconds`), and a segment shorter than `min_seconds` joins the neighbour
+across the shorter pause, if together they stay within `max_seconds`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Callable, NamedTuple
+
+import numpy as np
+import torch
+
+from asrkit.audio import SAMPLE_RATE, audio_info, load_audio
+
+CHUNK = 512  # samples per VAD probability at 16 kHz (32 ms)
+BLOCK_CHUNKS = 1024  # a block: 32.8 s
+CONTEXT_CHUNKS = 32  # audio before a block that the VAD hears first (1 s); its probabilities are dropped
+BLOCKS_AT_ONCE = 8  # blocks run as one batch (4.4 min of audio, 17 MB)
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    max_seconds: float = 20.0  # no segment longer (about the longest training utterances)
+    min_seconds: float = 1.0  # shorter ones join a neighbour
+    min_pause: float = 0.3  # a pause shorter than this does not end a speech stretch
+    pad: float = 0.2  # context kept before and after speech (split with the neighbour when the pause is short)
+    threshold: float = 0.5  # speech probability above which a chunk is speech
+
+
+class Segment(NamedTuple):
+    start: float  # seconds from the recording's start
+    end: float
+
+
+@lru_cache(maxsize=1)
+def load_vad():
+    """Silero VAD's TorchScript model (importing silero_vad sets torch to one thread: undone here)."""
+    threads = torch.get_num_threads()
+    from silero_vad import load_silero_vad
+
+    torch.set_num_threads(threads)
+    return load_silero_vad()
+
+
+def speech_probs(path: str, progress: Callable[[float], None] | None = None) -> np.ndarray:
+    """The speech probability of each 32 ms chunk of the recording at `path`, read block by block;
+    `progress(seconds)` after each batch of blocks."""
+    sr, frames, _ = audio_info(path)
+    seconds = frames / sr
+    block_s, context_s = BLOCK_CHUNKS * CHUNK / SAMPLE_RATE, CONTEXT_CHUNKS * CHUNK / SAMPLE_RATE
+    starts = list(np.arange(0.0, seconds, block_s))
+    vad, out = load_vad(), []
+    for i in range(0, len(starts), BLOCKS_AT_ONCE):
+        batch = np.zeros((len(starts[i:i + BLOCKS_AT_ONCE]), (CONTEXT_CHUNKS + BLOCK_CHUNKS) * CHUNK), np.float32)
+        for row, start in enumerate(starts[i:i + BLOCKS_AT_ONCE]):
+            before = min(start, context_s)  # the first block has no context: zeros stand for it
+            wav = load_audio(path, start - before, min(start + block_s, seconds))
+            offset = (CONTEXT_CHUNKS * CHUNK) - int(round(before * SAMPLE_RATE))
+            wav = wav[: batch.shape[1] - offset]
+            batch[row, offset: offset + len(wav)] = wav
+        with torch.inference_mode():
+            probs = vad.audio_forward(torch.from_numpy(batch), SAMPLE_RATE).numpy()
+        out.append(probs[:, CONTEXT_CHUNKS:].reshape(-1))
+        if progress is not None:
+            progress(min(seconds, starts[min(i + BLOCKS_AT_ONCE, len(starts)) - 1] + block_s))
+    n = int(np.ceil(seconds * SAMPLE_RATE / CHUNK))
+    return np.concatenate(out)[:n] if out else np.zeros(0, np.float32)
+
+
+def segments_from_probs(probs: np.ndarray, seconds: float, opts: SegmentOptions = SegmentOptions()) -> list[Segment]:
+    """The segments of a recording of `seconds` whose chunks have these speech probabilities."""
+    from silero_vad import get_speech_timestamps_from_probs
+
+    samples = int(round(seconds * SAMPLE_RATE))
+    stamps = get_speech_timestamps_from_probs(
+        [float(p) for p in probs], sampling_rate=SAMPLE_RATE, threshold=opts.threshold,
+        min_speech_duration_ms=int(min(250, opts.min_seconds * 1000)),
+        min_silence_duration_ms=int(opts.min_pause * 1000), speech_pad_ms=int(opts.pad * 1000),
+        audio_length_samples=samples)
+    spans = [(s["start"] / SAMPLE_RATE, min(s["end"], samples) / SAMPLE_RATE) for s in stamps]
+    pieces = [p for s, e in spans for p in _split(s, e, probs, opts)]
+    return [Segment(round(s, 3), round(e, 3)) for s, e in _merge_short(pieces, opts)]
+
+
+def segment_file(path: str, opts: SegmentOptions = SegmentOptions(),
+                 progress: Callable[[float], None] | None = None) -> list[Segment]:
+    sr, frames, _ = audio_info(path)
+    return segments_from_probs(speech_probs(path, progress), frames / sr, opts)
+
+
+def _split(start: float, end: float, probs: np.ndarray, opts: SegmentOptions) -> list[tuple[float, float]]:
+    """A stretch cut into pieces of at most max_seconds, each where the speech probability is lowest
+    between min_seconds and max_seconds from the last cut (the latest such place, within 0.02)."""
+    out, chunk_s = [], CHUNK / SAMPLE_RATE
+    while end - start > opts.max_seconds:
+        first = int(np.ceil((start + opts.min_seconds) / chunk_s))
+        last = max(first + 1, int((start + opts.max_seconds) / chunk_s))
+        window = probs[first:last]
+        lowest = np.flatnonzero(window <= window.min() + 0.02)  # the latest of the lowest: pieces long
+        cut = (first + int(lowest[-1]) + 0.5) * chunk_s
+        out.append((start, cut))
+        start = cut
+    return out + [(start, end)]
+
+
+def _merge_short(pieces: list[tuple[float, float]], opts: SegmentOptions) -> list[tuple[float, float]]:
+    """Each piece shorter than min_seconds joined to the neighbour across the shorter pause, while
+    the result stays within max_seconds."""
+    pieces = list(pieces)
+    i = 0
+    while i < len(pieces):
+        s, e = pieces[i]
+        if e - s >= opts.min_seconds:
+            i += 1
+            continue
+        gaps = [(s - pieces[i - 1][1], i - 1) if i > 0 else None,
+                (pieces[i + 1][0] - e, i + 1) if i + 1 < len(pieces) else None]
+        fits = [(gap, j) for gap, j in filter(None, gaps)
+                if max(e, pieces[j][1]) - min(s, pieces[j][0]) <= opts.max_seconds]
+        if not fits:
+            i += 1
+            continue
+        j = min(fits)[1]
+        merged = (min(s, pieces[j][0]), max(e, pieces[j][1]))
+        lo = min(i, j)
+        pieces[lo: lo + 2] = [merged]
+        i = lo  # the merged piece may still be short
+    return pieces

@@ -1,0 +1,40 @@
+"""Long recordings made of utterances whose transcripts are known: the test material of long-file
+transcription (a lesson's worth of audio with its reference and its true pauses).
+
+    utts = join_utterances(records, "long.wav", pause=0.6)   # [{"utt_id", "text", "start", "end"}, ...]
+
+The utterances' audio (16 kHz mono) is written one after another with `pause` seconds of silence
+(or of low noise: `noise_db`) before, between and after them, streamed to the file, so an hour
+costs no more memory than one utterance.
+"""
+from __future__ import annotations
+
+import numpy as np
+import soundfile as sf
+
+from asrkit.audio import SAMPLE_RATE, load_audio
+
+
+def join_utterances(records: list[dict], out_wav: str, pause: float = 0.6, noise_db: float | None = None,
+                    seed: int = 0) -> list[dict]:
+    """Write the records' audio (utt_id, audio, text; optional start/end) into one WAV with `pause`
+    seconds before, between and after them; returns where each utterance lies in it (seconds)."""
+    rng = np.random.default_rng(seed)
+    gap = int(round(pause * SAMPLE_RATE))
+
+    def silence():
+        quiet = np.zeros(gap, np.float32)
+        return quiet if noise_db is None else quiet + rng.normal(0, 10 ** (noise_db / 20), gap).astype(np.float32)
+
+    placed, at = [], 0
+    with sf.SoundFile(out_wav, "w", SAMPLE_RATE, 1, subtype="PCM_16") as f:
+        for r in records:
+            f.write(silence())
+            at += gap
+            wav = load_audio(r["audio"], r.get("start"), r.get("end"))
+            f.write(wav)
+            placed.append({"utt_id": r["utt_id"], "text": r["text"], "start": at / SAMPLE_RATE,
+                           "end": (at + len(wav)) / SAMPLE_RATE})
+            at += len(wav)
+        f.write(silence())
+    return placed

@@ -1,0 +1,113 @@
+"""Long recordings: cut at their pauses by Silero VAD, decoded segment by segment on the recording's clock."""
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from asrkit.audio import audio_info, load_audio
+from asrkit.fileio import load_jsonl
+from asrkit.segment import CHUNK, SegmentOptions, segment_file, segments_from_probs
+from asrkit_corpora.long_recordings import join_utterances
+from conftest import write_tone
+
+CHUNK_S = CHUNK / 16000
+
+
+def fsdd_recording(fsdd, tmp_path, n: int, seed: int = 0):
+    """n FSDD digits of every speaker, 0.6 s apart, in one WAV: (path, placed utterances)."""
+    records = [dict(r, audio=str(fsdd / r["audio"])) for r in load_jsonl(fsdd / "manifest.jsonl")]
+    random.Random(seed).shuffle(records)
+    path = tmp_path / "long.wav"
+    return path, join_utterances(records[:n], str(path), pause=0.6)
+
+
+def off_pause(t: float, placed: list[dict]) -> float:
+    """How far time t lies from the nearest true pause, before, between or after the utterances (0
+    inside one)."""
+    pauses = zip([0.0] + [u["end"] for u in placed], [u["start"] for u in placed] + [float("inf")])
+    return min(max(0.0, a - t, t - b) for a, b in pauses)
+
+
+def test_boundaries_fall_in_the_true_pauses_of_real_speech(fsdd, tmp_path):
+    path, placed = fsdd_recording(fsdd, tmp_path, 80)
+    segs = segment_file(str(path), SegmentOptions(min_seconds=0.3))
+    assert max(off_pause(t, placed) for s in segs for t in (s.start, s.end)) <= 0.3
+    assert 0.9 * len(placed) <= len(segs) <= len(placed)  # one digit each, at most a few run together
+    covered = [u for u in placed if any(s.start < u["end"] and u["start"] < s.end for s in segs)]
+    assert len(covered) >= 0.95 * len(placed)  # (the VAD may doubt a mumbled digit)
+    # the default keeps segments of at least a second: short digits joined across the shorter pause
+    joined = segment_file(str(path))
+    assert all(s.end - s.start >= 1.0 for s in joined) and len(joined) < len(segs)
+    assert max(off_pause(t, placed) for s in joined for t in (s.start, s.end)) <= 0.3
+
+
+def test_a_stretch_without_pause_is_cut_where_speech_is_least_likely():
+    probs = np.full(int(50 / CHUNK_S), 0.02, np.float32)  # 50 s: silence, 30 s of speech, silence
+    first, last = int(5 / CHUNK_S), int(35 / CHUNK_S)
+    probs[first:last] = 0.95
+    dip = int(17 / CHUNK_S)
+    probs[dip] = 0.2  # one chunk where the VAD doubts (too short to be a pause)
+    segs = segments_from_probs(probs, 50.0, SegmentOptions(max_seconds=20, min_seconds=1, pad=0.2))
+    assert len(segs) == 2 and segs[0].end == segs[1].start == pytest.approx((dip + 0.5) * CHUNK_S, abs=1e-3)
+    assert segs[0].start == pytest.approx(5 - 0.2, abs=0.05) and segs[1].end == pytest.approx(35 + 0.2, abs=0.05)
+    # no dip: still cut, within [min, max] of the start
+    probs[dip] = 0.95
+    segs = segments_from_probs(probs, 50.0, SegmentOptions(max_seconds=12, min_seconds=1))
+    assert len(segs) == 3 and all(s.end - s.start <= 12 for s in segs)
+    # a short burst joins the neighbour across the shorter pause, if they fit within max_seconds
+    probs = np.full(int(20 / CHUNK_S), 0.02, np.float32)
+    for a, b in [(1.0, 4.0), (4.6, 5.0), (6.5, 9.0)]:
+        probs[int(a / CHUNK_S):int(b / CHUNK_S)] = 0.95
+    segs = segments_from_probs(probs, 20.0, SegmentOptions(min_seconds=1.0, min_pause=0.3, pad=0.1))
+    assert len(segs) == 2 and segs[0].start == pytest.approx(0.9, abs=0.05) and segs[0].end == pytest.approx(5.1, abs=0.1)
+
+
+def test_silence_and_noise_give_no_segment(tmp_path):
+    path = tmp_path / "quiet.wav"
+    rng = np.random.default_rng(0)
+    import soundfile as sf
+
+    sf.write(path, (rng.normal(0, 1e-3, 16000 * 40)).astype(np.float32), 16000)
+    assert segment_file(str(path)) == []
+
+
+def test_a_long_recording_is_transcribed_segment_by_segment_on_its_clock(fsdd, tmp_path, tiny_corpus, tiny_wavlm,
+                                                                          capsys):
+    """A recording of a few minutes (FSDD digits): transcribe cuts it where segment_file does, decodes
+    each segment as the same audio cut out into a file of its own would be, and gives words, segments
+    and subtitle cues on the recording's clock."""
+    from asrkit.bin import transcribe
+    from asrkit.transcribe import Transcriber
+    from test_transcribe import make_exp
+
+    exp = make_exp(tmp_path, tiny_corpus, tiny_wavlm, "fbank", "conformer")[0]
+    path, placed = fsdd_recording(fsdd, tmp_path, 240)
+    seconds = audio_info(str(path))[1] / 16000
+    assert seconds > 150
+    out = tmp_path / "subs"
+    assert transcribe.main([f"--model_dir={exp}", "--mode=ctc_greedy", "--json", str(path), f"--output_dir={out}",
+                            "--output_format=srt,json"]) == 0
+    std = capsys.readouterr()
+    rec = json.loads(std.out)
+    assert "transcribing" in std.err  # the progress bar
+    segs = segment_file(str(path))
+    assert [(s["start"], s["end"]) for s in rec["segments"]] == [(s.start, s.end) for s in segs]
+    assert rec["text"] == " ".join(s["text"] for s in rec["segments"] if s["text"])
+    for s in rec["segments"]:
+        assert all(s["start"] - 0.05 <= w["start"] <= w["end"] <= s["end"] + 0.05 for w in rec["words"]
+                   if s["start"] <= w["start"] < s["end"])
+    assert rec["words"] and rec["words"][-1]["end"] > seconds - 30  # the clock runs to the recording's end
+
+    import soundfile as sf
+
+    asr = Transcriber(exp, mode="ctc_greedy", segment=None)
+    for i in sorted(random.Random(1).sample(range(len(segs)), 5)):  # a few segments, as files of their own
+        one = tmp_path / f"seg{i}.wav"
+        sf.write(one, load_audio(str(path), segs[i].start, segs[i].end), 16000)
+        assert asr.transcribe([one])[0]["text"] == rec["segments"][i]["text"]
+    srt = (out / "long.srt").read_text().strip().split("\n\n")
+    last = srt[-1].splitlines()[1]
+    assert len(srt) >= len(segs) // 2 and last.startswith("00:0") and last > "00:02:00"
