@@ -35,6 +35,7 @@ setup(
         "tqdm>=4.60",
         "pyyaml>=6.0",
         "tensorboard>=2.10",  # training curves (torch.utils.tensorboard)
+        "silero-vad>=6.0,<7",  # long recordings cut at pauses (its model ships in the wheel; torch only)
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-timeout>=2"],
