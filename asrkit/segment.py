@@ -35,7 +35,7 @@ class SegmentOptions:
     max_seconds: float = 20.0  # no segment longer (about the longest training utterances)
     min_seconds: float = 1.0  # shorter ones join a neighbour
     min_pause: float = 0.3  # a pause shorter than this does not end a speech stretch
-    pad: float = 0.2  # context kept before and after speech (split with the neighbour when the pause is short)
+    pad: float = 0.4  # context kept before and after speech (split with the neighbour when the pause is short)
     threshold: float = 0.5  # speech probability above which a chunk is speech
 
 
