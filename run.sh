@@ -284,8 +284,9 @@ launch_cmd() {
                 --nproc_per_node "$procs" --rdzv_backend c10d
                 --rdzv_endpoint "$master_addr:$master_port" --rdzv_id "$id" -m "$module")
     elif [ "$num_nodes" -gt 1 ]; then
-        launch=(torchrun --nnodes "$num_nodes" --nproc_per_node "$procs"
-                --rdzv_backend c10d --rdzv_endpoint "$master_addr:$master_port" --rdzv_id "$id" -m "$module")
+        # static rendezvous: node R's processes are ranks R*procs.. (rank 0, which merges and reports, on node 0)
+        launch=(torchrun --nnodes "$num_nodes" --node_rank "$node_rank" --nproc_per_node "$procs"
+                --master_addr "$master_addr" --master_port "$master_port" -m "$module")
     elif [ "$procs" -gt 1 ]; then
         launch=(torchrun --standalone --nproc_per_node "$procs" -m "$module")
     else

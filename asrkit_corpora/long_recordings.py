@@ -18,7 +18,8 @@ from asrkit.audio import SAMPLE_RATE, load_audio
 def join_utterances(records: list[dict], out_wav: str, pause: float = 0.6, noise_db: float | None = None,
                     seed: int = 0) -> list[dict]:
     """Write the records' audio (utt_id, audio, text; optional start/end) into one WAV with `pause`
-    seconds before, between and after them; returns where each utterance lies in it (seconds)."""
+    seconds before, between and after them; returns where each utterance lies in it (seconds): its
+    file (start, end) and its speech (speech_start, speech_end: without the file's own silent edges)."""
     rng = np.random.default_rng(seed)
     gap = int(round(pause * SAMPLE_RATE))
 
@@ -33,8 +34,20 @@ def join_utterances(records: list[dict], out_wav: str, pause: float = 0.6, noise
             at += gap
             wav = load_audio(r["audio"], r.get("start"), r.get("end"))
             f.write(wav)
+            first, last = speech_extent(wav)
             placed.append({"utt_id": r["utt_id"], "text": r["text"], "start": at / SAMPLE_RATE,
-                           "end": (at + len(wav)) / SAMPLE_RATE})
+                           "end": (at + len(wav)) / SAMPLE_RATE, "speech_start": (at + first) / SAMPLE_RATE,
+                           "speech_end": (at + last) / SAMPLE_RATE})
             at += len(wav)
         f.write(silence())
     return placed
+
+
+def speech_extent(wav: np.ndarray, floor_db: float = -40.0, frame: int = 160) -> tuple[int, int]:
+    """First and last sample of the 10 ms frames louder than `floor_db` below the loudest one."""
+    n = len(wav) // frame
+    if n == 0:
+        return 0, len(wav)
+    rms = np.sqrt(np.mean(wav[: n * frame].reshape(n, frame) ** 2, axis=1) + 1e-12)
+    loud = np.flatnonzero(20 * np.log10(rms / rms.max()) > floor_db)
+    return int(loud[0]) * frame, (int(loud[-1]) + 1) * frame

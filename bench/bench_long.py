@@ -10,7 +10,8 @@ line users run (`python -m asrkit.bin.transcribe --json`, in a child process: it
 model's loading, and its peak memory); --whole also runs it with `--max_segment 0` (the whole file as
 one utterance, as before segmentation). Reported: WER and CER (the list's own normalizer, `basic` by
 default) of the joined text against the joined references, the real-time factor, peak memory, the
-segments and how far their boundaries lie from the true pauses. The defaults are the offline demo's
+segments and how far their boundaries lie from the true pauses (the silence between two utterances'
+speech: the pause put between them and their files' own silent edges). The defaults are the offline demo's
 filterbank model (`./run.sh` makes it) on its 20 unseen test voices.
 """
 from __future__ import annotations
@@ -63,7 +64,8 @@ def run_cli(args: list[str]) -> tuple[dict, float, float]:
 
 
 def off_pause(t: float, placed: list[dict]) -> float:
-    pauses = zip([0.0] + [u["end"] for u in placed], [u["start"] for u in placed] + [float("inf")])
+    """How far t lies from the nearest true pause: the silence between two utterances' speech."""
+    pauses = zip([0.0] + [u["speech_end"] for u in placed], [u["speech_start"] for u in placed] + [float("inf")])
     return min(max(0.0, a - t, t - b) for a, b in pauses)
 
 
