@@ -1,0 +1,81 @@
+"""The top of the pretrained encoder, run (and trained) on its stored lower-layer states.
+
+Stage 1 stores the hidden states of layer k of a pretrained encoder (WavLM, wav2vec2-style, or
+Whisper's); `SSLTop` holds that checkpoint's layers above k, with their pretrained weights, and
+runs them on the stored states, so that the expensive bottom of the encoder runs once per corpus
+and only its top learns with the light model.
+
+Stored layer k is transformers' `hidden_states[k]`: the input of the encoder's layer k (the output
+of layer k-1). The top is layers k..N-1, and for Whisper (and WavLM Large's stable layer norm) the
+final layer norm, so that on the stored states it gives `hidden_states[N]`, the encoder's output:
+- Whisper: exactly, on states stored with `--whisper_input trimmed` (each utterance's own frames).
+  States stored from padded 30 s windows saw the padding's frames in attention, which the top
+  cannot see: 13-35% off on whisper-base (measured on so762 utterances).
+- WavLM: the relative position bias that its layer 0 computes and hands upward is computed again
+  from layer 0's bias table (kept, frozen), for the stored sequence's length.
+A batch's padding is masked as attention keys, as the extractor masks it.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class SSLTop(nn.Module):
+    """Layers from_layer..N-1 of the encoder `checkpoint` (and its final layer norm where it has one),
+    on stored layer-`from_layer` states (B, T, D) -> (B, T, D)."""
+
+    def __init__(self, checkpoint: str, from_layer: int, input_dim: int):
+        super().__init__()
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(str(checkpoint))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"cannot load the encoder checkpoint {checkpoint!r}: {e}") from None
+        self.kind = "whisper" if config.model_type == "whisper" else "wavlm"
+        encoder = self._load(str(checkpoint))
+        layers = encoder.layers
+        if not 0 <= from_layer < len(layers):
+            raise ValueError(f"ssl_top.from_layer {from_layer}: the checkpoint has layers 0-{len(layers) - 1} "
+                             f"(the stored layer k runs layers k..{len(layers) - 1} on top)")
+        dim = config.d_model if self.kind == "whisper" else config.hidden_size
+        if dim != input_dim:
+            raise ValueError(f"the stored states have {input_dim} dims, the checkpoint's layers {dim}: store "
+                             "the features with the same checkpoint")
+        self.from_layer, self.num_layers = from_layer, len(layers)
+        self.layers = nn.ModuleList(layers[from_layer:])
+        stable = self.kind == "whisper" or getattr(config, "do_stable_layer_norm", False)
+        self.final_norm = encoder.layer_norm if stable else None
+        # WavLM: layer 0's attention computes the relative position bias of every layer
+        self.position = layers[0].attention.requires_grad_(False) if self.kind == "wavlm" else None
+        if self.position is not None and from_layer == 0:
+            self.position = None  # layer 0 is in the top: it computes the bias itself
+
+    def _load(self, checkpoint: str):
+        if self.kind == "whisper":
+            from asrkit.ssl import load_whisper_encoder
+
+            encoder = load_whisper_encoder(checkpoint)[0]
+        else:
+            from asrkit.ssl import load_ssl_model
+
+            encoder = load_ssl_model(checkpoint)[0].encoder
+        return encoder.train().requires_grad_(True)
+
+    def forward(self, x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+        valid = torch.arange(x.size(1), device=x.device)[None] < lens[:, None]  # (B, T)
+        padded = bool((~valid).any())
+        if self.kind == "whisper":
+            mask = valid[:, None, None, :] if padded else None
+            for layer in self.layers:
+                x = layer(x, mask)
+        else:
+            bias = None
+            if self.position is not None:
+                bias = self.position.compute_bias(x.size(1), x.size(1))
+                bias = bias.unsqueeze(0).repeat(x.size(0), 1, 1, 1).view(-1, x.size(1), x.size(1))
+            mask = valid.long() if padded else None
+            for i, layer in enumerate(self.layers, self.from_layer):
+                x, bias = layer(x, attention_mask=mask, position_bias=bias, index=i)
+        return self.final_norm(x) if self.final_norm is not None else x
