@@ -36,6 +36,7 @@ setup(
         "pyyaml>=6.0",
         "tensorboard>=2.10",  # training curves (torch.utils.tensorboard)
         "silero-vad>=6.0,<7",  # long recordings cut at pauses (its model ships in the wheel; torch only)
+        "peft>=0.17",  # LoRA adapters on the pretrained encoder's top layers (ssl_top.adapter: lora)
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-timeout>=2"],

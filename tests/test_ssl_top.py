@@ -60,3 +60,70 @@ def test_a_wrong_layer_or_checkpoint_is_named(tiny_wavlm, tmp_path):
         SSLTop(str(tiny_wavlm), 9, 32)
     with pytest.raises(ValueError, match="cannot load the encoder checkpoint"):
         SSLTop(str(tmp_path / "nowhere"), 1, 32)
+
+
+@pytest.mark.parametrize("kind", ["wavlm", "whisper"])
+def test_lora_starts_exact_and_its_adapters_are_in_the_path(kind, tiny_wavlm, tiny_whisper):
+    from transformers import AutoConfig
+
+    checkpoint = str(tiny_wavlm if kind == "wavlm" else tiny_whisper)
+    c = AutoConfig.from_pretrained(checkpoint)
+    dim = c.hidden_size if kind == "wavlm" else c.d_model
+    full, lora = SSLTop(checkpoint, 1, dim).eval(), SSLTop(checkpoint, 1, dim, adapter="lora", lora_rank=2).eval()
+    x, lens = torch.randn(2, 17, dim), torch.tensor([17, 11])
+    with torch.no_grad():
+        torch.testing.assert_close(lora(x, lens), full(x, lens))
+        trainable = [n for n, p in lora.named_parameters() if p.requires_grad]
+        assert trainable and all("lora_" in n for n in trainable)
+        for n, p in lora.named_parameters():
+            if "lora_B" in n:
+                p.normal_()
+        assert (lora(x, lens) - full(x, lens)).abs().max() > 1e-3
+
+
+def test_a_model_with_the_top_trains_and_transcribes(tmp_path, tiny_corpus, tiny_whisper, capsys):
+    """Stage 3 with ssl_top on a tiny Whisper's stored layer 1 (trimmed): the exp dir records the
+    checkpoint and the split point, the top learns at lr x lr_scale, and transcribe (stored layer's
+    extractor, the trained top, the light model) gives stage 4's text."""
+    import yaml
+
+    from asrkit.bin import decode, train, transcribe
+    from asrkit.features.dump import dump
+    from asrkit.fileio import load_jsonl, write_jsonl
+    from asrkit.tokenizer import build_token_list
+    from train_fixtures import TINY_MODEL, TINY_TRAIN
+
+    records = [dict(r, audio=str(tiny_corpus.parent / r["audio"])) for r in load_jsonl(tiny_corpus)]
+    spec = ExtractorSpec("wavlm", str(tiny_whisper), "1", dtype="float32", whisper_input="trimmed")
+    paths = {}
+    for split, part in (("train", records[:18]), ("valid", records[18:])):
+        write_jsonl(tmp_path / f"{split}.jsonl", part)
+        dump(str(tmp_path / f"{split}.jsonl"), str(tmp_path / f"{split}.h5"), spec, nj=0, progress=False)
+        paths |= {f"{split}_data": tmp_path / f"{split}.jsonl", f"{split}_feats": tmp_path / f"{split}.h5"}
+    build_token_list([r["text"] for r in records], "char", tmp_path / "tokens")
+    conf = tmp_path / "conf.yaml"
+    conf.write_text(yaml.safe_dump({**TINY_MODEL, **TINY_TRAIN, "ssl_top": {"lr_scale": 0.5}}))
+    exp = tmp_path / "exp"
+    train.main([f"--config={conf}", *(f"--{k}={v}" for k, v in paths.items()), f"--token_dir={tmp_path / 'tokens'}",
+                f"--exp_dir={exp}", "--ngpu=0"])
+    config = yaml.safe_load((exp / "config.yaml").read_text())
+    assert config["ssl_top"] == {"checkpoint": str(tiny_whisper), "from_layer": 1, "lr_scale": 0.5}
+    state = torch.load(exp / "model.avg.pth")
+    pretrained = SSLTop(str(tiny_whisper), 1, state["ssl_top.final_norm.weight"].numel()).state_dict()
+    assert any(not torch.equal(state[f"ssl_top.{k}"], v) for k, v in pretrained.items())  # the top learned
+
+    from asrkit.model_io import load_model
+    from asrkit.train.optim import build_optimizer
+
+    model = load_model(exp)[0]
+    lrs = [g["lr"] for g in build_optimizer("adam", model, {"lr": 0.002}).param_groups]
+    assert lrs == [0.002, 0.001]
+    out = tmp_path / "dec"
+    decode.main([f"--model_dir={exp}", f"--data={paths['valid_data']}", f"--feats={paths['valid_feats']}",
+                 f"--out={out}", "--beam=2", "--maxlenratio=-4"])
+    hyps = {r["utt_id"]: r["text"] for r in load_jsonl(out / "hyp.jsonl")}
+    capsys.readouterr()
+    assert transcribe.main([f"--model_dir={exp}", "--beam=2", "--maxlenratio=-4", "--progress=false",
+                            *(r["audio"] for r in records[18:])]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == [f"{r['audio']}\t{hyps[r['utt_id']]}" for r in records[18:]] and any(hyps.values())

@@ -5,6 +5,9 @@
     encoder: bilstm | conformer | identity    encoder_conf: {...}
     decoder: transformer | whisper | null     decoder_conf: {...}   (whisper: the checkpoint's own decoder)
     model_conf: {ctc_weight, lsm_weight, length_normalized_loss, ctc_dropout_rate}
+    ssl_top: {checkpoint, from_layer, adapter, lora_rank, lora_alpha, lr_scale} | null
+        the stage-1 checkpoint's layers above the stored one, trained with the model (nets/ssl_top.py;
+        stage 3 fills in checkpoint and from_layer from the features)
 """
 from __future__ import annotations
 
@@ -18,11 +21,12 @@ from asrkit.nets.decoder import TransformerDecoder, WhisperDecoder
 from asrkit.nets.frontend import Frontend
 from asrkit.nets.model import IGNORE_ID, ASRModel, IdentityEncoder, LabelSmoothingLoss
 from asrkit.nets.specaug import SpecAugment
+from asrkit.nets.ssl_top import SSLTop
 
 ENCODERS = {"bilstm": BiLSTMEncoder, "conformer": ConformerEncoder, "identity": IdentityEncoder}
 DECODERS = {"transformer": TransformerDecoder, "whisper": WhisperDecoder}
 MODEL_KEYS = ("frontend", "frontend_conf", "specaug", "specaug_conf", "encoder", "encoder_conf",
-              "decoder", "decoder_conf", "model_conf")
+              "decoder", "decoder_conf", "model_conf", "ssl_top")
 
 __all__ = ["build_model", "ASRModel", "LabelSmoothingLoss", "IGNORE_ID", "MODEL_KEYS"]
 
@@ -69,5 +73,11 @@ def build_model(conf: dict[str, Any], input_dim: int, input_layers: int, vocab_s
         dec_cls = None  # CTC only: a decoder would get no gradient
     decoder = (_make(dec_cls, "decoder_conf", conf.get("decoder_conf"), vocab_size=vocab_size,
                      encoder_output_size=encoder.output_size) if dec_cls else None)
+    top = None
+    if conf.get("ssl_top"):
+        if input_layers != 1:
+            raise DataError(f"ssl_top runs on one stored layer, the features have {input_layers}", "ssl_top",
+                            "store the single layer below the top (--ssl_layer K)")
+        top = _make(SSLTop, "ssl_top", conf["ssl_top"], input_dim=input_dim)
     return _make(ASRModel, "model_conf", model_conf, frontend=frontend, specaug=specaug, encoder=encoder,
-                 decoder=decoder, vocab_size=vocab_size)
+                 decoder=decoder, vocab_size=vocab_size, ssl_top=top)

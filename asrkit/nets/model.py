@@ -60,7 +60,8 @@ def add_sos_eos(ys: torch.Tensor, sos: int, eos: int, ignore_id: int = IGNORE_ID
 class ASRModel(nn.Module):
     def __init__(self, frontend: Frontend, specaug: SpecAugment | None, encoder: nn.Module,
                  decoder: nn.Module | None, vocab_size: int, ctc_weight: float = 0.3,
-                 lsm_weight: float = 0.1, length_normalized_loss: bool = False, ctc_dropout_rate: float = 0.0):
+                 lsm_weight: float = 0.1, length_normalized_loss: bool = False, ctc_dropout_rate: float = 0.0,
+                 ssl_top: nn.Module | None = None):
         super().__init__()
         if not 0.0 <= ctc_weight <= 1.0:
             raise ValueError(f"model_conf.ctc_weight must be in [0, 1], got {ctc_weight}")
@@ -69,6 +70,7 @@ class ASRModel(nn.Module):
         self.vocab_size, self.ctc_weight = vocab_size, ctc_weight
         self.blank, self.sos, self.eos, self.ignore_id = 0, vocab_size - 1, vocab_size - 1, IGNORE_ID
         self.frontend, self.specaug, self.encoder, self.decoder = frontend, specaug, encoder, decoder
+        self.ssl_top = ssl_top  # the pretrained encoder's top layers, before the frontend (or None)
         self.subsampling = frontend.subsampling
         self.min_frames = frontend.min_frames
         self.ctc_dropout = nn.Dropout(ctc_dropout_rate)
@@ -82,13 +84,18 @@ class ASRModel(nn.Module):
         return getattr(self.decoder, "max_tokens", None)
 
     def encode(self, feats: torch.Tensor, feat_lens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """feats (B, T, D) or (B, L, T, D) -> (enc (B, T', D'), enc_lens (B,))."""
-        x = self.frontend.combine(feats)
+        """feats (B, T, D) or (B, L, T, D) -> (enc (B, T', D'), enc_lens (B,)). SpecAugment masks the
+        stored features, before the pretrained top layers (ssl_top) where there are some."""
         if int(feat_lens.min()) < self.min_frames:
             raise ValueError(f"an utterance of {int(feat_lens.min())} frames is too short for the "
                              f"model's subsampling: skip those under {self.min_frames} frames")
-        if self.specaug is not None and self.training:
-            x = self.specaug(x, feat_lens)
+        augment = self.specaug is not None and self.training
+        if self.ssl_top is not None:
+            x = feats.float()
+            x = self.frontend.combine(self.ssl_top(self.specaug(x, feat_lens) if augment else x, feat_lens))
+        else:
+            x = self.frontend.combine(feats)
+            x = self.specaug(x, feat_lens) if augment else x
         x, lens = self.frontend.subsample(x, feat_lens)
         return self.encoder(x, lens)
 

@@ -21,12 +21,25 @@ import torch
 from torch import nn
 
 
+LORA_TARGETS = {  # the Linear layers LoRA adapts (WavLM's attention reads its projections' weights
+    "whisper": ["q_proj", "v_proj", "fc1", "fc2"],  # directly, which a LoRA wrapper does not change)
+    "wavlm": ["intermediate_dense", "output_dense"],
+}
+
+
 class SSLTop(nn.Module):
     """Layers from_layer..N-1 of the encoder `checkpoint` (and its final layer norm where it has one),
-    on stored layer-`from_layer` states (B, T, D) -> (B, T, D)."""
+    on stored layer-`from_layer` states (B, T, D) -> (B, T, D). `adapter`: full (every weight of
+    those layers trains) or lora (low-rank adapters through the peft package, the pretrained weights
+    frozen; LoRA's B starts at zero, so the start is exact either way). `lr_scale`: their learning
+    rate as a share of the model's (train/optim.py param_groups)."""
 
-    def __init__(self, checkpoint: str, from_layer: int, input_dim: int):
+    def __init__(self, checkpoint: str, from_layer: int, input_dim: int, adapter: str = "full",
+                 lora_rank: int = 8, lora_alpha: float = 16.0, lora_dropout: float = 0.0, lr_scale: float = 0.1):
         super().__init__()
+        if adapter not in ("full", "lora"):
+            raise ValueError(f"ssl_top.adapter must be full or lora, not {adapter!r}")
+        self.lr_scale = lr_scale
         from transformers import AutoConfig
 
         try:
@@ -51,6 +64,12 @@ class SSLTop(nn.Module):
         self.position = layers[0].attention.requires_grad_(False) if self.kind == "wavlm" else None
         if self.position is not None and from_layer == 0:
             self.position = None  # layer 0 is in the top: it computes the bias itself
+        if adapter == "lora":
+            from peft import LoraConfig, inject_adapter_in_model
+
+            self.requires_grad_(False)
+            inject_adapter_in_model(LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                                               target_modules=LORA_TARGETS[self.kind]), self.layers)
 
     def _load(self, checkpoint: str):
         if self.kind == "whisper":

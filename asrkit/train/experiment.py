@@ -45,6 +45,10 @@ def train(args, config: dict) -> None:
         if config.get("decoder") == "whisper":  # by default the decoder of the features' own checkpoint
             config["decoder_conf"] = {"pretrained": train_store.attrs.get("ssl_model"),
                                       **(config.get("decoder_conf") or {})}
+        if config.get("ssl_top"):  # the layers above the stored one, of the features' own checkpoint
+            attrs = train_store.attrs
+            config["ssl_top"] = {"checkpoint": attrs.get("ssl_model"), "from_layer": int(attrs["layers"][-1]),
+                                 **config["ssl_top"]}
         seed_everything(args.seed)  # same initial weights on every rank
         model = build_from_config(config)
         min_frames = getattr(model, "min_frames", 1)

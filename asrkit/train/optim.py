@@ -8,10 +8,20 @@ import torch
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}
 
 
-def build_optimizer(name: str, params, conf: dict) -> torch.optim.Optimizer:
+def build_optimizer(name: str, model: torch.nn.Module, conf: dict) -> torch.optim.Optimizer:
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optim {name!r}; choose one of {sorted(OPTIMIZERS)}")
-    return OPTIMIZERS[name](params, **conf)
+    return OPTIMIZERS[name](param_groups(model, conf.get("lr", 1e-3)), **conf)
+
+
+def param_groups(model: torch.nn.Module, lr: float) -> list[dict]:
+    """The trainable parameters: the pretrained top layers (model.ssl_top) at lr x its lr_scale, the
+    rest at lr. (The schedule scales both alike: the top warms up with the rest.)"""
+    top = getattr(model, "ssl_top", None)
+    top_params = [p for p in top.parameters() if p.requires_grad] if top is not None else []
+    ids = {id(p) for p in top.parameters()} if top is not None else set()
+    rest = [p for p in model.parameters() if id(p) not in ids]  # (frozen ones too: the optimizer skips them)
+    return [{"params": rest}] + ([{"params": top_params, "lr": lr * top.lr_scale}] if top_params else [])
 
 
 def warmuplr(warmup_steps: int = 25000):

@@ -98,7 +98,7 @@ class Trainer:
         self.valid_loader = self._loader(valid_set, self.valid_sampler)
         self.epoch_len = len(self.train_sampler)
         updates = math.ceil(self.epoch_len / args.accum_grad) * args.max_epoch
-        self.optimizer = build_optimizer(args.optim, self.module.parameters(), args.optim_conf)
+        self.optimizer = build_optimizer(args.optim, self.module, args.optim_conf)
         self.scheduler = build_scheduler(args.scheduler, self.optimizer, args.scheduler_conf, updates)
         self.amp = amp_dtype(args.amp, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
