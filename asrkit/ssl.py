@@ -120,7 +120,8 @@ def num_frames(num_samples: int, config) -> int:
 
 LAYER_SPEC_HELP = ("hidden layer(s) to keep, 0 being the transformer's input and N its last layer: "
                    "'9' one layer; '6,9,12' or '6-12' several, stored stacked (layers, frames, dim) "
-                   "for a learned weighted sum; 'all' every layer 0..N stacked; 'last' layer N; "
+                   "for a learned weighted sum; 'all' every layer 0..N stacked; 'last' layer N; 'last-K' layer N-K "
+                   "(below K top layers that train with the model: ssl_top); "
                    "'mean:6-12' (or 'mean:6,9,12') their average, stored as one layer")
 
 
@@ -135,6 +136,8 @@ def parse_layers(spec: str, num_layers: int) -> tuple[list[int], str]:
             layers = list(range(num_layers + 1))
         elif spec == "last":
             layers = [num_layers]
+        elif spec.startswith("last-"):
+            layers = [num_layers - int(spec[5:])]
         else:
             layers = []
             for part in spec.split(","):

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import shlex
 import subprocess
 import sys
@@ -71,22 +73,28 @@ def zero_shot(refs: list[dict], model: str, work: Path, beams: int, normalizer: 
 
 
 def recipe(manifest: Path, model: str, lists: dict[str, Path], work: Path, seed: int, extra: list[str],
-           normalizer: str) -> tuple[float, float, float]:
-    """egs/child with this front end and seed: (WER, CER, seconds), scored by this script on its hyp.jsonl."""
-    tag = f"so762_seed{seed}"
+           normalizer: str, tag: str) -> dict:
+    """egs/child with this front end, seed and options, as experiment `tag`: WER, CER, seconds, the
+    mean seconds per training epoch, the peak memory of the recipe's processes, the parameters trained."""
     cmd = ["bash", str(REPO / "egs" / "child" / "run.sh"), "--raw_data", str(manifest),
            "--split_lists", ",".join(f"{k}={v}" for k, v in lists.items()), "--ssl_model", model,
            "--seed", str(seed), "--tag", tag, "--datadir", str(work / "data"), "--dumpdir", str(work / "dump"),
            "--expdir", str(work / "exp"), *extra]
     print("$ " + shlex.join(cmd), flush=True)
     t0 = time.perf_counter()
-    if subprocess.run(cmd).returncode:
+    proc = subprocess.Popen(cmd)
+    _, status, usage = os.wait4(proc.pid, 0)  # (its peak memory: the largest of the processes it waited for)
+    if status:
         raise SystemExit(f"the recipe failed (seed {seed}): see its log above and in {work / 'exp' / 'logs'}")
     seconds = time.perf_counter() - t0
+    exp = work / "exp" / tag
     refs = load_jsonl(work / "data" / "test.jsonl")
-    hyp_file = next((work / "exp" / tag).glob("decode_test_*/hyp.jsonl"))
-    hyps = {r["utt_id"]: r["text"] for r in load_jsonl(hyp_file)}
-    return (*score(refs, hyps, normalizer), seconds)
+    hyps = {r["utt_id"]: r["text"] for r in load_jsonl(next(exp.glob("decode_test_*/hyp.jsonl")))}
+    epochs = [r["time_s"] for r in load_jsonl(exp / "train_log.jsonl") if r.get("kind") == "epoch"]
+    trained = re.search(r"\(([\d.]+)M trained\)", (exp / "train.log").read_text())
+    wer, cer = score(refs, hyps, normalizer)
+    return dict(wer=wer, cer=cer, seconds=seconds, epoch_s=float(np.mean(epochs)) if epochs else float("nan"),
+                peak_gb=usage.ru_maxrss / 1e6, trained_m=float(trained.group(1)) if trained else float("nan"))
 
 
 def main() -> None:
@@ -99,33 +107,44 @@ def main() -> None:
     p.add_argument("--recipe_args", default="", help="more options for egs/child/run.sh (default: none, its "
                                                      "defaults for a Whisper checkpoint)")
     p.add_argument("--normalizer", default="child", help="the text normalizer of both systems' scoring")
+    p.add_argument("--variants", default="", help="several recipes compared in one run, 'NAME=ARGS;NAME=ARGS', "
+                                                  "e.g. 'frozen=;top2=--top_layers 2' (replaces --recipe_args)")
     a = p.parse_args()
     print_header()
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     manifest = Path(a.corpus) / "manifest.jsonl"
     lists = split_lists(manifest, work)
+    variants = [v.split("=", 1) for v in a.variants.split(";") if v.strip()] if a.variants else \
+        [("egs/child" + (" " + a.recipe_args if a.recipe_args else ""), a.recipe_args)]
     rows = []
-    for seed in [int(s) for s in a.seeds.split(",")]:
-        rows.append((f"asrkit egs/child{' ' + a.recipe_args if a.recipe_args else ''}, seed {seed}",
-                     *recipe(manifest, a.model, lists, work, seed, shlex.split(a.recipe_args), a.normalizer)))
+    for name, args in variants:
+        for seed in [int(s) for s in a.seeds.split(",")]:
+            tag = f"so762_seed{seed}" if not a.variants else f"so762_{name.strip()}_seed{seed}"
+            rows.append(dict(system=name.strip(), seed=seed, **recipe(manifest, a.model, lists, work, seed,
+                                                                   shlex.split(args), a.normalizer, tag)))
     refs = load_jsonl(work / "data" / "test.jsonl")  # stage 0's test list: the same utterances and texts
-    asrkit_rows = list(rows)
+    zero = []
     for beams in (1, 5):
-        rows.append((f"Whisper-base zero-shot, {'greedy' if beams == 1 else f'beam {beams}'}",
-                     *zero_shot(refs, a.model, work, beams, a.normalizer)))
+        wer, cer, seconds = zero_shot(refs, a.model, work, beams, a.normalizer)
+        zero.append(dict(system=f"Whisper-base zero-shot, {'greedy' if beams == 1 else f'beam {beams}'}",
+                         wer=wer, cer=cer, seconds=seconds))
     speakers = len({r["speaker"] for r in refs})
     print(f"\nso762_dev test: {len(refs)} utterances of {speakers} unseen speakers, "
           f"{sum(r['duration'] for r in refs) / 60:.1f} min; normalizer {a.normalizer}")
-    print("| system | WER | CER | time (s) |\n|---|---|---|---|")
-    for name, wer, cer, seconds in rows:
-        print(f"| {name} | {wer:.1f}% | {cer:.1f}% | {seconds:.0f} |")
-    if len(asrkit_rows) > 1:
-        w, c = np.array([r[1] for r in asrkit_rows]), np.array([r[2] for r in asrkit_rows])
-        print(f"| asrkit, mean of {len(w)} seeds (min-max) | {w.mean():.1f}% ({w.min():.1f}-{w.max():.1f}) "
-              f"| {c.mean():.1f}% ({c.min():.1f}-{c.max():.1f}) | |")
-    (work / "results.json").write_text(json.dumps([dict(zip(("system", "wer", "cer", "seconds"), r)) for r in rows],
-                                                  indent=1))
+    print("| system | seed | WER | CER | time (s) | s/epoch | peak memory | trained params |\n|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['system']} | {r['seed']} | {r['wer']:.1f}% | {r['cer']:.1f}% | {r['seconds']:.0f} | "
+              f"{r['epoch_s']:.0f} | {r['peak_gb']:.1f} GB | {r['trained_m']:.2f}M |")
+    for r in zero:
+        print(f"| {r['system']} | | {r['wer']:.1f}% | {r['cer']:.1f}% | {r['seconds']:.0f} | | | |")
+    for name, _ in variants:
+        mine = [r for r in rows if r["system"] == name.strip()]
+        if len(mine) > 1:
+            w, c = np.array([r["wer"] for r in mine]), np.array([r["cer"] for r in mine])
+            print(f"| {name.strip()}, mean of {len(w)} seeds (min-max) | | {w.mean():.1f}% ({w.min():.1f}-{w.max():.1f}) "
+                  f"| {c.mean():.1f}% ({c.min():.1f}-{c.max():.1f}) | | | | |")
+    (work / "results.json").write_text(json.dumps(rows + zero, indent=1))
 
 
 if __name__ == "__main__":

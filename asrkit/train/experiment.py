@@ -60,9 +60,10 @@ def train(args, config: dict) -> None:
                 if ds.skipped:
                     write_skipped(exp_dir / f"skipped_{name}.txt", ds.skipped)
             n_params = sum(p.numel() for p in model.parameters())
-            log.info("%s: %.2fM parameters; %d training and %d validation utterances; %d processes on %s",
-                     config.get("encoder"), n_params / 1e6, len(train_set), len(valid_set), dist.world_size,
-                     dist.device.type)
+            trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+            log.info("%s: %.2fM parameters (%.2fM trained); %d training and %d validation utterances; %d processes "
+                     "on %s", config.get("encoder"), n_params / 1e6, trained / 1e6, len(train_set), len(valid_set),
+                     dist.world_size, dist.device.type)
         seed_everything(args.seed + dist.rank)  # but other SpecAugment/dropout draws per rank
         Trainer(args, config, model, train_set, valid_set, tokenizer, dist).run()
     finally:

@@ -8,13 +8,20 @@
 #   bash egs/child/run.sh --raw_data /path/to/manifest.jsonl
 #   bash egs/child/run.sh --raw_data /path/to/manifest.jsonl --train_config conf/train_bilstm.yaml
 #   bash egs/child/run.sh --raw_data /path/to/manifest.jsonl --ssl_model openai/whisper-base
+# --top_layers K also trains the encoder's top K layers with it, on stored layer N-K states
+# (conf/train_whisper_top.yaml; the states stored trimmed: the top layers start exactly as the encoder).
+#   bash egs/child/run.sh --raw_data /path/to/manifest.jsonl --ssl_model openai/whisper-base --top_layers 2
 . "$(dirname "$0")/../recipe.sh"
 recipe_init "$@"
 recipe_take ssl_model microsoft/wavlm-base-plus
+recipe_take top_layers 0
 is_whisper() {  # a local checkpoint by its config, a model id by its name
     if [ -f "$1/config.json" ]; then grep -q '"model_type": *"whisper"' "$1/config.json"; else [[ "$1" == *whisper* ]]; fi
 }
-if is_whisper "$ssl_model"; then
+if is_whisper "$ssl_model" && [ "$top_layers" -gt 0 ]; then
+    front=(--ssl_layer "last-$top_layers" --dump_args "--whisper_input trimmed" --speed_perturb ""
+           --token_type whisper --train_config conf/train_whisper_top.yaml --decode_config conf/decode_whisper.yaml)
+elif is_whisper "$ssl_model"; then
     front=(--ssl_layer last --speed_perturb "" --token_type whisper
            --train_config conf/train_whisper_decoder.yaml --decode_config conf/decode_whisper.yaml)
 else
