@@ -37,7 +37,7 @@ def save_random_wavlm(out_dir: str | Path, preset: str = "tiny", seed: int = 0) 
 
 # Whisper's architectures (encoder and decoder alike); "tiny" is for tests, "base" is whisper-base's.
 WHISPER_PRESETS = {
-    "tiny": dict(d_model=64, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=128,
+    "tiny": dict(d_model=64, encoder_layers=3, encoder_attention_heads=2, encoder_ffn_dim=128,
                  decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=128, max_target_positions=64),
     "base": dict(d_model=512, encoder_layers=6, encoder_attention_heads=8, encoder_ffn_dim=2048,
                  decoder_layers=6, decoder_attention_heads=8, decoder_ffn_dim=2048),

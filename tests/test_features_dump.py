@@ -59,9 +59,11 @@ def test_layer_specs(tiny_wavlm):
     assert parse_layers("6,9,12", 12) == ([6, 9, 12], "stack")
     assert parse_layers("mean:6-8", 12) == ([6, 7, 8], "mean")
     assert parse_layers("all", 2) == ([0, 1, 2], "stack") and parse_layers("9", 12) == ([9], "none")
-    assert parse_layers("last", 6) == ([6], "none")
+    assert parse_layers("last", 6) == ([6], "none") and parse_layers("last-2", 6) == ([4], "none")
     with pytest.raises(DataError, match="layers 0-2"):
         parse_layers("9", 2)
+    with pytest.raises(DataError, match="layers 0-2"):
+        parse_layers("last-3", 2)
     with pytest.raises(DataError, match="bad layer spec"):
         parse_layers("x", 2)
     wav = [(0.1 * np.random.default_rng(1).standard_normal(8000)).astype(np.float32)]

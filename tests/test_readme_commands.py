@@ -42,7 +42,7 @@ RULES = [
                        "--train_args", "--max_epoch 1", "--decode_args", "--beam 2 --maxlenratio -10"]),
     (r"^bash egs/child/run\.sh .*train_conformer_small", ["--nj", "1", "--ngpu", "0", "--train_args", TINY_TRAIN,
                                                           "--decode_args", "--beam 2 --maxlenratio -10"]),
-    (r"^bash egs/child/run\.sh --raw_data \S+ --ssl_model openai/whisper-base$",  # the Whisper decoder
+    (r"^bash egs/child/run\.sh --raw_data \S+ --ssl_model openai/whisper-base( --top_layers \d+)?$",  # its decoder
      ["--nj", "1", "--ngpu", "0", "--train_args", "--max_epoch 1 --num_workers 0 --preflight_batches 1",
       "--decode_args", "--beam 2 --maxlenratio -10"]),
     (r"^bash egs/child/run\.sh .*--ssl_model", ["--nj", "1"]),  # already tiny as written

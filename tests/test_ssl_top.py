@@ -127,3 +127,11 @@ def test_a_model_with_the_top_trains_and_transcribes(tmp_path, tiny_corpus, tiny
                             *(r["audio"] for r in records[18:])]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines == [f"{r['audio']}\t{hyps[r['utt_id']]}" for r in records[18:]] and any(hyps.values())
+    other = tmp_path / "other.h5"  # stored at another split point: refused
+    dump(str(paths["valid_data"]), str(other), ExtractorSpec("wavlm", str(tiny_whisper), "2", dtype="float32",
+                                                             whisper_input="trimmed"), nj=0, progress=False)
+    from asrkit.errors import DataError
+
+    with pytest.raises(DataError, match="layers: store has \\[2\\], model expects \\[1\\]"):
+        decode.main([f"--model_dir={exp}", f"--data={paths['valid_data']}", f"--feats={other}",
+                     f"--out={tmp_path / 'dec2'}", "--beam=2"])

@@ -27,7 +27,7 @@ def test_a_full_window_gives_transformers_own_hidden_states(tiny_whisper):
 
     ext = ExtractorSpec("wavlm", str(tiny_whisper), "all", "float32", "float32").build("cpu")
     assert isinstance(ext, WhisperExtractor) and ext.attrs["model_type"] == "whisper"
-    assert ext.attrs["frame_rate"] == 50.0 and ext.attrs["num_layers"] == 3
+    assert ext.attrs["frame_rate"] == 50.0 and ext.attrs["num_layers"] == 4
     wav = waves(30.0)[0]
     mel = ext.prepare(wav)
     stock_mel = ext.fe(wav, sampling_rate=SR, return_tensors="np").input_features  # Whisper's own input
@@ -36,7 +36,7 @@ def test_a_full_window_gives_transformers_own_hidden_states(tiny_whisper):
     with torch.no_grad():
         stock = encoder(torch.from_numpy(stock_mel), output_hidden_states=True).hidden_states
     ours = ext([mel])[0]
-    assert ours.shape == (3, 1500, 64) and ext.num_frames(len(wav)) == 1500
+    assert ours.shape == (4, 1500, 64) and ext.num_frames(len(wav)) == 1500
     for layer in range(3):  # the embeddings, layer 1, and layer 2 after the final layer norm
         np.testing.assert_allclose(ours[layer], stock[layer][0].numpy(), rtol=1e-5, atol=1e-5)
     # a single layer below the top drops the layers above it and computes the same
@@ -94,7 +94,7 @@ def test_a_whisper_store_is_refused_by_a_wavlm_model(tiny_whisper, tiny_wavlm):
     wavlm = ExtractorSpec("wavlm", str(tiny_wavlm), "1", "float32", "float32").build("cpu").attrs
     with pytest.raises(DataError, match="model_type: store has 'whisper', model expects 'wavlm'.*weights_hash"):
         check_compatible(whisper, wavlm)
-    with pytest.raises(DataError, match="layer\\(s\\) \\[9\\] do not exist: the model has layers 0-2"):
+    with pytest.raises(DataError, match="layer\\(s\\) \\[9\\] do not exist: the model has layers 0-3"):
         ExtractorSpec("wavlm", str(tiny_whisper), "9", "float32", "float32").build("cpu")
     # trimmed and padded states are not the same features, and the model dir rebuilds the one it was trained on
     trimmed = ExtractorSpec("wavlm", str(tiny_whisper), "1", "float32", "float32", whisper_input="trimmed").build("cpu")
