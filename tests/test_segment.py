@@ -12,7 +12,6 @@ from asrkit.fileio import load_jsonl
 from asrkit.segment import CHUNK, SegmentOptions, segment_file, segments_from_probs
 from asrkit.subtitles import timestamp
 from asrkit_corpora.long_recordings import join_utterances
-from conftest import write_tone
 
 CHUNK_S = CHUNK / 16000
 
