@@ -43,6 +43,13 @@ def join_utterances(records: list[dict], out_wav: str, pause: float = 0.6, noise
     return placed
 
 
+def off_pause(t: float, placed: list[dict]) -> float:
+    """How far time t lies from the nearest true pause of a joined recording: the silence before,
+    between or after the utterances' speech (0 inside one)."""
+    pauses = zip([0.0] + [u["speech_end"] for u in placed], [u["speech_start"] for u in placed] + [float("inf")])
+    return min(max(0.0, a - t, t - b) for a, b in pauses)
+
+
 def speech_extent(wav: np.ndarray, floor_db: float = -40.0, frame: int = 160) -> tuple[int, int]:
     """First and last sample of the 10 ms frames louder than `floor_db` below the loudest one."""
     n = len(wav) // frame

@@ -33,7 +33,7 @@ from asrkit.fileio import load_jsonl, resolve_audio_path  # noqa: E402
 from asrkit.normalize import get_normalizer  # noqa: E402
 from asrkit.scoring import score_set, score_utt, total  # noqa: E402
 from asrkit.transcribe import Transcriber  # noqa: E402
-from asrkit_corpora.long_recordings import join_utterances  # noqa: E402
+from asrkit_corpora.long_recordings import join_utterances, off_pause  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,12 +61,6 @@ def run_cli(args: list[str]) -> tuple[dict, float, float]:
         raise SystemExit(proc.stderr[-3000:])
     peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1e6  # (KB) the largest child so far
     return json.loads(proc.stdout), seconds, peak
-
-
-def off_pause(t: float, placed: list[dict]) -> float:
-    """How far t lies from the nearest true pause: the silence between two utterances' speech."""
-    pauses = zip([0.0] + [u["speech_end"] for u in placed], [u["speech_start"] for u in placed] + [float("inf")])
-    return min(max(0.0, a - t, t - b) for a, b in pauses)
 
 
 def main() -> None:

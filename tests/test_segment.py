@@ -11,7 +11,7 @@ from asrkit.audio import audio_info, load_audio
 from asrkit.fileio import load_jsonl
 from asrkit.segment import CHUNK, SegmentOptions, segment_file, segments_from_probs
 from asrkit.subtitles import timestamp
-from asrkit_corpora.long_recordings import join_utterances
+from asrkit_corpora.long_recordings import join_utterances, off_pause
 
 CHUNK_S = CHUNK / 16000
 
@@ -22,13 +22,6 @@ def fsdd_recording(fsdd, tmp_path, n: int, seed: int = 0):
     random.Random(seed).shuffle(records)
     path = tmp_path / "long.wav"
     return path, join_utterances(records[:n], str(path), pause=0.6)
-
-
-def off_pause(t: float, placed: list[dict]) -> float:
-    """How far time t lies from the nearest true pause, before, between or after the utterances (0
-    inside one)."""
-    pauses = zip([0.0] + [u["end"] for u in placed], [u["start"] for u in placed] + [float("inf")])
-    return min(max(0.0, a - t, t - b) for a, b in pauses)
 
 
 def test_boundaries_fall_in_the_true_pauses_of_real_speech(fsdd, tmp_path):
