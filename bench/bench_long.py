@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -71,6 +72,8 @@ def main() -> None:
     p.add_argument("--pause", type=float, default=0.6)
     p.add_argument("--normalizer", default="basic")
     p.add_argument("--whole", action="store_true", help="also the whole file as one utterance (slow)")
+    p.add_argument("--transcribe_args", default="", help="more options for the long file's transcribe, e.g. "
+                                                         "'--segment_pad 0.2' or '--min_segment 3'")
     p.add_argument("--work", default=None, help="where the recording goes (default: a temporary dir)")
     a = p.parse_args()
     print_header()
@@ -101,7 +104,7 @@ def main() -> None:
                  seconds / distinct_s, None, len(sources), ""))
 
     for name, extra in [("long file, cut at pauses", []), ("long file, whole", ["--max_segment", "0"])][:2 if a.whole else 1]:
-        rec, seconds, peak = run_cli(["--model_dir", a.model_dir, *extra, str(wav)])
+        rec, seconds, peak = run_cli(["--model_dir", a.model_dir, *shlex.split(a.transcribe_args), *extra, str(wav)])
         hyp = normalize(rec.get("text", ""))
         s = score_utt("long", ref, hyp, {})
         segs = rec.get("segments", [])

@@ -40,6 +40,8 @@ def main(argv=None) -> int:
                              "no longer than this, decoded as utterances; 0: decode every file whole")
     parser.add_argument("--min_segment", type=float, default=SegmentOptions.min_seconds,
                         help="a shorter segment joins a neighbour")
+    parser.add_argument("--segment_pad", type=float, default=SegmentOptions.pad,
+                        help="seconds of context kept before and after each segment's speech")
     parser.add_argument("--progress", type=str2bool, default=True, help="progress bars on stderr")
     add_search_options(parser)
     args = parser.parse_args(argv)
@@ -54,7 +56,7 @@ def main(argv=None) -> int:
     from asrkit.transcribe import Transcriber
 
     opts = search_options(args)
-    segment = SegmentOptions(args.max_segment, args.min_segment) if args.max_segment > 0 else None
+    segment = SegmentOptions(args.max_segment, args.min_segment, pad=args.segment_pad) if args.max_segment > 0 else None
     asr = Transcriber(args.model_dir, args.checkpoint, first_device(args.ngpu), segment, **vars(opts))
     failed = 0
     timings = args.json or bool(args.output_dir and {"srt", "vtt", "json"} & set(formats))

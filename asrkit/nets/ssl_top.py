@@ -10,7 +10,7 @@ of layer k-1). The top is layers k..N-1, and for Whisper (and WavLM Large's stab
 final layer norm, so that on the stored states it gives `hidden_states[N]`, the encoder's output:
 - Whisper: exactly, on states stored with `--whisper_input trimmed` (each utterance's own frames).
   States stored from padded 30 s windows saw the padding's frames in attention, which the top
-  cannot see: 13-35% off on whisper-base (measured on so762 utterances).
+  cannot see: through the top they are not the encoder's output.
 - WavLM: the relative position bias that its layer 0 computes and hands upward is computed again
   from layer 0's bias table (kept, frozen), for the stored sequence's length.
 A batch's padding is masked as attention keys, as the extractor masks it.
