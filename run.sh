@@ -66,7 +66,7 @@ opt launcher local "local (torchrun on this node) or slurm (srun torchrun on eve
 opt test_sets "test" "splits to decode and score"
 opt decode_config "$asrkit_root/conf/decode.yaml" "decoding config"
 opt decode_args "" "more options for asrkit.bin.decode"
-opt inference_model model.avg.pth "checkpoint in the exp dir to decode with"
+opt inference_model model.avg.safetensors "weights in the exp dir to decode with"
 
 usage() {
     echo "Usage: $0 [--option value ...]"
@@ -142,7 +142,7 @@ if [ -z "$tag" ]; then
     tag=${tag#train_}
 fi
 exp="$expdir/$tag"
-dtag="$(basename "${decode_config%.*}")_${inference_model%.pth}"
+dtag="$(basename "${decode_config%.*}")_${inference_model%.*}"  # model.avg.safetensors -> model.avg
 logdir="$expdir/logs"
 mkdir -p "$logdir" "$expdir/stamps"
 all_sets="$train_set $valid_set $test_sets"

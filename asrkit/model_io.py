@@ -3,10 +3,16 @@
     exp/<tag>/config.yaml        every resolved training option, with input_dim/input_layers/vocab_size
     exp/<tag>/tokens/            copy of the token dir the model was trained with
     exp/<tag>/feats_attrs.json   attributes of the feature extractor (checked against stores at use)
-    exp/<tag>/*.pth              weights: epochN.pth, model.best.pth, model.avg.pth, checkpoint.pth
+    exp/<tag>/*.safetensors      weights: epochN, model.best (a link to the best epoch), model.avg
+    exp/<tag>/checkpoint.pth     the resume state (weights, optimizer, RNG: tensors and plain containers)
     exp/<tag>/layer_weights.md   the learned weights over stored layers (for scoring's RESULTS.md)
 
 and the weights files: atomic saves, which epochs to keep, averaging of the best ones.
+
+Nothing in a model dir runs code when loaded (docs/INTERNALS.md, "What asrkit promises"): weights
+are safetensors, the resume state and the `.pth` weights of older dirs are read by torch.load with
+weights_only=True, configs are YAML (safe_load) and JSON. A file that is not what it should be is
+a DataError naming it.
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
+import safetensors.torch
 import torch
 import yaml
 
@@ -28,6 +35,9 @@ log = logging.getLogger(__name__)
 CONFIG, TOKENS_DIR, FEATS_ATTRS, LAYER_WEIGHTS = "config.yaml", "tokens", "feats_attrs.json", "layer_weights.md"
 # Direction of each validation metric: which value is better.
 CRITERIA = {"loss": "min", "acc": "max", "cer": "min"}
+WEIGHTS_SUFFIX = ".safetensors"
+AVERAGE = "model.avg" + WEIGHTS_SUFFIX  # the default weights to decode with
+RESUME = "checkpoint.pth"
 
 
 def save_config(exp_dir: str | Path, config: dict) -> None:
@@ -65,31 +75,48 @@ def build_from_config(config: dict):
     return build_model(config, config["input_dim"], config["input_layers"], config["vocab_size"])
 
 
-def load_model(exp_dir: str | Path, checkpoint: str = "model.avg.pth", device: str | torch.device = "cpu"):
+def weights_path(exp_dir: str | Path, checkpoint: str = AVERAGE) -> Path:
+    """The weights file `checkpoint` names: a path, or a file in exp_dir (epochN, model.best, model.avg,
+    with or without its suffix; the .pth of a dir written before safetensors is found too)."""
+    exp_dir, name = Path(exp_dir), Path(checkpoint)
+    if name.is_file():
+        return name
+    stem = name.name[:-len(name.suffix)] if name.suffix in (WEIGHTS_SUFFIX, ".pth") else name.name
+    for candidate in (exp_dir / checkpoint, exp_dir / (stem + WEIGHTS_SUFFIX), exp_dir / (stem + ".pth")):
+        if candidate.is_file():
+            return candidate
+    have = sorted(p.name for p in [*exp_dir.glob("*" + WEIGHTS_SUFFIX), *exp_dir.glob("*.pth")])
+    raise DataError(f"checkpoint {checkpoint!r} not found", str(exp_dir),
+                    f"choose one of {have}" if have else "training has not saved any model yet")
+
+
+def load_model(exp_dir: str | Path, checkpoint: str = AVERAGE, device: str | torch.device = "cpu"):
     """(model in eval mode on `device`, tokenizer, config, feats_attrs) from an experiment dir.
 
-    `checkpoint` is a file name inside exp_dir (or a path): epochN.pth, model.best.pth, model.avg.pth,
-    or checkpoint.pth (the latest training state).
+    `checkpoint`: a weights file in exp_dir (weights_path: epochN, model.best, model.avg, or
+    checkpoint.pth, the latest training state) or a path.
     """
     exp_dir = Path(exp_dir)
     config = load_config(exp_dir)
     tokenizer = Tokenizer.load(exp_dir / TOKENS_DIR)
     feats_attrs = load_feats_attrs(exp_dir)
-    path = Path(checkpoint) if Path(checkpoint).is_file() else exp_dir / checkpoint
-    if not path.is_file():
-        have = sorted(p.name for p in exp_dir.glob("*.pth"))
-        raise DataError(f"checkpoint {checkpoint!r} not found", str(exp_dir),
-                        f"choose one of {have}" if have else "training has not saved any model yet")
+    path = weights_path(exp_dir, checkpoint)
     model = build_from_config(config)
-    model.load_state_dict(model_state(path))
+    try:
+        model.load_state_dict(model_state(path))
+    except RuntimeError as e:
+        raise DataError(f"the weights do not fit the model of config.yaml ({str(e).splitlines()[0]})", str(path),
+                        "the weights file and config.yaml must come from the same training run") from None
     return model.to(device).eval(), tokenizer, config, feats_attrs
 
 
-def layer_weights(exp_dir: str | Path, checkpoint: str = "model.avg.pth") -> list[tuple[int, float]]:
+def layer_weights(exp_dir: str | Path, checkpoint: str = AVERAGE) -> list[tuple[int, float]]:
     """(stored layer, weight) of a model's learned weighted sum over layers (softmax, summing to 1),
-    in layer order; [] for a model without one (a single layer, or concatenated layers)."""
-    path = Path(exp_dir) / checkpoint
-    if not path.is_file():
+    in layer order; [] for a model without one (a single layer, or concatenated layers) or without
+    the weights file."""
+    try:
+        path = weights_path(exp_dir, checkpoint)
+    except DataError:
         return []
     weights = model_state(path).get("frontend.layer_weights")
     if weights is None:
@@ -104,7 +131,7 @@ def format_layer_weights(pairs: list[tuple[int, float]]) -> list[str]:
         f"|{layer}|{w:.3f}|{'#' * round(40 * w)}{' (heaviest)' if w == top else ''}|" for layer, w in pairs]
 
 
-def heaviest_layers(exp_dir: str | Path, k: int, checkpoint: str = "model.avg.pth") -> list[int]:
+def heaviest_layers(exp_dir: str | Path, k: int, checkpoint: str = AVERAGE) -> list[int]:
     """The k stored layers a model's weighted sum weighs most, in layer order."""
     pairs = layer_weights(exp_dir, checkpoint)
     if not pairs:
@@ -113,7 +140,7 @@ def heaviest_layers(exp_dir: str | Path, k: int, checkpoint: str = "model.avg.pt
     return sorted(layer for layer, _ in sorted(pairs, key=lambda p: -p[1])[:k])
 
 
-def write_layer_weights(exp_dir: str | Path, checkpoint: str = "model.avg.pth") -> list[str]:
+def write_layer_weights(exp_dir: str | Path, checkpoint: str = AVERAGE) -> list[str]:
     """exp_dir/layer_weights.md from the checkpoint's learned weights over layers (none: no file);
     the table's lines."""
     lines = format_layer_weights(pairs) if (pairs := layer_weights(exp_dir, checkpoint)) else []
@@ -127,16 +154,54 @@ def write_layer_weights(exp_dir: str | Path, checkpoint: str = "model.avg.pth") 
 # Weights files
 
 
-def save_atomic(obj, path: str | Path) -> None:
-    """torch.save to a temporary name, then rename: a kill mid-write leaves the old file intact."""
+def save_weights(state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """A state dict as safetensors, atomically (a kill mid-write leaves the old file intact). Tensors
+    that share memory (tied weights) are stored as copies, as safetensors requires."""
+    seen, tensors = set(), {}
+    for k, v in state.items():
+        v = v.detach().cpu().contiguous()
+        ptr = (v.untyped_storage().data_ptr(), v.storage_offset()) if v.numel() else None
+        tensors[k] = v.clone() if ptr in seen or (ptr and v.untyped_storage().nbytes() != v.nbytes) else v
+        seen.add(ptr)
+    with atomic_path(path) as tmp:
+        safetensors.torch.save_file(tensors, str(tmp), metadata={"format": "pt"})
+
+
+def model_state(path: str | Path) -> dict[str, torch.Tensor]:
+    """The model weights of a file: safetensors, or a .pth (a state dict or the training checkpoint,
+    read with weights_only=True: a pickle that would run code is refused, as is anything else)."""
+    path = Path(path)
+    if path.suffix == WEIGHTS_SUFFIX:
+        try:
+            return safetensors.torch.load_file(str(path))
+        except Exception as e:  # (SafetensorError, or the OS's error) a truncated or foreign file
+            raise DataError(f"not a valid safetensors weights file ({type(e).__name__}: {e})", str(path),
+                            "copy the file again from where it was made") from None
+    obj = load_checkpoint(path)
+    obj = obj["model"] if isinstance(obj, dict) and "model" in obj and "optimizer" in obj else obj
+    if not (isinstance(obj, dict) and obj and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                  for k, v in obj.items())):
+        raise DataError("holds no model weights (a state dict of tensors)", str(path), "choose a weights file")
+    return obj
+
+
+def save_checkpoint(obj: dict, path: str | Path) -> None:
+    """The resume state (tensors and plain Python containers only), atomically."""
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
 
-def model_state(path: str | Path) -> dict:
-    """The model weights of a file that holds either a state dict or a full training checkpoint."""
-    obj = torch.load(path, map_location="cpu", weights_only=False)
-    return obj["model"] if isinstance(obj, dict) and "model" in obj and "optimizer" in obj else obj
+def load_checkpoint(path: str | Path) -> dict:
+    """What save_checkpoint (or an older asrkit's torch.save) wrote, read with weights_only=True: a
+    file holding anything but tensors and plain containers (a pickle that would run code) is refused
+    with a DataError naming it, and nothing of it runs."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError (code, or an unknown type), a truncated or foreign file
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"not a weights file asrkit can read safely ({first[:300]})", str(path),
+                        "asrkit loads tensors only and never runs code from a file: use the model's "
+                        "safetensors weights, or retrain") from None
 
 
 def average_states(paths: Sequence[str | Path]) -> dict:
@@ -164,27 +229,31 @@ def best_epochs(history: Sequence[dict], criterion: str, k: int) -> list[int]:
 def prune_epochs(exp_dir: Path, history: Sequence[dict], criterion: str, nbest: int, nlast: int) -> None:
     """Delete epoch files that are neither among the best `nbest` nor the last `nlast`."""
     keep = set(best_epochs(history, criterion, nbest)) | {h["epoch"] for h in history[-nlast:] if nlast}
-    for f in exp_dir.glob("epoch*.pth"):
-        if f.stem[5:].isdigit() and int(f.stem[5:]) not in keep:
+    for f in exp_dir.glob("epoch*" + WEIGHTS_SUFFIX):
+        if f.name[5:-len(WEIGHTS_SUFFIX)].isdigit() and int(f.name[5:-len(WEIGHTS_SUFFIX)]) not in keep:
             f.unlink()
 
 
+def epoch_weights(exp_dir: str | Path, epoch: int) -> Path:
+    return Path(exp_dir) / f"epoch{epoch}{WEIGHTS_SUFFIX}"
+
+
 def average_best(exp_dir: str | Path, history: Sequence[dict], criterion: str, k: int,
-                 out_name: str = "model.avg.pth") -> Path | None:
-    """Average the best k epochs' weights into exp_dir/out_name; also link model.best.pth to the best.
+                 out_name: str = AVERAGE) -> Path | None:
+    """Average the best k epochs' weights into exp_dir/out_name; also link model.best to the best.
     None if none of them is on disk."""
     exp_dir = Path(exp_dir)
     best = best_epochs(history, criterion, k)
-    epochs = [e for e in best if (exp_dir / f"epoch{e}.pth").is_file()]
+    epochs = [e for e in best if epoch_weights(exp_dir, e).is_file()]
     if not epochs:
         return None
     if len(epochs) < len(best):
         log.warning("only %d of the best %d epochs are on disk: averaging those", len(epochs), len(best))
-    save_atomic(average_states([exp_dir / f"epoch{e}.pth" for e in epochs]), exp_dir / out_name)
-    best = exp_dir / "model.best.pth"
+    save_weights(average_states([epoch_weights(exp_dir, e) for e in epochs]), exp_dir / out_name)
+    best = exp_dir / ("model.best" + WEIGHTS_SUFFIX)
     with atomic_path(best) as tmp:
         tmp.unlink()
-        tmp.symlink_to(f"epoch{epochs[0]}.pth")
+        tmp.symlink_to(epoch_weights(exp_dir, epochs[0]).name)
     log.info("%s: average of epochs %s (best %s by valid %s)", exp_dir / out_name, epochs, epochs[0], criterion)
     return exp_dir / out_name
 
@@ -200,5 +269,5 @@ def average_from_log(exp_dir: str | Path, k: int, out_name: str) -> Path:
     path = average_best(exp_dir, history, criterion, k, out_name)
     if path is None:
         raise DataError(f"none of the best {k} epochs by valid {criterion} is on disk", str(exp_dir),
-                        "keep more epochs (keep_nbest_models) or decode model.avg.pth")
+                        f"keep more epochs (keep_nbest_models) or decode {AVERAGE}")
     return path

@@ -282,7 +282,7 @@ def gather(exp_dir) -> str:
                      f"{info.checkpoint}|{js['normalizer']}|{f'{ci[0]:.2f}-{ci[1]:.2f}' if ci else ''}|"
                      f"{'' if rtf is None else f'{rtf:.4f}'}|")
     if (weights := exp_dir / "layer_weights.md").is_file():  # written by training (asrkit.model_io)
-        lines += ["", "### feature layers: learned weights (model.avg.pth)", "",
+        lines += ["", "### feature layers: learned weights (model.avg)", "",
                   "Slice the stores to the heaviest: `python -m asrkit.bin.slice_store --model_dir "
                   f"{exp_dir} --top K ...`.", "", *weights.read_text(encoding="utf-8").splitlines()]
     return "\n".join(lines) + "\n"

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from asrkit.audio import SAMPLE_RATE, audio_info, load_audio
 from asrkit.decode.search import DecodeOptions, check_model
 from asrkit.errors import DataError
+from asrkit.model_io import AVERAGE, load_model
 from asrkit.segment import SegmentOptions, segment_file
 
 log = logging.getLogger(__name__)
@@ -81,10 +82,8 @@ class Transcriber:
     A file longer than `segment.max_seconds` is cut at its pauses (asrkit.segment) and its segments
     decoded as utterances; `segment=None` decodes every file whole."""
 
-    def __init__(self, model_dir, checkpoint: str = "model.avg.pth", device: str = "cpu",
+    def __init__(self, model_dir, checkpoint: str = AVERAGE, device: str = "cpu",
                  segment: SegmentOptions | None = SegmentOptions(), **search):
-        from asrkit.model_io import load_model
-
         self.device = torch.device(device)
         self.model, self.tokenizer, self.config, self.attrs = load_model(model_dir, checkpoint, self.device)
         self.extractor = extractor_from_attrs(self.attrs, self.device)

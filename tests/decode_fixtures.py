@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import pytest
 import torch
 from torch import nn
 
@@ -90,7 +91,7 @@ def make_exp_dir(root, n_test: int = 7, seed: int = 0, epochs: int = 0, ctc_only
 
     import yaml
 
-    from asrkit.model_io import build_from_config, save_exp_files
+    from asrkit.model_io import build_from_config, save_exp_files, save_weights
     from asrkit.tokenizer import Tokenizer
     from train_fixtures import ATTRS, DIM, make_experiment, write_split
 
@@ -105,8 +106,24 @@ def make_exp_dir(root, n_test: int = 7, seed: int = 0, epochs: int = 0, ctc_only
     exp = root / "exp" / "tiny"
     save_exp_files(exp, config, paths["token_dir"], ATTRS)
     torch.manual_seed(seed)
-    torch.save(build_from_config(config).state_dict(), exp / "model.avg.pth")
+    save_weights(build_from_config(config).state_dict(), exp / "model.avg.safetensors")
     for e in range(1, epochs + 1):
         torch.manual_seed(seed + e)
-        torch.save(build_from_config(config).state_dict(), exp / f"epoch{e}.pth")
+        save_weights(build_from_config(config).state_dict(), exp / f"epoch{e}.safetensors")
     return exp, data, feats, tok
+
+
+def assert_same_hyps(a: dict[str, dict], b: dict[str, dict], tol: float = 1e-4) -> None:
+    """Two decodings' hyp.jsonl records (by utterance) agree: the same utterances, texts and tokens
+    of every n-best entry exactly, the scores to `tol`. Scores are sums of float kernels whose rounding
+    depends on the batch's shape and the CPU (AVX-512 rounds otherwise than AVX2): never compare them
+    exactly across batch sizes or process counts."""
+    assert sorted(a) == sorted(b)
+    for utt, r in a.items():
+        s = b[utt]
+        assert [(h["text"], h["token_ids"]) for h in r["nbest"]] == [(h["text"], h["token_ids"]) for h in s["nbest"]], utt
+        assert (r["text"], r["token_ids"]) == (s["text"], s["token_ids"]), utt
+        for x, y in zip([r, *r["nbest"]], [s, *s["nbest"]]):
+            for key in ("score", "att", "ctc"):
+                if x.get(key) is not None or y.get(key) is not None:
+                    assert x[key] == pytest.approx(y[key], abs=tol), (utt, key)

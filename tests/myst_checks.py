@@ -31,7 +31,7 @@ def check_myst_outputs(out: str, again: str, data, dump, exp) -> None:
         r.close()
     # stage 3
     model = exp / "conformer_tiny_fbank_sp_char"
-    assert (model / "model.avg.pth").is_file()
+    assert (model / "model.avg.safetensors").is_file()
     # stage 4: the full test set, its 31 s utterance included
     test_ids = [r["utt_id"] for r in load_jsonl(data / "test.jsonl")]
     assert myst_utt_id("000301", 3) in test_ids and long_test_frames >= 3000
@@ -52,7 +52,7 @@ def check_myst_outputs(out: str, again: str, data, dump, exp) -> None:
     assert re.search(rf"^\|decode_test_{re.escape(dtag)}\|3\|", results, re.M), results
     assert re.search(rf"^\|decode_test_filtered_{re.escape(dtag)}\|1\|", results, re.M), results
     # the filtered row names the search it was scored from
-    assert re.search(rf"^\|decode_test_filtered_{re.escape(dtag)}\|joint\|2\|0.3\|model.avg.pth\|child\|",
+    assert re.search(rf"^\|decode_test_filtered_{re.escape(dtag)}\|joint\|2\|0.3\|model.avg.safetensors\|child\|",
                      results, re.M), results
     assert "decode_test_filtered_" in out
 

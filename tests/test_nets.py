@@ -280,12 +280,13 @@ def test_learned_layer_weights_are_reported_and_choose_layers(tmp_path):
     slice_store --top picks from."""
     import json
 
-    from asrkit.model_io import format_layer_weights, heaviest_layers, layer_weights, save_config, write_layer_weights
+    from asrkit.model_io import (format_layer_weights, heaviest_layers, layer_weights, save_config, save_weights,
+                                 write_layer_weights)
 
     model = build_model(tiny("bilstm"), input_dim=10, input_layers=3, vocab_size=V)
     with torch.no_grad():
         model.frontend.layer_weights.copy_(torch.tensor([0.0, 2.0, 1.0]))
-    torch.save(model.state_dict(), tmp_path / "model.avg.pth")
+    save_weights(model.state_dict(), tmp_path / "model.avg.safetensors")
     (tmp_path / "feats_attrs.json").write_text(json.dumps({"layers": [3, 6, 9]}))
     pairs = layer_weights(tmp_path)
     assert [layer for layer, _ in pairs] == [3, 6, 9] and sum(w for _, w in pairs) == pytest.approx(1.0)
@@ -297,5 +298,5 @@ def test_learned_layer_weights_are_reported_and_choose_layers(tmp_path):
     assert (tmp_path / "layer_weights.md").read_text().splitlines() == table
     save_config(tmp_path, {})
     one = build_model(tiny("bilstm"), input_dim=10, input_layers=1, vocab_size=V)
-    torch.save(one.state_dict(), tmp_path / "one.pth")
-    assert layer_weights(tmp_path, "one.pth") == []
+    save_weights(one.state_dict(), tmp_path / "one.safetensors")
+    assert layer_weights(tmp_path, "one.safetensors") == []

@@ -11,6 +11,7 @@ import pytest
 
 from asrkit.fileio import load_jsonl
 from conftest import REPO
+from decode_fixtures import assert_same_hyps
 
 pytestmark = pytest.mark.slow  # whole pipelines through run.sh
 
@@ -74,7 +75,7 @@ def test_training_killed_mid_run_resumes_and_finishes(tiny_corpus, tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "exp" / "stamps" / "stage3.conformer_tiny_fbank_char.done").exists()
-    assert not (exp / "model.avg.pth").exists()
+    assert not (exp / "model.avg.safetensors").exists()
 
     out = run_sh(tmp_path, *args)
     assert stage_states(out) == {3: "done"}
@@ -82,7 +83,7 @@ def test_training_killed_mid_run_resumes_and_finishes(tiny_corpus, tmp_path):
     assert re.search(r"resum", log, re.I), log[-2000:]
     epochs = [r for r in load_jsonl(exp / "train_log.jsonl") if r.get("kind") == "epoch"]
     assert [r["epoch"] for r in epochs][-1] == 6
-    assert (exp / "model.avg.pth").is_file()
+    assert (exp / "model.avg.safetensors").is_file()
 
     # other options: the finished experiment is not resumed but kept aside, and training starts afresh
     out = run_sh(tmp_path, *args[:-1], args[-1].replace("--max_epoch 6", "--max_epoch 1"))
@@ -152,6 +153,6 @@ def test_two_nodes_run_each_stage_once_and_share_the_distributed_ones(tiny_corpu
     subprocess.run([sys.executable, "-m", "asrkit.bin.decode", "--config", str(REPO / "conf" / "decode.yaml"),
                     "--model_dir", str(exp), "--data", str(tmp_path / "data" / "test.jsonl"), "--feats", str(one),
                     "--out", str(tmp_path / "one"), "--beam", "2"], check=True, capture_output=True, cwd=tmp_path)
-    hyps = [{r["utt_id"]: (r["text"], round(r["score"], 3)) for r in load_jsonl(d / "hyp.jsonl")}
-            for d in (two, tmp_path / "one")]
-    assert hyps[0] == hyps[1] and len(hyps[0]) == len(load_jsonl(tmp_path / "data" / "test.jsonl"))
+    hyps = [{r["utt_id"]: r for r in load_jsonl(d / "hyp.jsonl")} for d in (two, tmp_path / "one")]
+    assert_same_hyps(*hyps)
+    assert len(hyps[0]) == len(load_jsonl(tmp_path / "data" / "test.jsonl"))

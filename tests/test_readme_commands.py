@@ -176,7 +176,7 @@ def fill(text: str, ws: dict) -> str:
     for placeholder, value in ws["places"].items():
         text = text.replace(placeholder, value)
     if "exp/<tag>" in text:
-        exps = sorted(ws["repo"].glob("exp/*/model.avg.pth"))
+        exps = sorted(ws["repo"].glob("exp/*/model.avg.safetensors"))
         assert exps, "no trained model in exp/ for exp/<tag>: the README should show training before transcribing"
         text = text.replace("exp/<tag>", str(exps[0].parent.relative_to(ws["repo"])))
     return text

@@ -81,7 +81,7 @@ def test_myst_filtered_test_is_scored_from_the_full_test_decoding(tmp_path):
     hyps = {"u1": "the magnet sticks", "u2": "it goes around the sun", "u3": "no"}  # only u3 is wrong
     write_jsonl(decode / "hyp.jsonl", [{"utt_id": u, "text": t} for u, t in hyps.items()])
     (decode / "decode_info.json").write_text(json.dumps({"mode": "attention", "beam": 10, "ctc_weight": 0.0,
-                                                          "checkpoint": "model.avg.pth", "rtf": 0.02, "utterances": 3}))
+                                                          "checkpoint": "model.avg.safetensors", "rtf": 0.02, "utterances": 3}))
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     subprocess.run([sys.executable, "-m", "asrkit.bin.score", "--data", str(data / "test.jsonl"),
                     "--hyp", str(decode / "hyp.jsonl")], check=True, capture_output=True, env=env)
@@ -98,4 +98,4 @@ def test_myst_filtered_test_is_scored_from_the_full_test_decoding(tmp_path):
     info = json.loads((exp / "model" / "decode_test_filtered_beam10" / "decode_info.json").read_text())
     assert info["beam"] == 10 and info["mode"] == "attention" and "rtf" not in info and "utterances" not in info
     assert info["scored_from"] == str(decode.resolve()) and info["data"] == str((data / "test_filtered.jsonl").resolve())
-    assert "|decode_test_filtered_beam10|attention|10|0.0|model.avg.pth|" in results
+    assert "|decode_test_filtered_beam10|attention|10|0.0|model.avg.safetensors|" in results

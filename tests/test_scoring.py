@@ -60,7 +60,7 @@ def test_score_cli_and_gather(tmp_path, capsys):
         out = exp / name
         write_jsonl(out / "hyp.jsonl", HYPS)
         (out / "decode_info.json").write_text(json.dumps({"mode": "joint", "beam": 10, "ctc_weight": 0.3,
-                                                          "checkpoint": "model.avg.pth", "rtf": 0.0123}))
+                                                          "checkpoint": "model.avg.safetensors", "rtf": 0.0123}))
         score.main([f"--data={data}", f"--hyp={out / 'hyp.jsonl'}", "--normalizer=basic"])
     text = (exp / "decode_test_a" / "result.txt").read_text()
     assert "|decode_test_a|4|9|66.7|11.1|22.2|11.1|44.4|75.0|" in text

@@ -90,6 +90,7 @@ def test_a_model_with_the_top_trains_and_transcribes(tmp_path, tiny_corpus, tiny
     from asrkit.bin import decode, train, transcribe
     from asrkit.features.dump import dump
     from asrkit.fileio import load_jsonl, write_jsonl
+    from asrkit.model_io import model_state
     from asrkit.tokenizer import build_token_list
     from train_fixtures import TINY_MODEL, TINY_TRAIN
 
@@ -108,7 +109,7 @@ def test_a_model_with_the_top_trains_and_transcribes(tmp_path, tiny_corpus, tiny
                 f"--exp_dir={exp}", "--ngpu=0"])
     config = yaml.safe_load((exp / "config.yaml").read_text())
     assert config["ssl_top"] == {"checkpoint": str(tiny_whisper), "from_layer": 1, "lr_scale": 0.5}
-    state = torch.load(exp / "model.avg.pth")
+    state = model_state(exp / "model.avg.safetensors")
     pretrained = SSLTop(str(tiny_whisper), 1, state["ssl_top.final_norm.weight"].numel()).state_dict()
     assert any(not torch.equal(state[f"ssl_top.{k}"], v) for k, v in pretrained.items())  # the top learned
 

@@ -13,7 +13,7 @@ from asrkit.bin import train
 from asrkit.errors import DataError
 from asrkit.features.store import FeatureReader, FeatureWriter, finalize_store
 from asrkit.model_io import load_model
-from asrkit.model_io import average_states, best_epochs
+from asrkit.model_io import average_states, best_epochs, load_checkpoint, model_state, save_weights
 from asrkit.train.config import resolve_config
 from train_fixtures import ATTRS, make_experiment, train_argv, utterance_feats
 
@@ -28,8 +28,7 @@ def one_thread():
 
 
 def weights(path):
-    obj = torch.load(path, map_location="cpu", weights_only=False)
-    return obj["model"] if "model" in obj else obj
+    return model_state(path)
 
 
 def records(exp_dir, kind):
@@ -47,11 +46,11 @@ def test_interrupted_then_resumed_equals_uninterrupted(data, tmp_path):
     # 3 updates per epoch, a checkpoint every 3: stopping at update 5 resumes from update 5
     # mid-epoch 2, with dropout/SpecAugment RNG, Adam moments and the warmup schedule restored
     train.main(train_argv(data, cut, "--max_steps=5"))
-    state = torch.load(cut / "checkpoint.pth", weights_only=False)["state"]
+    state = load_checkpoint(cut / "checkpoint.pth")["state"]
     assert (state["epoch"], state["batches_done"], state["step"]) == (2, 2, 5)
-    assert not (cut / "epoch2.pth").exists()
+    assert not (cut / "epoch2.safetensors").exists()
     train.main(train_argv(data, cut))
-    a, b = weights(full / "epoch2.pth"), weights(cut / "epoch2.pth")
+    a, b = weights(full / "epoch2.safetensors"), weights(cut / "epoch2.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed run diverged from the uninterrupted one"
     steps = [r["step"] for r in records(cut, "step")]
     assert steps == list(range(1, 7))  # each update logged once, the redone ones not twice
@@ -71,14 +70,14 @@ def test_experiment_dir_is_enough_to_decode(data, tmp_path):
     assert {"loss", "acc", "cer"} <= set(history[0]["valid"]) and 0 <= history[-1]["valid"]["cer"]
     assert history[-1]["train"]["loss"] < history[0]["train"]["loss"]  # it learns
     best = best_epochs(history, "acc", 2)
-    kept = sorted(p.name for p in exp.glob("epoch*.pth"))
-    assert kept == sorted({f"epoch{e}.pth" for e in best} | {"epoch3.pth"})
-    avg = average_states([exp / f"epoch{e}.pth" for e in best])
-    model, tok, cfg, attrs = load_model(exp, "model.avg.pth")
+    kept = sorted(p.name for p in exp.glob("epoch*"))
+    assert kept == sorted({f"epoch{e}.safetensors" for e in best} | {"epoch3.safetensors"})
+    avg = average_states([exp / f"epoch{e}.safetensors" for e in best])
+    model, tok, cfg, attrs = load_model(exp)
     assert all(torch.equal(v, avg[k]) for k, v in model.state_dict().items())
     assert attrs["feats_type"] == "fbank" and tok.vocab_size == cfg["vocab_size"]
     assert (exp / "curves.png").stat().st_size > 1000 and list((exp / "tensorboard").glob("events.out.tfevents.*"))
-    assert (exp / "model.best.pth").resolve().name == f"epoch{best[0]}.pth"
+    assert (exp / "model.best.safetensors").resolve().name == f"epoch{best[0]}.safetensors"
     # decoding from the exp dir alone: greedy CTC on one stored utterance runs through the model
     feats = torch.from_numpy(utterance_feats("one two", 0)).float()[None]
     enc, lens = model.encode(feats, torch.tensor([feats.shape[1]]))
@@ -135,10 +134,9 @@ def test_config_overrides_merge_nested_sections(data):
 def test_average_states(tmp_path):
     states = [{"w": torch.tensor([1.0, 2.0]), "n": torch.tensor(3)},
               {"w": torch.tensor([3.0, 6.0]), "n": torch.tensor(4)}]
-    paths = []
-    for i, s in enumerate(states):
-        paths.append(tmp_path / f"avg_{i}.pth")
-        torch.save(s, paths[-1])
+    paths = [tmp_path / "avg_0.safetensors", tmp_path / "avg_1.pth"]  # (an older asrkit's .pth among them)
+    save_weights(states[0], paths[0])
+    torch.save(states[1], paths[1])
     avg = average_states(paths)
     assert torch.equal(avg["w"], torch.tensor([2.0, 4.0])) and int(avg["n"]) == 3
     history = [{"epoch": e, "valid": {"acc": a, "loss": -a}} for e, a in [(1, 0.5), (2, 0.7), (3, 0.6)]]

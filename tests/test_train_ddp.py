@@ -9,6 +9,7 @@ import time
 import pytest
 import torch
 
+from asrkit.model_io import load_checkpoint
 from train_fixtures import REPO, kill_tree, make_experiment, torchrun, train_argv
 
 pytestmark = pytest.mark.slow  # torchrun processes
@@ -41,7 +42,7 @@ def test_two_process_run_resumes_after_kill(tmp_path):
     assert proc.poll() is None, "training ended before it could be killed"
     kill_tree(proc.pid)  # torchrun and both trainers, mid-training
     proc.wait()
-    killed_at = torch.load(ckpt, weights_only=False)["state"]
+    killed_at = load_checkpoint(ckpt)["state"]
     assert killed_at["step"] >= 2 and not killed_at["stopped_early"]
 
     proc = torchrun(2, args, stdout=open(tmp_path / "run2.log", "w"), stderr=subprocess.STDOUT)
@@ -52,5 +53,5 @@ def test_two_process_run_resumes_after_kill(tmp_path):
     steps = [r["step"] for r in records if r["kind"] == "step"]
     assert steps == list(range(1, len(steps) + 1))  # continued, each update once
     assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1, 2, 3]
-    assert (exp / "model.avg.pth").is_file()
+    assert (exp / "model.avg.safetensors").is_file()
 

@@ -23,7 +23,7 @@ def make_exp(tmp_path, tiny_corpus, tiny_wavlm, feats_type: str, encoder: str):
     from asrkit.features.dump import dump
     from asrkit.features.extractors import ExtractorSpec
     from asrkit.features.store import FeatureReader
-    from asrkit.model_io import build_from_config, save_exp_files
+    from asrkit.model_io import build_from_config, save_exp_files, save_weights
     from asrkit.tokenizer import Tokenizer, build_token_list
     from train_fixtures import TINY_MODEL
 
@@ -44,7 +44,7 @@ def make_exp(tmp_path, tiny_corpus, tiny_wavlm, feats_type: str, encoder: str):
     exp = tmp_path / "exp"
     save_exp_files(exp, config, tok_dir, attrs)
     torch.manual_seed(0)
-    torch.save(build_from_config(config).state_dict(), exp / "model.avg.pth")
+    save_weights(build_from_config(config).state_dict(), exp / "model.avg.safetensors")
     return exp, data, store
 
 
@@ -161,7 +161,7 @@ def test_a_whisper_decoder_model_transcribes_without_a_ctc_head(tmp_path, tiny_c
     from asrkit.features.dump import dump
     from asrkit.features.extractors import ExtractorSpec
     from asrkit.features.store import FeatureReader
-    from asrkit.model_io import build_from_config, save_exp_files
+    from asrkit.model_io import build_from_config, save_exp_files, save_weights
     from asrkit.tokenizer import build_token_list
 
     data = tmp_path / "test.jsonl"
@@ -177,7 +177,7 @@ def test_a_whisper_decoder_model_transcribes_without_a_ctc_head(tmp_path, tiny_c
     exp = tmp_path / "exp"
     save_exp_files(exp, config, tmp_path / "tokens", attrs)
     torch.manual_seed(0)
-    torch.save(build_from_config(config).state_dict(), exp / "model.avg.pth")
+    save_weights(build_from_config(config).state_dict(), exp / "model.avg.safetensors")
     decode.main([f"--model_dir={exp}", f"--data={data}", f"--feats={store}", f"--out={tmp_path / 'dec'}",
                  "--beam=2", "--maxlenratio=-6"])
     info = json.loads((tmp_path / "dec" / "decode_info.json").read_text())

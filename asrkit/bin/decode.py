@@ -1,6 +1,6 @@
 """Stage 4: decode a split's stored features with a trained model; writes hyp.jsonl (n-best included).
 
-    python -m asrkit.bin.decode --config conf/decode.yaml --model_dir exp/<tag> --checkpoint model.avg.pth \\
+    python -m asrkit.bin.decode --config conf/decode.yaml --model_dir exp/<tag> --checkpoint model.avg.safetensors \\
         --data data/test.jsonl --feats dump/<feats_tag>/test.h5 --out exp/<tag>/decode_test_<dtag>
 
 Utterances are decoded longest first in batches of --batch_size (utterances x beam hypotheses searched
@@ -19,9 +19,9 @@ from asrkit.decode.search import add_search_options, search_options
 def main(argv=None) -> int:
     parser = make_parser(__doc__)
     parser.add_argument("--model_dir", required=True, help="experiment dir (exp/<tag>)")
-    parser.add_argument("--checkpoint", default="model.avg.pth", help="weights file in --model_dir")
+    parser.add_argument("--checkpoint", default="model.avg.safetensors", help="weights file in --model_dir")
     parser.add_argument("--average_nbest", type=int, default=0,
-                        help="first average the best K epochs into model.avg<K>.pth and decode that (0: off)")
+                        help="first average the best K epochs into model.avg<K>.safetensors and decode that (0: off)")
     parser.add_argument("--data", required=True, help="split list (data/<split>.jsonl)")
     parser.add_argument("--feats", required=True, help="feature store (dump/<feats_tag>/<split>.h5)")
     parser.add_argument("--out", required=True, help="output dir (exp/<tag>/decode_<split>_<dtag>)")

@@ -48,7 +48,7 @@ def get_parser():
     t.add_argument("--preflight_batches", type=int, default=2,
                    help="run the largest batches first, so an out-of-memory shows at once (0: off)")
     c = p.add_argument_group("checkpoints and logs")
-    c.add_argument("--keep_nbest_models", type=int, default=10, help="best epochs kept, averaged into model.avg.pth")
+    c.add_argument("--keep_nbest_models", type=int, default=10, help="best epochs kept, averaged into model.avg.safetensors")
     c.add_argument("--keep_last_models", type=int, default=1, help="most recent epochs kept as well")
     c.add_argument("--best_model_criterion", choices=("acc", "loss", "cer"), default="acc",
                    help="validation metric that ranks epochs (acc: higher is better; loss, cer: lower)")

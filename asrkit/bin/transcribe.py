@@ -28,7 +28,7 @@ def main(argv=None) -> int:
     parser = make_parser(__doc__)
     parser.add_argument("audio", nargs="+", help="audio files (any format soundfile reads; resampled to 16 kHz)")
     parser.add_argument("--model_dir", required=True, help="experiment dir (exp/<tag>)")
-    parser.add_argument("--checkpoint", default="model.avg.pth", help="weights file in --model_dir")
+    parser.add_argument("--checkpoint", default="model.avg.safetensors", help="weights file in --model_dir")
     parser.add_argument("--json", action="store_true", help="JSON lines with score and word timings")
     parser.add_argument("--ngpu", type=int, default=0, help="1: run on the GPU")
     parser.add_argument("--batch_size", type=int, default=8, help="files decoded together")

@@ -36,7 +36,7 @@ from asrkit.errors import DataError
 from asrkit.failures import batch_or_one_by_one, check_failures
 from asrkit.features.store import FeatureReader, check_compatible
 from asrkit.fileio import open_for_append, read_jsonl, write_jsonl, write_skipped
-from asrkit.model_io import average_from_log, load_model
+from asrkit.model_io import AVERAGE, WEIGHTS_SUFFIX, average_from_log, load_model
 from asrkit.shards import run_sharded
 
 log = logging.getLogger("asrkit.decode")
@@ -184,21 +184,21 @@ class _Decoding:
         return info
 
 
-def decode_split(model_dir, data, feats, out, opts: DecodeOptions, checkpoint: str = "model.avg.pth",
+def decode_split(model_dir, data, feats, out, opts: DecodeOptions, checkpoint: str = AVERAGE,
                  batch_size: int = 16, ngpu: int = 0, nj: int = 0, average_nbest: int = 0,
                  verbose: bool = False) -> DecodeInfo:
     """Decode a split list's stored features into <out>/hyp.jsonl, skipped.txt, decode_info.json
     (returned). The utterances are shared (asrkit/shards.py) among the ranks of a torchrun/srun
     launch (on one node or many), or among nj processes spawned here (0: one per GPU, or 1 on CPU);
     under torchrun/srun the ranks other than 0 return None. average_nbest: first average the best k
-    epochs into model.avg<k>.pth and decode that."""
+    epochs into model.avg<k>.safetensors and decode that."""
     device = process_device(ngpu)
     world = launch()[1]
     processes = world if world > 1 else nj or max(1, ngpu)
     model_dir, out = Path(model_dir), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if average_nbest:  # (under torchrun every rank writes the same average, atomically)
-        checkpoint = average_from_log(model_dir, average_nbest, f"model.avg{average_nbest}.pth").name
+        checkpoint = average_from_log(model_dir, average_nbest, f"model.avg{average_nbest}{WEIGHTS_SUFFIX}").name
     model, tokenizer, _, feats_attrs = load_model(model_dir, checkpoint, device)
     opts = check_model(model, opts, str(model_dir))
     reader = FeatureReader(feats)

@@ -1,7 +1,8 @@
 """The training loop: DDP, gradient accumulation, AMP, clipping, validation, checkpoints, resume.
 
 Resume state lives in exp_dir/checkpoint.pth (model, optimizer, scheduler, scaler, position in the
-epoch, per-rank RNG states, epoch history), written atomically every `save_interval_steps` updates
+epoch, per-rank RNG states, epoch history: tensors and plain containers, read back with
+weights_only=True), written atomically every `save_interval_steps` updates
 and at the end of each epoch; a rerun continues from it, mid-epoch included, and reproduces the
 uninterrupted run. Rank 0 alone writes files; every rank runs the same number of steps.
 """
@@ -38,7 +39,10 @@ VALID_KEYS = ("loss", "acc", "utts", "tokens", "char_edits", "chars")  # validat
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """The RNG states as tensors and plain containers (what torch.load's weights_only reads back)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
@@ -46,7 +50,8 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
@@ -118,17 +123,21 @@ class Trainer:
     def save(self) -> None:
         rng = all_gather_objects(rng_state())  # a collective: every rank calls save()
         if self.dist.is_main:
-            model_io.save_atomic({
+            model_io.save_checkpoint({
                 "model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
                 "state": vars(self.state), "rng": rng, "world_size": self.dist.world_size,
-            }, self.exp_dir / "checkpoint.pth")
+            }, self.exp_dir / model_io.RESUME)
 
     def resume(self) -> bool:
-        path = self.exp_dir / "checkpoint.pth"
+        path = self.exp_dir / model_io.RESUME
         if not (self.args.resume and path.is_file()):
             return False
-        c = torch.load(path, map_location="cpu", weights_only=False)
+        c = model_io.load_checkpoint(path)
+        if not isinstance(c, dict) or (missing := {"model", "optimizer", "scheduler", "scaler", "state", "rng",
+                                                   "world_size"} - set(c)):
+            raise DataError(f"not a training checkpoint (it lacks {sorted(missing) if isinstance(c, dict) else 'all'})",
+                            str(path), "train in a new --exp_dir, or pass --resume false to start over")
         try:
             self.module.load_state_dict(c["model"])
         except RuntimeError as e:
@@ -334,7 +343,7 @@ class Trainer:
         log.info("epoch %d: train loss %.4f acc %.4f | valid %s | %.0fs", st.epoch, train["loss"], train["acc"],
                  " ".join(f"{k} {v:.4f}" for k, v in valid.items()), seconds)
         if self.dist.is_main:
-            model_io.save_atomic(self.module.state_dict(), self.exp_dir / f"epoch{st.epoch}.pth")
+            model_io.save_weights(self.module.state_dict(), model_io.epoch_weights(self.exp_dir, st.epoch))
             model_io.prune_epochs(self.exp_dir, st.history, args.best_model_criterion, args.keep_nbest_models,
                               args.keep_last_models)
             self.reporter.record("epoch", st.step, **{k: v for k, v in record.items() if k != "step"})
@@ -367,7 +376,7 @@ class Trainer:
         if self.dist.is_main:
             model_io.average_best(self.exp_dir, st.history, self.args.best_model_criterion, self.args.keep_nbest_models)
             if lines := model_io.write_layer_weights(self.exp_dir):  # which layers the model uses (slice_store keeps fewer)
-                log.info("learned weights of the feature layers (model.avg.pth):\n%s", "\n".join(lines))
+                log.info("learned weights of the feature layers (%s):\n%s", model_io.AVERAGE, "\n".join(lines))
             self.reporter.plot()
             self.reporter.close()
         barrier()
