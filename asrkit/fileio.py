@@ -53,8 +53,9 @@ def open_for_append(path: str | os.PathLike):
     path = Path(path)
     if path.is_file():
         text = path.read_bytes()
-        if text and not text.endswith(b"\n"):
-            path.write_bytes(text[:text.rfind(b"\n") + 1])
+        if text and not text.endswith(b"\n"):  # the repaired file is written beside it, then renamed
+            with atomic_open(path, "wb") as f:  # over it: a kill now loses no finished line
+                f.write(text[:text.rfind(b"\n") + 1])
     return open(path, "a", encoding="utf-8")
 
 

@@ -31,7 +31,7 @@ def espnet_key(k: str) -> str:
 
 
 def main(inp: str, out: str) -> None:
-    d = torch.load(inp, weights_only=False)
+    d = torch.load(inp, weights_only=True)
     c = d["conf"]
     torch.set_num_threads(c["threads"])
     V, D = c["vocab"], c["dim"]
