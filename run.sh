@@ -60,6 +60,7 @@ opt num_nodes 1 "nodes for multi-node training"
 opt node_rank 0 "this node's rank (multi-node without Slurm)"
 opt master_addr localhost "rendezvous host (multi-node; under Slurm: the allocation's first node)"
 opt master_port 29500 "rendezvous port (multi-node)"
+opt node_wait_timeout 300 "multi-node: seconds without a heartbeat from another node before this one stops"
 opt nproc_per_node "" "training processes per node (default: ngpu, or 1 on CPU)"
 opt launcher local "local (torchrun on this node) or slurm (srun torchrun on every node)"
 # stage 4-5
@@ -110,13 +111,14 @@ if [ ${#unknown[@]} -gt 0 ]; then
     echo "$0: unknown option ${unknown[0]} (see --help)" >&2; exit 2
 fi
 
-need_config() {  # need_config STAGE OPTION FILE: a config the stages to run read must exist
-    if [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ] && [ ! -f "$3" ]; then
-        echo "$0: $2 $3: no such file (relative paths are taken from $PWD)" >&2; exit 2
+need_config() {  # need_config STAGE OPTION PATH: a file (or dir) the stages to run read must exist
+    if [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ] && [ -n "$3" ] && [ ! -e "$3" ]; then
+        echo "$0: $2 $3: no such file or directory (relative paths are taken from $PWD)" >&2; exit 2
     fi
 }
 need_config 3 --train_config "$train_config"
 need_config 4 --decode_config "$decode_config"
+need_config 0 --raw_data "$raw_data"
 
 # shellcheck source=path.sh
 . "$asrkit_root/path.sh"
@@ -158,14 +160,90 @@ if [ "$node_rank" -gt 0 ]; then
     touch "$node_started"
 fi
 
+# ------------------------------------------------------------------ nodes: heartbeats, stopping
+# By hand across nodes, each run.sh rewrites its heartbeat file every few seconds while it lives and
+# writes "exited <status>" when it ends. A node that sees no new heartbeat from the node it needs (node
+# 0, or in a distributed stage every other node) for --node_wait_timeout seconds stops with the cause:
+# it never waits forever for a node that failed, was killed or never started. Times are this node's
+# own (the content changes, not the file's mtime, is what counts): clocks need not agree.
+heartbeat_s=5 stage_pid="" stage_run="" stage_status=0 lost=""
+declare -A beat_seen=() beat_since=()
+heartbeat_file() { echo "$expdir/stamps/.node$1.heartbeat"; }
+if [ "$num_nodes" -gt 1 ] && [ "$launcher" = local ]; then
+    (
+        f=$(heartbeat_file "$node_rank") n=0
+        while kill -0 $$ 2> /dev/null; do  # (ends when run.sh does, even if it was killed)
+            n=$((n + 1)); echo "alive $n $(hostname) $$" > "$f.tmp$$" && mv -f "$f.tmp$$" "$f"
+            sleep "$heartbeat_s"
+        done
+    ) > /dev/null 2>&1 &
+    heartbeat_pid=$!
+    trap 'status=$?; kill "$heartbeat_pid" 2> /dev/null || true; echo "exited $status" > "$(heartbeat_file "$node_rank")"' EXIT
+fi
+
+# peer_lost R...: true if one of nodes R... has sent no new heartbeat for --node_wait_timeout seconds
+# (counted from when this node first looked), its cause in $lost; false while all are alive.
+peer_lost() {
+    local r f beat
+    lost=""
+    for r in "$@"; do
+        f=$(heartbeat_file "$r")
+        beat=$(cat "$f" 2> /dev/null || true)
+        if [ -z "${beat_since[$r]:-}" ] || [ "$beat" != "${beat_seen[$r]}" ]; then
+            beat_seen[$r]=$beat beat_since[$r]=$SECONDS
+        fi
+        (( SECONDS - beat_since[$r] >= node_wait_timeout )) || continue
+        case $beat in
+            "") lost="no sign of node $r for ${node_wait_timeout}s (no $f): start it with --node_rank $r and the same options, or raise --node_wait_timeout" ;;
+            exited*) lost="node $r stopped (${beat}) and has not been restarted for ${node_wait_timeout}s: see its logs in $logdir, fix the cause and rerun every node" ;;
+            *) lost="node $r has sent no heartbeat for ${node_wait_timeout}s (killed, out of memory, or its host is down): rerun every node" ;;
+        esac
+        return 0
+    done
+    return 1
+}
+
+peers() {  # the nodes this one needs now: node 0, or in a distributed stage on node 0 all others
+    if [ "$node_rank" -gt 0 ]; then echo 0; else seq 1 $((num_nodes - 1)); fi
+}
+
+# end_stage: end the running stage's processes: its subshell and every process started under it, found
+# by the mark in their environment (torchrun starts its workers in sessions of their own, and a worker
+# whose torchrun died is nobody's child: neither a process group nor the tree reaches them). SIGTERM,
+# then SIGKILL for those alive 10 s later.
+stage_procs() {
+    echo "$stage_pid"
+    grep -lzx "ASRKIT_STAGE_RUN=$stage_run" /proc/[0-9]*/environ 2> /dev/null | cut -d/ -f3 || true
+}
+end_stage() {
+    local procs i
+    procs=$(stage_procs)
+    # shellcheck disable=SC2086
+    kill -TERM $procs 2> /dev/null || true
+    for i in $(seq 50); do
+        # shellcheck disable=SC2086
+        procs=$(for p in $(stage_procs); do ! kill -0 "$p" 2> /dev/null || echo "$p"; done)
+        [ -n "$procs" ] || return 0
+        sleep 0.2
+    done
+    # shellcheck disable=SC2086
+    kill -KILL $procs 2> /dev/null || true
+}
+# A signal (Ctrl-C, scancel, kill) ends the running stage's whole tree before run.sh exits.
+trap 'trap - INT TERM HUP; [ -z "$stage_pid" ] || end_stage; exit 130' INT
+trap 'trap - INT TERM HUP; [ -z "$stage_pid" ] || end_stage; exit 143' TERM HUP
+
 # The exact command line, so a run can be repeated or resumed from any stage.
 { printf '# %s in %s\n' "$(date '+%F %T')" "$PWD"; printf '%q ' "$0" "${argv[@]}"; echo; } >> "$logdir/commands.sh"
 
 # ------------------------------------------------------------------ stage bookkeeping
-# fingerprint FILE_OR_DIR...: content hash of small files, size+mtime of big ones (feature stores).
+# fingerprint PATHS: content hash of small files, size+mtime of big ones (feature stores), of the
+# files (or the files under the dirs) PATHS lists, one a line.
 fingerprint() {
-    local f
-    find "$@" -type f ! -name '.*' 2>/dev/null | LC_ALL=C sort | while read -r f; do
+    local f paths=()
+    mapfile -t paths < <(grep -v '^$' <<< "$1")
+    [ ${#paths[@]} -gt 0 ] || return 0
+    find "${paths[@]}" -type f ! -name '.*' | LC_ALL=C sort | while IFS= read -r f; do
         if [ "$(stat -c %s "$f")" -lt 50000000 ]; then
             echo "$f $(md5sum < "$f")"
         else
@@ -175,28 +253,38 @@ fingerprint() {
 }
 
 # run_stage N "title" "inputs" "outputs" "option names" command...
-# Skips the stage when its stamp matches its options, command and inputs, and its outputs exist.
-# The command runs in a subshell with errexit; the commands it runs are traced into the stage log.
-# Across nodes (--num_nodes > 1), node 0 runs every stage and writes the stamps; another node takes
-# part in the distributed stages (1, 3, 4) only, and after each stage waits for node 0's stamp.
+# Inputs and outputs: one path a line (a path may hold spaces). Skips the stage when its stamp matches
+# its options, command and inputs, and its outputs exist. A missing input is named with the stage
+# that writes it. The command runs in a subshell with errexit; the commands it runs are traced into
+# the stage log. Across nodes (--num_nodes > 1), node 0 runs every stage and writes the stamps;
+# another node takes part in the distributed stages (1, 3, 4) only, and after each stage waits for
+# node 0's stamp.
+declare -A made_by=()  # output path -> the stage that writes it
 run_stage() {
     local n=$1 title=$2 inputs=$3 outputs=$4 names=$5; shift 5
     # stamps and logs are per output: features per feats_tag, token lists per unit, experiments per tag
-    local key
+    local key path
     case $n in 0) key="" ;; 1) key=".$feats_tag" ;; 2) key=".$unit" ;; *) key=".$tag" ;; esac
     local stamp="$expdir/stamps/stage$n$key.done" log="$logdir/stage$n$key$node_suffix.log" sig
+    while IFS= read -r path; do [ -z "$path" ] || made_by[$path]=$n; done <<< "$outputs"
     if [ "$n" -lt "$stage" ] || [ "$n" -gt "$stop_stage" ] || [[ " $skip_stages " == *" $n "* ]]; then
         return 0
     fi
+    while IFS= read -r path; do
+        [ -z "$path" ] || [ -e "$path" ] || missing_input "$n" "$title" "$path"
+    done <<< "$inputs"
     # shellcheck disable=SC2086
     sig=$({ for name in $names; do printf '%s=%q\n' "$name" "${!name}"; done
-            printf '%q ' "$@"; echo; fingerprint $inputs; } | md5sum | cut -d' ' -f1)
+            printf '%q ' "$@"; echo; fingerprint "$inputs"; } | md5sum | cut -d' ' -f1)
     if [ "$force" != true ] && stamp_matches "$stamp" "$sig" "$outputs"; then
         echo "[stage $n] $title: up to date, skipped"
         return 0
     fi
     if [ "$node_rank" -gt 0 ]; then
-        [[ " $distributed_stages " == *" $n "* ]] && run_logged "$n" "$title" "$log" "$@"
+        if [[ " $distributed_stages " == *" $n "* ]]; then
+            run_logged "$n" "$title" "$log" "$@"
+            [ "$stage_status" -eq 0 ] || exit 1
+        fi
         wait_for_node0 "$n" "$title" "$stamp" "$sig" "$outputs"
         return 0
     fi
@@ -206,40 +294,89 @@ run_stage() {
     stage_resuming=false
     [ "$force" != true ] && [ -f "$stamp.started" ] && [ "$(cat "$stamp.started")" = "$sig" ] && stage_resuming=true
     echo "$sig" > "$stamp.started"
-    if ! run_logged "$n" "$title" "$log" "$@"; then
+    run_logged "$n" "$title" "$log" "$@"
+    if [ "$stage_status" -ne 0 ]; then
         touch "$stamp.failed"  # (the other nodes stop waiting)
         exit 1
     fi
     echo "$sig" > "$stamp"
 }
 
-stamp_matches() {  # stamp_matches STAMP SIG OUTPUTS: the stamp holds SIG and every output exists
+lines() { printf '%s\n' "$@"; }  # stage inputs and outputs: one path a line
+
+stamp_matches() {  # stamp_matches STAMP SIG OUTPUTS: the stamp holds SIG and every output (a line each) exists
     local o
-    for o in $3; do [ -e "$o" ] || return 1; done
+    while IFS= read -r o; do [ -z "$o" ] || [ -e "$o" ] || return 1; done <<< "$3"
     [ -f "$1" ] && [ "$(cat "$1")" = "$2" ]
 }
 
-run_logged() {  # run_logged N TITLE LOG command...: run a stage's command, its output into LOG
+missing_input() {  # missing_input N TITLE PATH: say what is missing and what to run, then stop
+    local by="${made_by[$3]:-}" o
+    if [ -z "$by" ]; then  # a file under an output dir, or the dir of an output
+        for o in "${!made_by[@]}"; do
+            if [[ $o == "$3"/* || $3 == "$o"/* ]]; then by=${made_by[$o]}; break; fi
+        done
+    fi
+    echo "[stage $1] $2: cannot start: $3 does not exist." >&2
+    if [ -n "$by" ]; then
+        echo "Stage $by writes it: run it first (a run from --stage $by, or without --stage):" >&2
+        echo "  (cd $(printf '%q' "$PWD") && $(printf '%q ' "$0" "${argv[@]}")--stage $by)" >&2
+    else
+        echo "It is given by an option (see --help); relative paths are taken from $PWD." >&2
+    fi
+    exit 1
+}
+
+# run_logged N TITLE LOG command...: run a stage's command, its output into LOG; its exit status in
+# $stage_status. (Not a status of its own: bash ignores errexit in all that runs under a checked call,
+# `if f` or `f ||`, the stage's subshell included, which would then go on past a failed command.)
+run_logged() {
     local n=$1 title=$2 log=$3 t0=$SECONDS status; shift 3
     echo "[stage $n] $title ... (log: $log)"
     printf '# %s\n' "$(date '+%F %T')" > "$log"
-    set +e
+    stage_run="$$.$n.$RANDOM"  # (marks the stage's processes: end_stage)
     if [ -t 1 ]; then  # on a terminal, show progress bars as well as logging them
-        ( exec {trace}>>"$log"; BASH_XTRACEFD=$trace; set -ex; "$@" ) 2>&1 | tee -a "$log"
-        status=${PIPESTATUS[0]}
+        ( export ASRKIT_STAGE_RUN=$stage_run; exec {trace}>>"$log"; BASH_XTRACEFD=$trace; set -ex; "$@" ) \
+            > >(tee -a "$log") 2>&1 &
     else
-        ( exec {trace}>>"$log"; BASH_XTRACEFD=$trace; set -ex; "$@" ) >> "$log" 2>&1
-        status=$?
+        ( export ASRKIT_STAGE_RUN=$stage_run; exec {trace}>>"$log"; BASH_XTRACEFD=$trace; set -ex; "$@" ) \
+            >> "$log" 2>&1 &
     fi
-    set -e
+    stage_pid=$!
+    status=0
+    supervise "$n" "$title" "$log" || status=$?
+    stage_pid=""
     if [ "$status" -ne 0 ]; then
         echo "[stage $n] $title FAILED (exit $status) after $((SECONDS - t0))s. Last lines of $log:" >&2
         sed 's/.*\r//' "$log" | grep -v '^+' | tail -n 12 >&2
         echo "Fix the problem and resume with:" >&2
         echo "  (cd $(printf '%q' "$PWD") && $(printf '%q ' "$0" "${argv[@]}")--stage $n)" >&2
-        return "$status"
+    else
+        echo "[stage $n] $title: done in $((SECONDS - t0))s"
     fi
-    echo "[stage $n] $title: done in $((SECONDS - t0))s"
+    stage_status=$status
+}
+
+# supervise N TITLE LOG: wait for the stage's process (stage_pid) and return its status. Across nodes,
+# if a node this one needs is lost (peer_lost), end the stage's whole tree (a torchrun whose peer died
+# may hang, and outlive a SIGTERM) and fail; so does the stage's own failure, leaving no process behind.
+supervise() {
+    local i status=0
+    if [ "$num_nodes" -gt 1 ] && [ "$launcher" = local ]; then
+        while kill -0 "$stage_pid" 2> /dev/null; do
+            # shellcheck disable=SC2046
+            if peer_lost $(peers); then
+                echo "[stage $1] $2: $lost; stopping this node's part" | tee -a "$3" >&2
+                end_stage
+                wait "$stage_pid" 2> /dev/null || true
+                return 1
+            fi
+            for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 "$stage_pid" 2> /dev/null && sleep 0.2; done
+        done
+    fi
+    wait "$stage_pid" || status=$?
+    [ "$status" -eq 0 ] || end_stage  # (what it left behind: e.g. workers of a torchrun that died)
+    return "$status"
 }
 
 wait_for_node0() {  # wait_for_node0 N TITLE STAMP SIG OUTPUTS: until node 0 has the stage done
@@ -247,6 +384,11 @@ wait_for_node0() {  # wait_for_node0 N TITLE STAMP SIG OUTPUTS: until node 0 has
     until stamp_matches "$3" "$4" "$5"; do
         if [ "$3.failed" -nt "$node_started" ]; then
             echo "[stage $1] $2 failed on node 0 (see its log in $logdir): stopping" >&2
+            exit 1
+        fi
+        if peer_lost 0; then
+            [ ! -e "$3.failed" ] || lost="stage $1 failed on node 0 ($3.failed); $lost"
+            echo "[stage $1] $2: $lost: stopping" >&2
             exit 1
         fi
         $said || echo "[stage $1] $2: waiting for node 0 (until $3 is written; every node needs the same options)"
@@ -313,10 +455,10 @@ stage1() {
     "${launch[@]}" --data "${data[@]}" --out "${out[@]}" \
         --feats_type "$feats_type" --ssl_model "$ssl_model" --ssl_layer "$ssl_layer" \
         --speed_perturb "$speed_perturb" --speed_perturb_data "$datadir/$train_set.jsonl" \
-        --nj "$nj" --ngpu "$ngpu" $dump_args
+        --nj "$nj" --ngpu "$ngpu" --force "$force" $dump_args
 }
-run_stage 1 "feature dump ($feats_tag)" "$(for s in $all_sets; do echo "$datadir/$s.jsonl"; done)" \
-    "$(for s in $all_sets; do echo "$dumpdir/$feats_tag/$s.h5"; done)" \
+run_stage 1 "feature dump ($feats_tag)" "$(for s in $all_sets; do lines "$datadir/$s.jsonl"; done)" \
+    "$(for s in $all_sets; do lines "$dumpdir/$feats_tag/$s.h5"; done)" \
     "feats_type ssl_model ssl_layer speed_perturb dump_args train_set all_sets" stage1
 
 # ------------------------------------------------------------------ stage 2: token list
@@ -345,7 +487,8 @@ stage3() {
         --token_dir "$token_dir" --exp_dir "$exp" --ngpu "$ngpu" --seed "$seed" $train_args
 }
 run_stage 3 "training ($tag)" \
-    "$train_config $datadir/$train_set.jsonl $datadir/$valid_set.jsonl $dumpdir/$feats_tag/$train_set.h5 $dumpdir/$feats_tag/$valid_set.h5 $token_dir" \
+    "$(lines "$train_config" "$datadir/$train_set.jsonl" "$datadir/$valid_set.jsonl" \
+             "$dumpdir/$feats_tag/$train_set.h5" "$dumpdir/$feats_tag/$valid_set.h5" "$token_dir")" \
     "$exp/$inference_model" \
     "train_args tag seed ngpu nproc_per_node num_nodes launcher" stage3
 
@@ -366,8 +509,9 @@ stage4() {
     done
 }
 run_stage 4 "decoding ($test_sets)" \
-    "$decode_config $exp/$inference_model $(for s in $test_sets; do echo "$datadir/$s.jsonl $dumpdir/$feats_tag/$s.h5"; done)" \
-    "$(for s in $test_sets; do echo "$exp/decode_${s}_${dtag}/hyp.jsonl"; done)" \
+    "$(lines "$decode_config" "$exp/$inference_model"
+       for s in $test_sets; do lines "$datadir/$s.jsonl" "$dumpdir/$feats_tag/$s.h5"; done)" \
+    "$(for s in $test_sets; do lines "$exp/decode_${s}_${dtag}/hyp.jsonl"; done)" \
     "test_sets decode_args inference_model" stage4
 
 # ------------------------------------------------------------------ stage 5: scoring
@@ -380,7 +524,7 @@ stage5() {
     done
     python -m asrkit.bin.score --gather "$exp"
 }
-run_stage 5 "scoring" "$(for s in $test_sets; do echo "$datadir/$s.jsonl $exp/decode_${s}_${dtag}/hyp.jsonl"; done)" \
+run_stage 5 "scoring" "$(for s in $test_sets; do lines "$datadir/$s.jsonl" "$exp/decode_${s}_${dtag}/hyp.jsonl"; done)" \
     "$exp/RESULTS.md" "test_sets normalizer normalizer_opts score_normalizers" stage5
 
 if [ "$stop_stage" -ge 5 ] && [ -f "$exp/RESULTS.md" ]; then

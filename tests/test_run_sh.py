@@ -1,6 +1,10 @@
 """The recipe driver run.sh: options, help, stage skipping and rerun rules (stage 0 here)."""
+import os
 import re
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -87,3 +91,89 @@ def test_a_dump_where_every_utterance_fails_stops_the_run(tmp_path, tiny_corpus)
     assert re.search(r"feature extraction failed for \d+ of the \d+ utterances tried; the first, spk\d_u\d: "
                      r".*cannot read audio", log), log[-2000:]
     assert not (tmp_path / "dump" / "fbank" / "train.h5").exists()  # only the partial shard, for a resume
+
+
+def test_a_missing_input_is_named_with_what_to_run(tmp_path, tiny_corpus):
+    """--raw_data with a typo, or --stage 3 before stages 1-2: a message, never a silent exit."""
+    p = run_sh(tmp_path, "--raw_data", str(tiny_corpus) + "l", check=False)
+    assert p.returncode == 2 and f"--raw_data {tiny_corpus}l: no such file or directory" in p.stderr
+    run_sh(tmp_path, "--stop_stage", "0", "--raw_data", str(tiny_corpus))
+    p = run_sh(tmp_path, "--stage", "3", "--raw_data", str(tiny_corpus), "--feats_type", "fbank", "--token_type",
+               "char", check=False)
+    assert p.returncode == 1 and "[stage 3] training" in p.stderr
+    assert "dump/fbank/train.h5 does not exist" in p.stderr and "Stage 1 writes it" in p.stderr
+    assert "--stage 1)" in p.stderr
+
+
+def test_paths_with_spaces_and_force_redoes_the_dump(tmp_path, tiny_corpus):
+    """A corpus and a recipe dir whose paths hold spaces run through stages 0-2; --force true redoes
+    stage 1's stores (it used to verify and keep them)."""
+    corpus = tmp_path / "my corpus"
+    tiny_corpus.parent.rename(corpus)
+    work = tmp_path / "my recipe"
+    work.mkdir()
+    args = ["--stop_stage", "2", "--raw_data", str(corpus / "manifest.jsonl"), "--feats_type", "fbank",
+            "--token_type", "char", "--nj", "1", "--dumpdir", "feature stores"]
+    out = run_sh(work, *args).stdout
+    assert all(f"[stage {n}]" in out and "FAILED" not in out for n in range(3))
+    store = work / "feature stores" / "fbank" / "train.h5"
+    assert store.is_file() and (work / "data" / "token_list" / "char" / "tokens.txt").is_file()
+    assert "up to date, skipped" in run_sh(work, *args).stdout
+    before = store.stat().st_mtime_ns
+    run_sh(work, *args, "--stage", "1", "--stop_stage", "1", "--force", "true")
+    log = (work / "exp" / "logs" / "stage1.fbank.log").read_text()
+    assert store.stat().st_mtime_ns != before and "nothing to do" not in log
+
+
+def write_script(path: Path, body: str) -> str:
+    path.write_text("#!/usr/bin/env bash\n" + body)
+    path.chmod(0o755)
+    return str(path)
+
+
+def node(cwd: Path, rank: int, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([RUN, "--num_nodes", "2", "--node_rank", str(rank), "--node_wait_timeout", "6", *args],
+                            cwd=cwd, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def test_node1_stops_when_node0_failed_before_it_started_or_was_killed(tmp_path, tiny_corpus):
+    """Node 1 waits for node 0's stage 0. Node 0 failed first (its failure marker is older than node 1),
+    or node 0 is SIGKILLed (no marker at all): node 1 stops within --node_wait_timeout, saying why."""
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path,words\na.wav,hi\n")
+    first = node(tmp_path, 0, "--raw_data", str(bad))
+    assert first.wait(timeout=120) == 1
+    t0 = time.time()
+    second = node(tmp_path, 1, "--raw_data", str(bad))
+    out = second.communicate(timeout=60)[0]
+    assert second.returncode == 1 and time.time() - t0 < 30, out
+    assert "stage 0 failed on node 0" in out and "node 0 stopped (exited 1)" in out, out
+
+    hang = write_script(tmp_path / "hang.sh", "sleep 300\n")
+    killed = node(tmp_path, 0, "--local_data", hang)
+    beat = tmp_path / "exp" / "stamps" / ".node0.heartbeat"
+    deadline = time.time() + 60
+    while not (beat.is_file() and beat.read_text().startswith("alive")) and time.time() < deadline:
+        time.sleep(0.1)
+    waiting = node(tmp_path, 1, "--local_data", hang)
+    time.sleep(1)
+    os.killpg(killed.pid, signal.SIGKILL)  # node 0 and all it runs, with no chance to say so
+    t0 = time.time()
+    out = waiting.communicate(timeout=60)[0]
+    assert waiting.returncode == 1 and time.time() - t0 < 30, out
+    assert "node 0 has sent no heartbeat for 6s" in out, out
+
+
+def test_a_failed_stage_leaves_no_process_behind(tmp_path):
+    """A stage that fails leaving a process that ignores SIGTERM, in a session of its own and parentless
+    (as a torchrun worker whose torchrun died): run.sh ends it."""
+    pid_file = tmp_path / "stubborn.pid"
+    stubborn = ("import os, signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                f"open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(300)")
+    script = write_script(tmp_path / "fails.sh", f"setsid {sys.executable} -c \"{stubborn}\" &\n"
+                          f"while [ ! -s {pid_file} ]; do sleep 0.1; done\nexit 3\n")
+    p = run_sh(tmp_path, "--stop_stage", "0", "--local_data", script, check=False)
+    assert p.returncode == 1 and "FAILED (exit 3)" in p.stderr
+    pid = int(pid_file.read_text())
+    assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
