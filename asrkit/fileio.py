@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -57,6 +58,21 @@ def open_for_append(path: str | os.PathLike):
             with atomic_open(path, "wb") as f:  # over it: a kill now loses no finished line
                 f.write(text[:text.rfind(b"\n") + 1])
     return open(path, "a", encoding="utf-8")
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's content (a model's weights: what a resumed job must have been made with)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_version(path: str | os.PathLike) -> str:
+    """Size and modification time of a file: a cheap stand-in for its content (audio files, stores)."""
+    st = os.stat(path)
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def read_lines(path: str | os.PathLike,

@@ -80,6 +80,30 @@ def test_a_killed_decoding_resumes_where_it_stopped(tmp_path, monkeypatch):
     assert len(calls) == len(full)  # other options: nothing kept
 
 
+def test_a_resumed_decoding_of_another_model_starts_afresh(tmp_path, monkeypatch):
+    """A decoding of model A killed in its --out; then model B (another dir, the same weights file name)
+    decodes into the same --out: none of A's hypotheses is kept and credited to B."""
+    from asrkit.decode import runner
+
+    exp_a, data, feats, _ = make_exp_dir(tmp_path / "a", seed=0)
+    exp_b = make_exp_dir(tmp_path / "b", seed=1)[0]
+    real, calls = runner.hyp_record, []
+
+    def dying(*args):
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        calls.append(args[0])
+        return real(*args)
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(runner, "hyp_record", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run(exp_a, data, feats, out, "--batch_size=1")
+    monkeypatch.setattr(runner, "hyp_record", real)
+    assert_same_hyps(run(exp_b, data, feats, out), run(exp_b, data, feats, tmp_path / "b_alone"))
+    assert json.loads((out / "decode_info.json").read_text())["decoded_now"] == len(load_jsonl(data))
+
+
 def test_average_nbest_averages_the_best_epochs(tmp_path):
     exp, data, feats, _ = make_exp_dir(tmp_path, epochs=3)
     write_jsonl(exp / "train_log.jsonl", [{"kind": "epoch", "epoch": e, "valid": {"acc": acc}}

@@ -146,6 +146,32 @@ def test_kill_and_resume_gives_the_same_store(tiny_corpus, tiny_wavlm, monkeypat
         np.testing.assert_array_equal(got[k], ref[k])
 
 
+def test_a_resumed_dump_whose_audio_changed_starts_afresh(tiny_corpus, monkeypatch):
+    """Killed, then an utterance's audio replaced (same length, same path): the parts made from the old
+    audio are not kept (they used to be: the resume checked the utterance ids only)."""
+    real_write, calls = dump_mod.FeatureWriter.write, []
+
+    def dying_write(self, items):
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        calls.append([k for k, _ in items])
+        real_write(self, items)
+
+    out = tiny_corpus.parent / "out.h5"
+    monkeypatch.setattr(dump_mod.FeatureWriter, "write", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        dump(str(tiny_corpus), str(out), feats_type="fbank", batch_seconds=4, nj=0, progress=False)
+    done = calls[0][0]  # an utterance extracted before the kill
+    wav = tiny_corpus.parent / "wav" / done.split("_")[0] / f"{done.split('_')[1]}.wav"
+    seconds = len(load_audio(str(wav))) / 16000
+    write_tone(wav, seconds=seconds, freq=900.0)
+    monkeypatch.setattr(dump_mod.FeatureWriter, "write", real_write)
+    dump(str(tiny_corpus), str(out), feats_type="fbank", batch_seconds=4, nj=0, progress=False)
+    fresh = tiny_corpus.parent / "fresh.h5"
+    dump(str(tiny_corpus), str(fresh), feats_type="fbank", batch_seconds=4, nj=0, progress=False)
+    np.testing.assert_array_equal(FeatureReader(out)[done], FeatureReader(fresh)[done])
+
+
 def test_foreign_store_is_refused(tiny_corpus, tiny_wavlm, tmp_path):
     from asrkit.random_models import save_random_wavlm
 

@@ -6,9 +6,10 @@
                  DecodeOptions(beam=10, ctc_weight=0.3))
 
 The utterances are shared among processes by asrkit/shards.py: each appends its finished batches to
-its part in <out>/.partial/, so an interrupted run resumes where it stopped (with the same options,
-checkpoint and inputs); hyp.jsonl appears atomically at the end. Utterances missing from the store,
-too short for the model, or failing to decode are skipped and listed in <out>/skipped.txt.
+its part in <out>/.partial/, so an interrupted run resumes where it stopped if the options, the
+weights (by content) and the inputs are the same, else it starts afresh; hyp.jsonl appears
+atomically at the end. Utterances missing from the store, too short for the model, or failing to
+decode are skipped and listed in <out>/skipped.txt.
 """
 from __future__ import annotations
 
@@ -35,8 +36,8 @@ from asrkit.distributed import launch
 from asrkit.errors import DataError
 from asrkit.failures import batch_or_one_by_one, check_failures
 from asrkit.features.store import FeatureReader, check_compatible
-from asrkit.fileio import open_for_append, read_jsonl, write_jsonl, write_skipped
-from asrkit.model_io import AVERAGE, WEIGHTS_SUFFIX, average_from_log, load_model
+from asrkit.fileio import file_digest, file_version, open_for_append, read_jsonl, write_jsonl, write_skipped
+from asrkit.model_io import AVERAGE, WEIGHTS_SUFFIX, average_from_log, load_model, weights_path
 from asrkit.shards import run_sharded
 
 log = logging.getLogger("asrkit.decode")
@@ -212,6 +213,8 @@ def decode_split(model_dir, data, feats, out, opts: DecodeOptions, checkpoint: s
                     None if spawned else (model, tokenizer))
     if spawned:
         del model
-    stamp = {"search": asdict(opts), "checkpoint": checkpoint, "data": str(Path(data).resolve()),
-             "feats": str(Path(feats).resolve())}
+    # what a resumed run's hypotheses must have come from: the same weights (by content: another model
+    # dir, or retrained weights under the same name, start afresh), search, list and store
+    stamp = {"search": asdict(opts), "weights": file_digest(weights_path(model_dir, checkpoint)),
+             "data": str(Path(data).resolve()), "feats": str(Path(feats).resolve()), "store": file_version(feats)}
     return run_sharded(job, todo, lambda u: u.utt_id, out / ".partial", stamp, ".jsonl", processes)

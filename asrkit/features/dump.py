@@ -9,6 +9,7 @@ A rerun skips what the shards already hold; the finished store is renamed (or me
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -28,7 +29,7 @@ from asrkit.features.codecs import CODECS
 from asrkit.features.extractors import ExtractorSpec
 from asrkit.features.store import (FeatureReader, FeatureWriter, check_compatible, finalize_store, read_done,
                                    speed_key)
-from asrkit.fileio import read_jsonl, resolve_audio_path, write_skipped
+from asrkit.fileio import file_version, read_jsonl, resolve_audio_path, write_skipped
 from asrkit.shards import run_sharded
 
 log = logging.getLogger("asrkit.dump")
@@ -72,6 +73,21 @@ def plan_items(data: str | os.PathLike, speeds: list[float]) -> tuple[list[Item]
             items.append(Item(speed_key(utt, speed), path, start, end, speed,
                               max(0, int(seconds * SAMPLE_RATE / speed))))
     return items, bad
+
+
+def plan_digest(items: list[Item]) -> str:
+    """What a resumed dump's parts must have been made from: each item's audio (path, size and time of
+    the file, segment, speed). A list that points elsewhere, or audio replaced since, starts afresh."""
+    h = hashlib.sha1()
+    versions = {}
+    for it in items:
+        if it.audio not in versions:
+            try:
+                versions[it.audio] = file_version(it.audio)
+            except OSError:
+                versions[it.audio] = "missing"
+        h.update(f"{it.key}\t{it.audio}\t{versions[it.audio]}\t{it.start}\t{it.end}\t{it.speed}\n".encode())
+    return h.hexdigest()
 
 
 def make_batches(items: list[Item], batch_samples: int, max_padding: float = 0.1) -> list[list[Item]]:
@@ -234,7 +250,8 @@ def dump(data: str, out: str, spec: ExtractorSpec = ExtractorSpec(), speed_pertu
     if spawn:  # each spawned process loads the model on its own GPU
         del extractor
         torch.cuda.empty_cache()
-    stats = run_sharded(job, items, lambda it: it.key, Path(f"{out}.partial"), {"attrs": attrs}, ".h5",
+    stamp = {"attrs": attrs, "plan": plan_digest(items)}
+    stats = run_sharded(job, items, lambda it: it.key, Path(f"{out}.partial"), stamp, ".h5",
                         processes=ngpu if spawn else 1)
     return stats if stats is not None else FeatureReader(out).attrs
 
