@@ -42,6 +42,27 @@ def str2bool(value: str) -> bool:
     raise configargparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
+def number(kind: type = int, low: float | None = None, high: float | None = None, above: float | None = None):
+    """An argparse type: a number of `kind` within [low, high] (or > above); another value is refused
+    before anything runs, naming the range (argparse's message, exit 2)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise configargparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, "
+                                                   f"got {text!r}") from None
+        if (low is not None and value < low) or (high is not None and value > high) or \
+                (above is not None and value <= above):
+            bounds = [f"> {above:g}"] if above is not None else []
+            bounds += [f">= {low:g}"] if low is not None else []
+            bounds += [f"<= {high:g}"] if high is not None else []
+            raise configargparse.ArgumentTypeError(f"must be {' and '.join(bounds)}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # (argparse names the type in its messages)
+    return parse
+
+
 def setup_logging(log_file: str | None = None, verbose: bool = False, rank: int = 0) -> None:
     """Console logging (rank 0 only, others warn and above) and an optional log file."""
     level = logging.DEBUG if verbose else logging.INFO

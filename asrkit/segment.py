@@ -38,6 +38,18 @@ class SegmentOptions:
     pad: float = 0.4  # context kept before and after speech (split with the neighbour when the pause is short)
     threshold: float = 0.5  # speech probability above which a chunk is speech
 
+    def __post_init__(self):
+        if not 0 < self.max_seconds:
+            raise ValueError(f"the longest segment must be positive, got {self.max_seconds}")
+        if not 0 <= self.min_seconds < self.max_seconds:
+            raise ValueError(f"the shortest segment ({self.min_seconds} s) must be at least 0 and shorter than "
+                             f"the longest ({self.max_seconds} s)")
+        if self.pad < 0 or self.min_pause < 0:
+            raise ValueError(f"the context ({self.pad} s) and the shortest pause ({self.min_pause} s) cannot be "
+                             "negative")
+        if not 0 < self.threshold < 1:
+            raise ValueError(f"the speech threshold must be between 0 and 1, got {self.threshold}")
+
 
 class Segment(NamedTuple):
     start: float  # seconds from the recording's start

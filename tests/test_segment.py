@@ -58,6 +58,37 @@ def test_a_stretch_without_pause_is_cut_where_speech_is_least_likely():
     assert len(segs) == 2 and segs[0].start == pytest.approx(0.9, abs=0.05) and segs[0].end == pytest.approx(5.1, abs=0.1)
 
 
+def test_segments_are_ordered_and_within_their_bounds_for_any_valid_options():
+    """Random speech probabilities (92 s) under short and long, padded and unpadded options: every
+    segment has a positive length within max_seconds, and none overlaps the next (with max 2 and min 5
+    it used to make one of negative length and decode overlapping audio twice)."""
+    rng = np.random.default_rng(0)
+    probs = np.repeat(rng.random(92 * 16000 // CHUNK // 8) > 0.3, 8).astype(np.float32) * 0.9
+    for max_s, min_s, pad in [(2, 1, 0.4), (2, 0, 0.0), (20, 1, 0.4), (3, 2.9, 0.2), (0.5, 0.2, 0.1)]:
+        segs = segments_from_probs(probs, 92.0, SegmentOptions(max_s, min_s, pad=pad))
+        assert segs and all(0 < s.end - s.start <= max_s + 2 * pad + 1e-6 for s in segs), (max_s, min_s, pad)
+        assert all(a.end <= b.start for a, b in zip(segs, segs[1:])), (max_s, min_s, pad)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--max_segment", "2", "--min_segment", "5"], "the shortest segment (5.0 s) must be at least 0 and shorter"),
+    (["--segment_pad", "-1"], "--segment_pad: must be >= 0, got -1"),
+    (["--max_segment", "-3"], "--max_segment: must be >= 0, got -3"),
+    (["--beam", "0"], "beam must be at least 1"),
+    (["--beam", "2", "--nbest", "3"], "nbest must be between 1 and the beam (2)"),
+    (["--batch_size", "0"], "--batch_size: must be >= 1, got 0"),
+])
+def test_impossible_options_exit_2_before_any_model_or_file_is_read(argv, message, tmp_path, capsys, monkeypatch):
+    from asrkit import transcribe
+    from asrkit.bin import transcribe as cli
+    from asrkit.cli import run_main
+
+    monkeypatch.setattr(transcribe, "Transcriber", lambda *a, **k: pytest.fail("the model was loaded"))
+    with pytest.raises(SystemExit) as e:
+        run_main(cli.main, ["--model_dir", str(tmp_path / "exp"), str(tmp_path / "a.wav"), *argv])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+
+
 def test_silence_and_noise_give_no_segment(tmp_path):
     path = tmp_path / "quiet.wav"
     rng = np.random.default_rng(0)

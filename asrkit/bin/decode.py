@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from asrkit.cli import make_parser, run_main, setup_logging
+from asrkit.cli import make_parser, number, run_main, setup_logging
 from asrkit.decode.search import add_search_options, search_options
 
 
@@ -20,17 +20,22 @@ def main(argv=None) -> int:
     parser = make_parser(__doc__)
     parser.add_argument("--model_dir", required=True, help="experiment dir (exp/<tag>)")
     parser.add_argument("--checkpoint", default="model.avg.safetensors", help="weights file in --model_dir")
-    parser.add_argument("--average_nbest", type=int, default=0,
+    parser.add_argument("--average_nbest", type=number(int, 0), default=0,
                         help="first average the best K epochs into model.avg<K>.safetensors and decode that (0: off)")
     parser.add_argument("--data", required=True, help="split list (data/<split>.jsonl)")
     parser.add_argument("--feats", required=True, help="feature store (dump/<feats_tag>/<split>.h5)")
     parser.add_argument("--out", required=True, help="output dir (exp/<tag>/decode_<split>_<dtag>)")
-    parser.add_argument("--ngpu", type=int, default=0, help="GPUs to decode on (0: CPU)")
-    parser.add_argument("--nj", type=int, default=0, help="decoding processes (0: one per GPU, or 1 on CPU)")
-    parser.add_argument("--batch_size", type=int, default=16, help="utterances searched together")
-    parser.add_argument("--num_threads", type=int, default=0, help="torch CPU threads in all (0: torch's default)")
+    parser.add_argument("--ngpu", type=number(int, 0), default=0, help="GPUs to decode on (0: CPU)")
+    parser.add_argument("--nj", type=number(int, 0), default=0, help="decoding processes (0: one per GPU, or 1 on CPU)")
+    parser.add_argument("--batch_size", type=number(int, 1), default=16, help="utterances searched together")
+    parser.add_argument("--num_threads", type=number(int, 0), default=0,
+                        help="torch CPU threads in all (0: torch's default)")
     add_search_options(parser)
     args = parser.parse_args(argv)
+    try:
+        opts = search_options(args)
+    except ValueError as e:
+        parser.error(str(e))
     setup_logging(args.log_file or str(Path(args.out) / "decode.log"), args.verbose)
     import torch
 
@@ -38,7 +43,7 @@ def main(argv=None) -> int:
 
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
-    info = decode_split(args.model_dir, args.data, args.feats, args.out, search_options(args), args.checkpoint,
+    info = decode_split(args.model_dir, args.data, args.feats, args.out, opts, args.checkpoint,
                         args.batch_size, args.ngpu, args.nj, args.average_nbest, args.verbose)
     if info is None:  # a torchrun/srun rank other than 0: it decoded its share, rank 0 reports
         return 0

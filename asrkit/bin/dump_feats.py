@@ -21,7 +21,7 @@ from dataclasses import fields
 # pages only on request their first-touch page faults took a fifth to a quarter of the time.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
-from asrkit.cli import make_parser, run_main, setup_logging, str2bool, usable_cores
+from asrkit.cli import make_parser, number, run_main, setup_logging, str2bool, usable_cores
 from asrkit.features.codecs import CODECS
 from asrkit.features.dump import dump_lists
 from asrkit.features.extractors import WHISPER_INPUTS, ExtractorSpec
@@ -45,20 +45,20 @@ def get_parser():
                    help='speed factors, e.g. "0.9 1.0 1.1": copies stored as <utt_id>-sp0.9 (training split only)')
     p.add_argument("--speed_perturb_data", nargs="*", default=None,
                    help="which of the --data lists get --speed_perturb (default: all of them)")
-    p.add_argument("--nj", type=int, default=usable_cores(),
+    p.add_argument("--nj", type=number(int, 0), default=usable_cores(),
                    help="parallel jobs (default: the CPU cores this process may use). On CPU: processes that "
                         "each read and extract whole batches with one torch thread (0: the main process "
                         "alone, with torch's threads); on GPU: workers reading audio for each GPU")
-    p.add_argument("--ngpu", type=int, default=0, help="GPUs (0: CPU); batches are dealt out among them")
+    p.add_argument("--ngpu", type=number(int, 0), default=0, help="GPUs (0: CPU); batches are dealt out among them")
     p.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="storage dtype")
     p.add_argument("--compute_dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
                    help="model compute dtype (autocast; the first conv layer stays float32); auto: float16 on "
                         "GPU, bfloat16 on a CPU with native bf16 (AVX512-BF16 or AMX), else float32")
-    p.add_argument("--batch_seconds", type=float, default=0.0,
+    p.add_argument("--batch_seconds", type=number(float, 0), default=0.0,
                    help="padded audio per batch in seconds; 0: 200 on GPU, 20 on CPU")
-    p.add_argument("--max_seconds", type=float, default=60.0,
+    p.add_argument("--max_seconds", type=number(float, above=1), default=60.0,
                    help="longer utterances are run in overlapping windows of this length (bounds memory)")
-    p.add_argument("--n_mels", type=int, default=80, help="fbank bins")
+    p.add_argument("--n_mels", type=number(int, 1), default=80, help="fbank bins")
     p.add_argument("--whisper_input", default=WHISPER_INPUTS[0], choices=WHISPER_INPUTS,
                    help="Whisper encoders: each utterance padded to a 30 s window, as Whisper was trained (the "
                         "states of its own frames kept), or trimmed to its own frames (up to 15x less compute on "

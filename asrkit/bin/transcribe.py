@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from asrkit.cli import make_parser, run_main, setup_logging, str2bool
+from asrkit.cli import make_parser, number, run_main, setup_logging, str2bool
 from asrkit.decode.search import add_search_options, search_options
 from asrkit.device import first_device
 from asrkit.segment import SegmentOptions
@@ -30,17 +30,17 @@ def main(argv=None) -> int:
     parser.add_argument("--model_dir", required=True, help="experiment dir (exp/<tag>)")
     parser.add_argument("--checkpoint", default="model.avg.safetensors", help="weights file in --model_dir")
     parser.add_argument("--json", action="store_true", help="JSON lines with score and word timings")
-    parser.add_argument("--ngpu", type=int, default=0, help="1: run on the GPU")
-    parser.add_argument("--batch_size", type=int, default=8, help="files decoded together")
+    parser.add_argument("--ngpu", type=number(int, 0, 1), default=0, help="1: run on the GPU")
+    parser.add_argument("--batch_size", type=number(int, 1), default=8, help="files decoded together")
     parser.add_argument("--output_dir", default=None, help="write <stem>.<format> per input file here")
     parser.add_argument("--output_format", default="txt",
                         help=f"comma-separated, of {', '.join(FORMATS)} (with --output_dir)")
-    parser.add_argument("--max_segment", type=float, default=SegmentOptions.max_seconds,
+    parser.add_argument("--max_segment", type=number(float, 0), default=SegmentOptions.max_seconds,
                         help="a file longer than this (seconds) is cut at its pauses (Silero VAD) into segments "
                              "no longer than this, decoded as utterances; 0: decode every file whole")
-    parser.add_argument("--min_segment", type=float, default=SegmentOptions.min_seconds,
-                        help="a shorter segment joins a neighbour")
-    parser.add_argument("--segment_pad", type=float, default=SegmentOptions.pad,
+    parser.add_argument("--min_segment", type=number(float, 0), default=SegmentOptions.min_seconds,
+                        help="a shorter segment joins a neighbour (less than --max_segment)")
+    parser.add_argument("--segment_pad", type=number(float, 0), default=SegmentOptions.pad,
                         help="seconds of context kept before and after each segment's speech")
     parser.add_argument("--progress", type=str2bool, default=True, help="progress bars on stderr")
     add_search_options(parser)
@@ -53,10 +53,14 @@ def main(argv=None) -> int:
     if args.output_dir and (same := sorted({s for s in stems if stems.count(s) > 1})):
         parser.error(f"--output_dir: several inputs are named {', '.join(same)}: their transcripts would "
                      "overwrite each other; transcribe them into separate dirs")
+    try:  # every option checked before the model loads or any file is decoded
+        opts = search_options(args)
+        segment = SegmentOptions(args.max_segment, args.min_segment, pad=args.segment_pad) \
+            if args.max_segment > 0 else None
+    except ValueError as e:
+        parser.error(str(e))
     from asrkit.transcribe import Transcriber
 
-    opts = search_options(args)
-    segment = SegmentOptions(args.max_segment, args.min_segment, pad=args.segment_pad) if args.max_segment > 0 else None
     asr = Transcriber(args.model_dir, args.checkpoint, first_device(args.ngpu), segment, **vars(opts))
     failed = 0
     timings = args.json or bool(args.output_dir and {"srt", "vtt", "json"} & set(formats))

@@ -31,6 +31,12 @@ class DecodeOptions(SearchOptions):
             raise ValueError(f"ctc_weight must be in [0, 1], got {self.ctc_weight}")
         if self.beam < 1:
             raise ValueError(f"beam must be at least 1, got {self.beam}")
+        if not 1 <= self.nbest <= self.beam:
+            raise ValueError(f"nbest must be between 1 and the beam ({self.beam}), got {self.nbest}")
+        if self.pre_beam_ratio < 1:
+            raise ValueError(f"pre_beam_ratio must be at least 1, got {self.pre_beam_ratio}")
+        if self.minlenratio < 0:
+            raise ValueError(f"minlenratio cannot be negative, got {self.minlenratio}")
 
 
 def add_search_options(parser) -> None:
