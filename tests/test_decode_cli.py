@@ -116,12 +116,13 @@ def test_average_nbest_averages_the_best_epochs(tmp_path):
     assert json.loads((tmp_path / "d" / "decode_info.json").read_text())["checkpoint"] == "model.avg2.safetensors"
 
 
-def test_bad_options_and_mismatched_store_are_clear_errors(tmp_path):
+def test_bad_options_and_mismatched_store_are_clear_errors(tmp_path, capsys):
     from asrkit.errors import DataError
 
     exp, data, feats, _ = make_exp_dir(tmp_path)
-    with pytest.raises(DataError, match="ctc_weight"):
+    with pytest.raises(SystemExit) as e:  # before the model loads: argparse's message, exit 2
         run(exp, data, feats, tmp_path / "x", "--ctc_weight=1.5")
+    assert e.value.code == 2 and "ctc_weight must be in [0, 1], got 1.5" in capsys.readouterr().err
     attrs = json.loads((exp / "feats_attrs.json").read_text())
     (exp / "feats_attrs.json").write_text(json.dumps({**attrs, "feats_type": "wavlm"}))
     with pytest.raises(DataError, match="feats_type"):
