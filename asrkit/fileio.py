@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -46,6 +48,32 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
             yield f
             f.flush()
             os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
+def exclusive(path: str | os.PathLike, what: str) -> Iterator[None]:
+    """Hold an exclusive lock (flock) on the file `path` for the block: the one writer of `what`. While
+    another process holds it, a DataError naming it and its holder; nothing is touched. The lock dies
+    with its process (a kill frees it); the file is removed when the block ends well.
+
+    (fcntl rather than the filelock package: version 4 falls back to lock files that a kill leaves
+    behind on filesystems without flock, which would refuse every later run.)"""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            raise DataError(f"{what} is being written by another process ({holder})", str(path),
+                            "wait until it ends, or stop it; two writers would spoil each other's work") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        yield
+        path.unlink(missing_ok=True)  # (still held: a process that opened it meanwhile was refused)
+    finally:
+        os.close(fd)
 
 
 def open_for_append(path: str | os.PathLike):

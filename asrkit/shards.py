@@ -16,10 +16,12 @@ The processes are, whichever applies:
 
 A rerun with the same stamp (what must not change for results to be reused; the items' keys are
 added to it) does only what no part holds yet, whatever the number of processes is this time. A
-different stamp starts afresh.
+different stamp starts afresh. One job at a time: the process that merges holds <partial>.lock, and
+a second job on the same output is refused (a DataError) before it touches anything.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -32,7 +34,7 @@ from typing import Any, Callable, Iterable, Protocol, TypeVar
 import torch.distributed as dist
 
 from asrkit.distributed import barrier, init_distributed, launch
-from asrkit.fileio import read_skipped, write_json, write_skipped
+from asrkit.fileio import exclusive, read_skipped, write_json, write_skipped
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -67,7 +69,13 @@ def run_sharded(job: ShardedJob, items: list[T], key: Callable[[T], str], partia
     else:
         processes = max(1, processes)
     stamp = {**stamp, "keys": hashlib.sha1("\n".join(sorted(map(key, items))).encode()).hexdigest()}
-    done = _prepare(job, Path(partial), stamp, suffix) if rank == 0 else None
+    with exclusive(f"{partial}.lock", str(partial)) if rank == 0 else contextlib.nullcontext():
+        return _run(job, items, key, Path(partial), stamp, suffix, rank, world, processes)
+
+
+def _run(job: ShardedJob, items: list, key: Callable, partial: Path, stamp: dict, suffix: str, rank: int,
+         world: int, processes: int) -> Any:
+    done = _prepare(job, partial, stamp, suffix) if rank == 0 else None
     done = _broadcast(done)
     todo = [it for it in items if key(it) not in done]
     if done and rank == 0:

@@ -172,6 +172,49 @@ def test_a_resumed_dump_whose_audio_changed_starts_afresh(tiny_corpus, monkeypat
     np.testing.assert_array_equal(FeatureReader(out)[done], FeatureReader(fresh)[done])
 
 
+def test_a_second_writer_is_refused_and_the_first_ones_parts_are_kept(tiny_corpus, monkeypatch):
+    """A dump on an output that another dump is writing is refused before it touches anything (it used to
+    take the other's open part for a damaged one and delete it); so is one whose part another process
+    holds open for writing (HDF5's lock)."""
+    import subprocess
+    import sys
+
+    from asrkit.fileio import exclusive
+
+    real_write, calls = dump_mod.FeatureWriter.write, []
+
+    def dying_write(self, items):
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        calls.append(1)
+        real_write(self, items)
+
+    out = tiny_corpus.parent / "out.h5"
+    kw = dict(feats_type="fbank", batch_seconds=4, nj=0, progress=False)
+    monkeypatch.setattr(dump_mod.FeatureWriter, "write", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        dump(str(tiny_corpus), str(out), **kw)
+    monkeypatch.setattr(dump_mod.FeatureWriter, "write", real_write)
+    part = tiny_corpus.parent / "out.h5.partial" / "part0.h5"
+    held = sorted(dump_mod.read_done(part))
+    with exclusive(f"{out}.partial.lock", "the first dump"):  # the first dump, still running
+        with pytest.raises(DataError, match=r"out.h5.partial is being written by another process \(pid \d+"):
+            dump(str(tiny_corpus), str(out), **kw)
+    assert sorted(dump_mod.read_done(part)) == held
+    opener = subprocess.Popen([sys.executable, "-c", f"import h5py, time; f = h5py.File({str(part)!r}, 'a'); "
+                               "print('open', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert opener.stdout.readline().strip() == "open"
+        with pytest.raises(DataError, match="another process has it open for writing"):
+            dump(str(tiny_corpus), str(out), **kw)
+    finally:
+        opener.kill()
+        opener.wait()
+    assert sorted(dump_mod.read_done(part)) == held
+    dump(str(tiny_corpus), str(out), **kw)  # the first one's work resumed
+    assert len(FeatureReader(out)) == 24 and not (tiny_corpus.parent / "out.h5.partial.lock").exists()
+
+
 def test_foreign_store_is_refused(tiny_corpus, tiny_wavlm, tmp_path):
     from asrkit.random_models import save_random_wavlm
 

@@ -273,8 +273,11 @@ class _Extraction:
     def held(self, part: Path) -> set[str]:
         try:
             h5py.File(part, "r").close()
-        except OSError:
-            log.info("discarding %s: damaged", part)
+        except OSError as e:  # a file another process holds open for writing is not damaged: keep it
+            if isinstance(e, PermissionError) or "lock" in str(e).lower():
+                raise DataError(f"cannot open a part of the unfinished store ({e})", str(part),
+                                "another process has it open for writing: wait until it ends, or stop it") from None
+            log.info("discarding %s: damaged (%s)", part, e)
             part.unlink()
             Path(f"{part}.done").unlink(missing_ok=True)
             return set()
