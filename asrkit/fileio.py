@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import tempfile
+import urllib.parse
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
@@ -171,15 +172,32 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
         f.write("\n")
 
 
+def escape_key(key: str) -> str:
+    """An utterance key as a field of a line-oriented list: '%' (the escape) and every unprintable
+    character but the space (tab, each kind of line break, control characters) percent-escaped, so
+    that any key comes back whole (unescape_key)."""
+    return "".join(urllib.parse.quote(c) if c == "%" or (c != " " and not c.isprintable()) else c for c in key)
+
+
+def unescape_key(field: str) -> str:
+    return urllib.parse.unquote(field)
+
+
+def one_line(text: str) -> str:
+    """Free text (a reason, a place) as a TSV field: tabs and line breaks become spaces."""
+    return " ".join(text.replace("\t", " ").splitlines())
+
+
 def write_skipped(path: str | os.PathLike, skipped: Iterable[tuple[str, str]]) -> None:
-    """The (utterance, reason) lines of what a job skipped, as TSV, atomically."""
+    """The (utterance, reason) lines of what a job skipped, as TSV (the key escaped), atomically."""
     with atomic_open(path) as f:
-        f.writelines(f"{u}\t{why}\n" for u, why in skipped)
+        f.writelines(f"{escape_key(u)}\t{one_line(why)}\n" for u, why in skipped)
 
 
 def read_skipped(path: str | os.PathLike) -> list[tuple[str, str]]:
     """What write_skipped wrote."""
-    return [tuple(line.split("\t", 1)) for line in Path(path).read_text(encoding="utf-8").splitlines()]
+    return [(unescape_key(k), why) for k, _, why in
+            (line.partition("\t") for line in Path(path).read_text(encoding="utf-8").split("\n") if line)]
 
 
 def resolve_audio_path(audio: str, list_file: str | os.PathLike) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import logging
 import random
+import unicodedata
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,7 +20,8 @@ from tqdm import tqdm
 
 from asrkit.audio import audio_info, load_audio
 from asrkit.errors import DataError
-from asrkit.fileio import atomic_open, read_jsonl, read_lines, resolve_audio_path, write_json, write_jsonl
+from asrkit.fileio import (atomic_open, escape_key, one_line, read_jsonl, read_lines, resolve_audio_path, write_json,
+                           write_jsonl)
 
 log = logging.getLogger("asrkit.prepare_data")
 SPLITS = ("train", "valid", "test")
@@ -95,9 +97,21 @@ def default_utt_id(audio: str, manifest: Path) -> str:
     (wav/spk1/a.wav -> wav-spk1-a), so that files of the same name in other folders stay apart."""
     path = Path(audio).with_suffix("")
     try:
-        return "-".join(path.relative_to(manifest.resolve().parent).parts)
+        name = "-".join(path.relative_to(manifest.resolve().parent).parts)
     except ValueError:
-        return path.name
+        name = path.name
+    return "_".join(name.split())  # (an id holds no whitespace: "my file.wav" -> my_file)
+
+
+def id_problem(utt_id: str) -> str:
+    """Why `utt_id` cannot be an utterance id ('' if it can): ids are written in tab-separated lists
+    (the store's done lists, skipped.txt, Kaldi-style files), so no whitespace or control character."""
+    if not utt_id:
+        return "empty utt_id"
+    if any(c.isspace() or unicodedata.category(c)[0] == "C" for c in utt_id):
+        return (f"utt_id {utt_id!r} holds whitespace or a control character (ids go into tab-separated "
+                "lists): rename it")
+    return ""
 
 
 def read_table(path: Path, delimiter: str, dropped: Dropped) -> list[tuple[str, dict[str, str]]]:
@@ -264,6 +278,9 @@ def prepare(records: list[dict[str, Any]], normalize: Callable[[str], str], drop
     seen: dict[str, str] = {}
     kept = []
     for r in records:
+        if problem := id_problem(r["utt_id"]):
+            dropped.add(r["utt_id"], r["_where"], problem)
+            continue
         if r["utt_id"] in seen:
             dropped.add(r["utt_id"], r["_where"], f"duplicate utt_id (first at {seen[r['utt_id']]})")
             continue
@@ -372,5 +389,5 @@ def prepare_corpus(raw_data, out_dir, normalize: Callable[[str], str], splitter:
 def _write_dropped(out_dir: Path, dropped: Dropped) -> None:
     with atomic_open(out_dir / "dropped.tsv") as f:
         f.write("utt_id\twhere\treason\n")
-        for row in dropped.rows:
-            f.write("\t".join(row) + "\n")
+        for utt_id, where, reason in dropped.rows:
+            f.write(f"{escape_key(utt_id)}\t{one_line(where)}\t{one_line(reason)}\n")

@@ -215,6 +215,23 @@ def test_a_second_writer_is_refused_and_the_first_ones_parts_are_kept(tiny_corpu
     assert len(FeatureReader(out)) == 24 and not (tiny_corpus.parent / "out.h5.partial.lock").exists()
 
 
+def test_odd_ids_are_dumped_and_a_rerun_finds_the_store_complete(tiny_corpus, tmp_path, caplog):
+    """A dump given ids that stage 0 would drop or that HDF5 takes apart ('.' crashed it; a tab left the
+    key out of the index, so every rerun started over) stores them all and is complete on rerun."""
+    from asrkit.fileio import load_jsonl, write_jsonl
+
+    records = [dict(r, audio=str(tiny_corpus.parent / r["audio"])) for r in load_jsonl(tiny_corpus)[:4]]
+    for r, utt in zip(records, [".", "..", "tab\tid", "new\nline"]):
+        r["utt_id"] = utt
+    data, out = tmp_path / "odd.jsonl", tmp_path / "odd.h5"
+    write_jsonl(data, records)
+    dump(str(data), str(out), feats_type="fbank", nj=0, progress=False)
+    assert sorted(FeatureReader(out).keys()) == sorted(r["utt_id"] for r in records)
+    caplog.set_level(logging.INFO, logger="asrkit")
+    dump(str(data), str(out), feats_type="fbank", nj=0, progress=False)
+    assert "nothing to do" in caplog.text
+
+
 def test_foreign_store_is_refused(tiny_corpus, tiny_wavlm, tmp_path):
     from asrkit.random_models import save_random_wavlm
 

@@ -75,6 +75,30 @@ def test_bad_utterances_are_dropped_with_reasons_and_the_rest_survive(tiny_corpu
     assert reasons[f"{raw}:{len(good) + len(bad) + 1}"].startswith("not valid UTF-8")
 
 
+def test_odd_ids_are_listed_in_dropped_tsv_and_the_rest_kept(tiny_corpus, tmp_path):
+    """Ids that cannot go into tab-separated lists (tab, newline, space, control characters) are dropped
+    with their reason, the id escaped so that dropped.tsv stays a line per utterance; '.' and ids with
+    '/' or '%' are kept (the store escapes them); a path with spaces gives an id without."""
+    from asrkit.fileio import unescape_key
+
+    good = load_jsonl(tiny_corpus)
+    audio = good[0]["audio"]
+    odd = ["tab\there", "new\nline", "a space", "bell\x07", "\u2028sep"]
+    kept = [".", "a/b%c"]
+    (tiny_corpus.parent / "my file.wav").write_bytes((tiny_corpus.parent / audio).read_bytes())
+    raw = write_manifest(tiny_corpus.parent / "odd.jsonl", good + [
+        {"utt_id": u, "audio": audio, "text": "one", "speaker": "spk9"} for u in odd + kept] + [
+        {"audio": "my file.wav", "text": "two", "speaker": "spk9"}])
+    out = tmp_path / "out"
+    splits = run(raw, out, "--split_ratios", "1,0,0")
+    ids = {r["utt_id"] for r in splits["train"]}
+    assert set(kept) | {"my_file"} <= ids and len(ids) == len(good) + 3
+    rows = dropped(out)
+    assert all(len(row) == 3 for row in rows) and len(rows) == len(odd)
+    assert sorted(unescape_key(u) for u, _, _ in rows) == sorted(odd)
+    assert all("whitespace or a control character" in reason for _, _, reason in rows)
+
+
 def test_manifest_without_a_needed_column_says_which(tmp_path, tiny_corpus):
     csv_path = tmp_path / "m.csv"
     csv_path.write_text("path,transcript\na.wav,hello\n")

@@ -7,7 +7,8 @@ Layout of `<split>.h5`:
     scales/<utt_id>  the codec's scales, for a codec that has them
     index/utt_ids    every stored key, in writing order (length-sorted)
     index/num_frames their frame counts, so that samplers need not touch the datasets
-    index/skipped    utterances that could not be read, with the reason ("utt_id\treason")
+    index/skipped    utterances that could not be read, with the reason ("utt_id\treason", the id
+                     escaped as in fileio.escape_key)
 
 A store appears under its final name only when complete: the dumper writes `<out>.partial/`
 shards (resumable, see FeatureWriter) and renames or merges them at the end (finalize_store).
@@ -26,7 +27,7 @@ import numpy as np
 
 from asrkit.errors import DataError
 from asrkit.features.codecs import decode, encode
-from asrkit.fileio import atomic_path
+from asrkit.fileio import atomic_path, escape_key, unescape_key
 
 # Extractor attributes that change what a model sees; anything else (the path a model was loaded
 # from, the asrkit version, storage dtype, corpus statistics) may differ between stores.
@@ -35,9 +36,12 @@ COMPAT_KEYS = ("feats_type", "model_type", "weights_hash", "layers", "layer_redu
 STATS_KEYS = ("num_utts", "num_skipped", "total_frames", "total_seconds")
 
 
-def h5_name(utt_id: str) -> str:
-    """HDF5 uses '/' as a path separator: escape it (and '%', the escape char) in dataset names."""
-    return utt_id.replace("%", "%25").replace("/", "%2F")
+def h5_name(key: str) -> str:
+    """A key as a dataset name: as in the lists (fileio.escape_key), and '/' (HDF5's path separator)
+    escaped too, and '.' and '..', which HDF5 takes for links. unescape_key undoes it: no key is lost
+    or merged with another."""
+    name = escape_key(key).replace("/", "%2F")
+    return name.replace(".", "%2E") if name in (".", "..") else name
 
 
 def speed_key(utt_id: str, factor: float) -> str:
@@ -103,7 +107,8 @@ class FeatureReader:
                 self.attrs = read_attrs(f)
                 ids = f["index/utt_ids"].asstr()[()].tolist()
                 frames = f["index/num_frames"][()].tolist()
-                self.skipped = [line.split("\t", 1) for line in f["index/skipped"].asstr()[()].tolist()]
+                self.skipped = [(unescape_key(k), why) for k, why in
+                                (line.split("\t", 1) for line in f["index/skipped"].asstr()[()].tolist())]
         except OSError as e:
             raise DataError(f"cannot open the feature store: {e}", self.path,
                             "the file is damaged; delete it and run dump_feats again") from None
@@ -211,7 +216,7 @@ class FeatureWriter:
                 g.create_dataset(name, data=data)
             frames = feats.shape[-2]
             self.done[key] = frames
-            lines.append(f"{key}\t{frames}\n")
+            lines.append(f"{escape_key(key)}\t{frames}\n")
         self.h5.flush()
         self._done_file.write("".join(lines))
         self._done_file.flush()
@@ -226,10 +231,10 @@ def read_done(shard: str | os.PathLike) -> dict[str, int]:
     """{key: frames} recorded as written in a shard's `.done` list (a torn last line is ignored)."""
     done = {}
     path = Path(f"{shard}.done")
-    for line in path.read_text(encoding="utf-8").splitlines() if path.exists() else []:
+    for line in path.read_text(encoding="utf-8").split("\n") if path.exists() else []:
         key, _, frames = line.partition("\t")
         if frames.isdigit():
-            done[key] = int(frames)
+            done[unescape_key(key)] = int(frames)
     return done
 
 
@@ -267,7 +272,7 @@ def _write_index(h5: h5py.File, attrs: dict, done: dict[str, int], skipped: list
     str_dt = h5py.string_dtype("utf-8")
     index.create_dataset("utt_ids", data=np.array(list(done), dtype=object), dtype=str_dt)
     index.create_dataset("num_frames", data=np.array(list(done.values()), dtype=np.int64))
-    index.create_dataset("skipped", data=np.array([f"{k}\t{r}" for k, r in skipped], dtype=object),
+    index.create_dataset("skipped", data=np.array([f"{escape_key(k)}\t{r}" for k, r in skipped], dtype=object),
                          dtype=str_dt)
 
 
