@@ -11,6 +11,7 @@ utterances and joined, on the recording's own clock.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import NamedTuple
 
 import numpy as np
@@ -21,7 +22,7 @@ from asrkit.audio import SAMPLE_RATE, audio_info, load_audio
 from asrkit.decode.search import DecodeOptions, check_model
 from asrkit.errors import DataError
 from asrkit.model_io import AVERAGE, load_model
-from asrkit.segment import SegmentOptions, segment_file
+from asrkit.segment import SegmentOptions, UtteranceShape, segment_file
 
 log = logging.getLogger(__name__)
 LONG_SAMPLES = 30 * SAMPLE_RATE  # longer pieces are extracted in overlapping windows
@@ -80,15 +81,25 @@ class Piece(NamedTuple):
 class Transcriber:
     """A model dir ready to transcribe files; search options: asrkit.decode.DecodeOptions' fields.
     A file longer than `segment.max_seconds` is cut at its pauses (asrkit.segment) and its segments
-    decoded as utterances; `segment=None` decodes every file whole."""
+    decoded as utterances. `segment`: "model" (segments shaped like the model's training utterances,
+    from its utterances.json; SegmentOptions() for a model without one), a dict of SegmentOptions
+    fields to set on those, SegmentOptions, or None to decode every file whole."""
 
     def __init__(self, model_dir, checkpoint: str = AVERAGE, device: str = "cpu",
-                 segment: SegmentOptions | None = SegmentOptions(), **search):
+                 segment: SegmentOptions | dict | str | None = "model", **search):
         self.device = torch.device(device)
         self.model, self.tokenizer, self.config, self.attrs = load_model(model_dir, checkpoint, self.device)
         self.extractor = extractor_from_attrs(self.attrs, self.device)
         self.opts = check_model(self.model, DecodeOptions(**search), str(model_dir))
         self.frame_s = self.model.subsampling / float(self.attrs["frame_rate"])
+        if segment == "model" or isinstance(segment, dict):
+            shape = UtteranceShape.read(model_dir)
+            given = {} if segment == "model" else segment
+            try:
+                segment = shape.options(**given) if shape else replace(SegmentOptions(), **given)
+            except ValueError as e:
+                raise DataError(f"segment options: {e}", str(model_dir),
+                                "the options given must fit with those from the model's utterances.json") from None
         self.segment = segment
 
     def pieces(self, path: str, progress: bool = False) -> tuple[list[Piece], float]:

@@ -35,13 +35,18 @@ def main(argv=None) -> int:
     parser.add_argument("--output_dir", default=None, help="write <stem>.<format> per input file here")
     parser.add_argument("--output_format", default="txt",
                         help=f"comma-separated, of {', '.join(FORMATS)} (with --output_dir)")
-    parser.add_argument("--max_segment", type=number(float, 0), default=SegmentOptions.max_seconds,
+    parser.add_argument("--max_segment", type=number(float, 0), default=None,
                         help="a file longer than this (seconds) is cut at its pauses (Silero VAD) into segments "
-                             "no longer than this, decoded as utterances; 0: decode every file whole")
-    parser.add_argument("--min_segment", type=number(float, 0), default=SegmentOptions.min_seconds,
-                        help="a shorter segment joins a neighbour (less than --max_segment)")
-    parser.add_argument("--segment_pad", type=number(float, 0), default=SegmentOptions.pad,
-                        help="seconds of context kept before and after each segment's speech")
+                             "no longer than this, decoded as utterances; 0: decode every file whole. These three "
+                             "default to the model's training utterances (its utterances.json: the 99th percentile "
+                             f"of their durations), else {SegmentOptions.max_seconds:g}")
+    parser.add_argument("--min_segment", type=number(float, 0), default=None,
+                        help="a shorter segment joins a neighbour (less than --max_segment; default: the 5th "
+                             f"percentile of the training utterances' durations, else {SegmentOptions.min_seconds:g})")
+    parser.add_argument("--segment_pad", type=number(float, 0), default=None,
+                        help="seconds of context kept before and after each segment's speech (default: the "
+                             "training utterances' own silence before and after their speech, else "
+                             f"{SegmentOptions.pad:g})")
     parser.add_argument("--progress", type=str2bool, default=True, help="progress bars on stderr")
     add_search_options(parser)
     args = parser.parse_args(argv)
@@ -53,12 +58,15 @@ def main(argv=None) -> int:
     if args.output_dir and (same := sorted({s for s in stems if stems.count(s) > 1})):
         parser.error(f"--output_dir: several inputs are named {', '.join(same)}: their transcripts would "
                      "overwrite each other; transcribe them into separate dirs")
+    given = {k: v for k, v in [("max_seconds", args.max_segment), ("min_seconds", args.min_segment),
+                               ("pad", args.segment_pad), ("pad_after", args.segment_pad)] if v is not None}
     try:  # every option checked before the model loads or any file is decoded
         opts = search_options(args)
-        segment = SegmentOptions(args.max_segment, args.min_segment, pad=args.segment_pad) \
-            if args.max_segment > 0 else None
+        if args.max_segment is not None and args.min_segment is not None and args.max_segment > 0:
+            SegmentOptions(args.max_segment, args.min_segment)
     except ValueError as e:
         parser.error(str(e))
+    segment = None if args.max_segment == 0 else given
     from asrkit.transcribe import Transcriber
 
     asr = Transcriber(args.model_dir, args.checkpoint, first_device(args.ngpu), segment, **vars(opts))

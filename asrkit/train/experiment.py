@@ -12,8 +12,9 @@ from asrkit.cli import setup_logging
 from asrkit.data import SpeechDataset
 from asrkit.distributed import cleanup, init_distributed
 from asrkit.features.store import FeatureReader, check_compatible
-from asrkit.fileio import write_skipped
+from asrkit.fileio import load_jsonl, resolve_audio_path, write_skipped
 from asrkit.model_io import FEATS_ATTRS, build_from_config, load_feats_attrs, save_exp_files
+from asrkit.segment import SHAPE, measure_utterances
 from asrkit.tokenizer import Tokenizer
 from asrkit.train.trainer import Trainer
 
@@ -24,6 +25,26 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def record_utterance_shape(exp_dir: Path, train_data: str, store: FeatureReader) -> None:
+    """The training utterances' durations and edge silences into exp_dir/utterances.json, which
+    transcribe cuts long recordings' segments like (asrkit/segment.py); kept when resuming."""
+    if (exp_dir / SHAPE).is_file():
+        return
+    frame_rate = float(store.attrs.get("frame_rate", 50.0))
+    records = [dict(r, audio=resolve_audio_path(r["audio"], train_data),
+                    duration=r.get("duration") or store.num_frames(r["utt_id"]) / frame_rate)
+               for r in load_jsonl(train_data) if r.get("utt_id") in store and r.get("audio")]
+    shape = measure_utterances(records)
+    if shape is None:
+        log.warning("could not measure the training utterances' edges (no readable audio with speech): long "
+                    "recordings will be cut with the default segment options")
+        return
+    shape.write(exp_dir)
+    log.info("training utterances: %.2f-%.2f s (5th-99th percentile), %.2f s of silence before the speech and "
+             "%.2f s after (medians of %d): long recordings are cut alike", shape.shortest, shape.longest,
+             shape.lead, shape.trail, shape.measured)
 
 
 def train(args, config: dict) -> None:
@@ -56,6 +77,7 @@ def train(args, config: dict) -> None:
         valid_set = SpeechDataset(args.valid_data, args.valid_feats, tokenizer, min_frames)
         if dist.is_main:
             save_exp_files(exp_dir, config, args.token_dir, train_store.attrs)
+            record_utterance_shape(exp_dir, args.train_data, train_store)
             for name, ds in (("train", train_set), ("valid", valid_set)):
                 if ds.skipped:
                     write_skipped(exp_dir / f"skipped_{name}.txt", ds.skipped)
