@@ -136,7 +136,7 @@ def measure_utterances(records: list[dict], sample: int = 200, seed: int = 0,
         with torch.inference_mode():
             probs = vad.audio_forward(torch.from_numpy(wav)[None], SAMPLE_RATE)[0].numpy()
         stamps = get_speech_timestamps_from_probs(
-            [float(p) for p in probs], sampling_rate=SAMPLE_RATE, threshold=opts.threshold,
+            [float(p) for p in probs], sampling_rate=SAMPLE_RATE, threshold=opts.threshold, min_speech_duration_ms=0,
             min_silence_duration_ms=int(opts.min_pause * 1000), speech_pad_ms=0, audio_length_samples=len(wav))
         if stamps:
             leads.append(stamps[0]["start"] / SAMPLE_RATE)
@@ -180,7 +180,7 @@ def segments_from_probs(probs: np.ndarray, seconds: float, opts: SegmentOptions 
     samples = int(round(seconds * SAMPLE_RATE))
     stamps = get_speech_timestamps_from_probs(
         [float(p) for p in probs], sampling_rate=SAMPLE_RATE, threshold=opts.threshold,
-        min_speech_duration_ms=int(min(250, opts.min_seconds * 1000)),
+        min_speech_duration_ms=int(min(250, max(0.0, opts.min_seconds - sum(opts.pads)) * 1000)),
         min_silence_duration_ms=int(opts.min_pause * 1000), speech_pad_ms=0, audio_length_samples=samples)
     spans = [(s / SAMPLE_RATE, min(e, samples) / SAMPLE_RATE) for s, e in _padded(stamps, opts, samples)]
     pieces = [p for s, e in spans for p in _split(s, e, probs, opts)]
