@@ -85,7 +85,7 @@ def load_vad():
 
 @dataclass(frozen=True)
 class UtteranceShape:
-    """What a model's training utterances are like, in seconds: their durations (the 5th and 99th
+    """What a model's training utterances are like, in seconds: their durations (the 1st and 99th
     percentiles) and the silence before and after their speech (medians; the VAD finds the speech as
     it does in a long recording)."""
     shortest: float
@@ -95,8 +95,10 @@ class UtteranceShape:
     measured: int  # utterances whose edges were measured
 
     def options(self, **given) -> SegmentOptions:
-        """Segments like these utterances; `given`: SegmentOptions fields that the user set."""
-        longest = min(30.0, max(self.longest, self.shortest + 1.0))
+        """Segments like these utterances; `given`: SegmentOptions fields that the user set. A stretch of
+        speech is cut only when a quarter longer than the longest (an utterance of a slower speaker
+        stays whole)."""
+        longest = min(30.0, max(1.25 * self.longest, self.shortest + 1.0))
         return replace(SegmentOptions(max_seconds=longest, min_seconds=self.shortest, pad=self.lead,
                                       pad_after=self.trail), **given)
 
@@ -144,7 +146,7 @@ def measure_utterances(records: list[dict], sample: int = 200, seed: int = 0,
     if not leads or not durations:
         return None
     r3 = lambda x: round(float(x), 3)  # noqa: E731
-    return UtteranceShape(r3(np.percentile(durations, 5)), r3(np.percentile(durations, 99)), r3(np.median(leads)),
+    return UtteranceShape(r3(np.percentile(durations, 1)), r3(np.percentile(durations, 99)), r3(np.median(leads)),
                           r3(np.median(trails)), len(leads))
 
 

@@ -6,6 +6,7 @@ import random
 
 import numpy as np
 import pytest
+import torch
 
 from asrkit.audio import audio_info, load_audio
 from asrkit.fileio import load_jsonl
@@ -136,3 +137,58 @@ def test_a_long_recording_is_transcribed_segment_by_segment_on_its_clock(fsdd, t
     bad = [(a, b) for a, b in zip(times, times[1:]) if b < a]
     assert not bad, bad[:3]
     assert times[-1][0] > "00:02:00" and max(end for _, end in times) < timestamp(seconds + 0.05, ",")
+
+
+@pytest.mark.slow
+def test_a_model_of_short_clips_transcribes_a_long_recording_as_well_as_the_clips(fsdd, tmp_path):
+    """A model trained on isolated FSDD digits (about half a second each, tight edges) transcribes 80
+    held-out takes joined with 1 s pauses within 5 points of the same takes one by one: training records
+    its utterances' shape (utterances.json) and the segments are cut alike. With the fixed defaults
+    (segments of 1 s or more, 0.4 s of context) the same model made digit pairs it had never seen."""
+    import jiwer
+    import yaml
+
+    from asrkit.bin import train
+    from asrkit.features.dump import dump
+    from asrkit.features.extractors import ExtractorSpec
+    from asrkit.fileio import write_jsonl
+    from asrkit.segment import UtteranceShape
+    from asrkit.tokenizer import build_token_list
+    from asrkit.transcribe import Transcriber
+    from conftest import REPO
+
+    records = [dict(r, audio=str(fsdd / r["audio"])) for r in load_jsonl(fsdd / "manifest.jsonl")]
+    take = lambda r: int(r["utt_id"].rsplit("_", 1)[1])  # noqa: E731
+    splits = {"train": [r for r in records if take(r) < 10], "valid": [r for r in records if 40 <= take(r) < 42],
+              "test": random.Random(0).sample([r for r in records if take(r) >= 42], 80)}
+    for name, rs in splits.items():
+        write_jsonl(tmp_path / f"{name}.jsonl", rs)
+        dump(str(tmp_path / f"{name}.jsonl"), str(tmp_path / f"{name}.h5"), ExtractorSpec("fbank"), nj=0,
+             progress=False)
+    build_token_list([r["text"] for r in splits["train"]], "word", tmp_path / "tokens")
+    conf = yaml.safe_load((REPO / "conf" / "tuning" / "train_conformer_tiny.yaml").read_text())
+    conf.update(max_epoch=20, batch_bins=4000, scheduler_conf={"warmup_steps": 100})
+    conf["encoder_conf"].update(num_blocks=1, linear_units=288)
+    (tmp_path / "conf.yaml").write_text(yaml.safe_dump(conf))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        train.main([f"--config={tmp_path / 'conf.yaml'}", f"--token_dir={tmp_path / 'tokens'}", "--ngpu=0",
+                    f"--exp_dir={tmp_path / 'exp'}", "--num_workers=0",
+                    *(f"--{s}_{kind}={tmp_path / s}.{ext}" for s in ("train", "valid")
+                      for kind, ext in (("data", "jsonl"), ("feats", "h5")))])
+    finally:
+        torch.set_num_threads(threads)
+    shape = UtteranceShape.read(tmp_path / "exp")
+    assert shape.shortest < 0.4 and shape.longest < 1.5 and shape.lead < 0.2 and shape.measured > 150
+    ref = " ".join(r["text"] for r in splits["test"])
+    one = Transcriber(tmp_path / "exp", mode="ctc_greedy", segment=None).transcribe(
+        [r["audio"] for r in splits["test"]])
+    one_wer = jiwer.wer(ref, " ".join(o["text"] for o in one))
+    long = tmp_path / "long.wav"
+    join_utterances(splits["test"], str(long), pause=1.0)
+    wer = {name: jiwer.wer(ref, Transcriber(tmp_path / "exp", mode="ctc_greedy", segment=seg).transcribe([long])[0]["text"])
+           for name, seg in (("shaped", "model"), ("defaults", SegmentOptions()))}
+    assert one_wer < 0.25, one_wer  # (the model learned the digits)
+    assert wer["shaped"] - one_wer <= 0.05, (one_wer, wer)
+    assert wer["defaults"] - one_wer > 0.15, (one_wer, wer)

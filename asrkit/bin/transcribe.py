@@ -38,10 +38,10 @@ def main(argv=None) -> int:
     parser.add_argument("--max_segment", type=number(float, 0), default=None,
                         help="a file longer than this (seconds) is cut at its pauses (Silero VAD) into segments "
                              "no longer than this, decoded as utterances; 0: decode every file whole. These three "
-                             "default to the model's training utterances (its utterances.json: the 99th percentile "
-                             f"of their durations), else {SegmentOptions.max_seconds:g}")
+                             "default to the model's training utterances (its utterances.json: a quarter over the 99th "
+                             f"percentile of their durations), else {SegmentOptions.max_seconds:g}")
     parser.add_argument("--min_segment", type=number(float, 0), default=None,
-                        help="a shorter segment joins a neighbour (less than --max_segment; default: the 5th "
+                        help="a shorter segment joins a neighbour (less than --max_segment; default: the 1st "
                              f"percentile of the training utterances' durations, else {SegmentOptions.min_seconds:g})")
     parser.add_argument("--segment_pad", type=number(float, 0), default=None,
                         help="seconds of context kept before and after each segment's speech (default: the "
