@@ -85,8 +85,8 @@ def load_vad():
 
 @dataclass(frozen=True)
 class UtteranceShape:
-    """What a model's training utterances are like, in seconds: their durations (the 1st and 99th
-    percentiles) and the silence before and after their speech (medians; the VAD finds the speech as
+    """What a model's training utterances are like, in seconds: their durations (the shortest, and the 99th
+    percentile as the longest) and the silence before and after their speech (medians; the VAD finds the speech as
     it does in a long recording)."""
     shortest: float
     longest: float
@@ -146,7 +146,7 @@ def measure_utterances(records: list[dict], sample: int = 200, seed: int = 0,
     if not leads or not durations:
         return None
     r3 = lambda x: round(float(x), 3)  # noqa: E731
-    return UtteranceShape(r3(np.percentile(durations, 1)), r3(np.percentile(durations, 99)), r3(np.median(leads)),
+    return UtteranceShape(r3(min(durations)), r3(np.percentile(durations, 99)), r3(np.median(leads)),
                           r3(np.median(trails)), len(leads))
 
 

@@ -41,8 +41,8 @@ def main(argv=None) -> int:
                              "default to the model's training utterances (its utterances.json: a quarter over the 99th "
                              f"percentile of their durations), else {SegmentOptions.max_seconds:g}")
     parser.add_argument("--min_segment", type=number(float, 0), default=None,
-                        help="a shorter segment joins a neighbour (less than --max_segment; default: the 1st "
-                             f"percentile of the training utterances' durations, else {SegmentOptions.min_seconds:g})")
+                        help="a shorter segment joins a neighbour (less than --max_segment; default: the shortest "
+                             f"training utterance, else {SegmentOptions.min_seconds:g})")
     parser.add_argument("--segment_pad", type=number(float, 0), default=None,
                         help="seconds of context kept before and after each segment's speech (default: the "
                              "training utterances' own silence before and after their speech, else "

@@ -42,7 +42,7 @@ def record_utterance_shape(exp_dir: Path, train_data: str, store: FeatureReader)
                     "recordings will be cut with the default segment options")
         return
     shape.write(exp_dir)
-    log.info("training utterances: %.2f-%.2f s (1st-99th percentile), %.2f s of silence before the speech and "
+    log.info("training utterances: %.2f-%.2f s (the shortest to the 99th percentile), %.2f s of silence before the speech and "
              "%.2f s after (medians of %d): long recordings are cut alike", shape.shortest, shape.longest,
              shape.lead, shape.trail, shape.measured)
 
