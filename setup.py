@@ -37,6 +37,7 @@ setup(
         "tensorboard>=2.10",  # training curves (torch.utils.tensorboard)
         "silero-vad>=6.0,<7",  # long recordings cut at pauses (its model ships in the wheel; torch only)
         "peft>=0.17",  # LoRA adapters on the pretrained encoder's top layers (ssl_top.adapter: lora)
+        "safetensors>=0.4",  # model weights: loading them runs no code (docs/PROMISES.md)
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-timeout>=2"],
