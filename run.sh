@@ -210,7 +210,7 @@ peers() {  # the nodes this one needs now: node 0, or in a distributed stage on 
 # end_stage: end the running stage's processes: its subshell and every process started under it, found
 # by the mark in their environment (torchrun starts its workers in sessions of their own, and a worker
 # whose torchrun died is nobody's child: neither a process group nor the tree reaches them). SIGTERM,
-# then SIGKILL for those alive 10 s later.
+# then SIGKILL for those alive $ASRKIT_KILL_GRACE (10) s later.
 stage_procs() {
     echo "$stage_pid"
     grep -lzx "ASRKIT_STAGE_RUN=$stage_run" /proc/[0-9]*/environ 2> /dev/null | cut -d/ -f3 || true
@@ -220,7 +220,7 @@ end_stage() {
     procs=$(stage_procs)
     # shellcheck disable=SC2086
     kill -TERM $procs 2> /dev/null || true
-    for i in $(seq 50); do
+    for i in $(seq $(( ${ASRKIT_KILL_GRACE:-10} * 5 ))); do
         # shellcheck disable=SC2086
         procs=$(for p in $(stage_procs); do ! kill -0 "$p" 2> /dev/null || echo "$p"; done)
         [ -n "$procs" ] || return 0

@@ -173,7 +173,8 @@ def test_a_failed_stage_leaves_no_process_behind(tmp_path):
                 f"open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(300)")
     script = write_script(tmp_path / "fails.sh", f"setsid {sys.executable} -c \"{stubborn}\" &\n"
                           f"while [ ! -s {pid_file} ]; do sleep 0.1; done\nexit 3\n")
-    p = run_sh(tmp_path, "--stop_stage", "0", "--local_data", script, check=False)
+    p = subprocess.run([RUN, "--stop_stage", "0", "--local_data", script], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120, env={**os.environ, "ASRKIT_KILL_GRACE": "1"})
     assert p.returncode == 1 and "FAILED (exit 3)" in p.stderr
     pid = int(pid_file.read_text())
     assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
