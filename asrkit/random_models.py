@@ -16,18 +16,21 @@ PRESETS = {
 }
 
 
-def save_random_wavlm(out_dir: str | Path, preset: str = "tiny", seed: int = 0) -> Path:
-    """Build a random-weight WavLM of a preset size, save it (config, weights, feature extractor)."""
+def save_random_ssl(out_dir: str | Path, preset: str = "tiny", seed: int = 0, model_type: str = "wavlm",
+                    **config) -> Path:
+    """Build a random-weight self-supervised encoder (`model_type` wavlm, wav2vec2 or hubert) of a preset
+    size, save it (config, weights, feature extractor); `config`: more of its config's fields."""
     import torch
-    from transformers import Wav2Vec2FeatureExtractor, WavLMConfig, WavLMModel
+    from transformers import AutoConfig, AutoModel, Wav2Vec2FeatureExtractor
 
     if preset not in PRESETS:
         raise ValueError(f"unknown WavLM preset {preset!r}; choose one of {sorted(PRESETS)}")
     torch.manual_seed(seed)
-    # WavLM Base(+) normalizes its conv front end per utterance with group norm ("group"), and does
-    # not normalize the waveform; keep that so that padding effects show up in tests as for real.
-    config = WavLMConfig(feat_extract_norm="group", do_stable_layer_norm=False, **PRESETS[preset])
-    model = WavLMModel(config).eval()
+    # The Base(+) models normalize their conv front end per utterance with group norm ("group"), and
+    # do not normalize the waveform; keep that so that padding effects show up in tests as for real.
+    config = AutoConfig.for_model(model_type, **{"feat_extract_norm": "group", "do_stable_layer_norm": False,
+                                                 **PRESETS[preset], **config})
+    model = AutoModel.from_config(config).eval()
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
     Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0,
@@ -36,9 +39,14 @@ def save_random_wavlm(out_dir: str | Path, preset: str = "tiny", seed: int = 0) 
 
 
 # Whisper's architectures (encoder and decoder alike); "tiny" is for tests, "base" is whisper-base's.
+# "tiny-en" has the shape of the English-only models (*.en: no language or task tokens), "tiny-128"
+# that of large-v3 and large-v3-turbo (128 mel bins), each as small as "tiny".
+_TINY = dict(d_model=64, encoder_layers=3, encoder_attention_heads=2, encoder_ffn_dim=128,
+             decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=128, max_target_positions=64)
 WHISPER_PRESETS = {
-    "tiny": dict(d_model=64, encoder_layers=3, encoder_attention_heads=2, encoder_ffn_dim=128,
-                 decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=128, max_target_positions=64),
+    "tiny": _TINY,
+    "tiny-en": dict(_TINY, english_only=True),
+    "tiny-128": dict(_TINY, num_mel_bins=128),
     "base": dict(d_model=512, encoder_layers=6, encoder_attention_heads=8, encoder_ffn_dim=2048,
                  decoder_layers=6, decoder_attention_heads=8, decoder_ffn_dim=2048),
 }
@@ -59,26 +67,30 @@ def save_random_whisper(out_dir: str | Path, preset: str = "tiny", seed: int = 0
 
     if preset not in WHISPER_PRESETS:
         raise ValueError(f"unknown Whisper preset {preset!r}; choose one of {sorted(WHISPER_PRESETS)}")
+    shape = dict(WHISPER_PRESETS[preset])
+    english_only = shape.pop("english_only", False)
+    specials = [t for t in _WHISPER_SPECIALS if not (english_only and t in ("<|en|>", "<|translate|>", "<|transcribe|>"))]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     vocab = {c: i for i, c in enumerate(bytes_to_unicode().values())}
-    vocab.update({t: len(vocab) + i for i, t in enumerate(_WHISPER_SPECIALS)})
+    vocab.update({t: len(vocab) + i for i, t in enumerate(specials)})
     (out_dir / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
     (out_dir / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
     eot, sot = vocab["<|endoftext|>"], vocab["<|startoftranscript|>"]
     tokenizer = WhisperTokenizer(str(out_dir / "vocab.json"), str(out_dir / "merges.txt"), unk_token=_WHISPER_SPECIALS[0],
                                  bos_token=_WHISPER_SPECIALS[0], eos_token=_WHISPER_SPECIALS[0],
-                                 pad_token=_WHISPER_SPECIALS[0], additional_special_tokens=list(_WHISPER_SPECIALS[1:]))
+                                 pad_token=_WHISPER_SPECIALS[0], additional_special_tokens=specials[1:])
     torch.manual_seed(seed)
     config = WhisperConfig(vocab_size=len(vocab), pad_token_id=eot, bos_token_id=eot, eos_token_id=eot,
-                           decoder_start_token_id=sot,
-                           **WHISPER_PRESETS[preset])
+                           decoder_start_token_id=sot, **shape)
     model = WhisperForConditionalGeneration(config).eval()
+    languages = {} if english_only else dict(
+        lang_to_id={"<|en|>": vocab["<|en|>"]},
+        task_to_id={"transcribe": vocab["<|transcribe|>"], "translate": vocab["<|translate|>"]})
     model.generation_config = GenerationConfig(
-        decoder_start_token_id=sot, eos_token_id=eot, pad_token_id=eot, bos_token_id=eot, is_multilingual=True,
-        lang_to_id={"<|en|>": vocab["<|en|>"]}, no_timestamps_token_id=vocab["<|notimestamps|>"],
-        task_to_id={"transcribe": vocab["<|transcribe|>"], "translate": vocab["<|translate|>"]},
-        max_length=config.max_target_positions, suppress_tokens=[], begin_suppress_tokens=[])
+        decoder_start_token_id=sot, eos_token_id=eot, pad_token_id=eot, bos_token_id=eot,
+        is_multilingual=not english_only, no_timestamps_token_id=vocab["<|notimestamps|>"],
+        max_length=config.max_target_positions, suppress_tokens=[], begin_suppress_tokens=[], **languages)
     model.save_pretrained(out_dir)
-    WhisperProcessor(WhisperFeatureExtractor(), tokenizer).save_pretrained(out_dir)
+    WhisperProcessor(WhisperFeatureExtractor(feature_size=config.num_mel_bins), tokenizer).save_pretrained(out_dir)
     return out_dir

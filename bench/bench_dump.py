@@ -46,7 +46,7 @@ from asrkit.features.dump import _BatchAudio, extract_shard, make_batches, plan_
 from asrkit.features.extractors import SSLExtractor, cpu_has_native_bf16  # noqa: E402
 from asrkit.features.store import FeatureWriter  # noqa: E402
 from asrkit.fileio import load_jsonl, resolve_audio_path, write_jsonl  # noqa: E402
-from asrkit.random_models import save_random_wavlm  # noqa: E402
+from asrkit.random_models import save_random_ssl  # noqa: E402
 from machine import cpu_name, matmul_gflops, print_header, sync  # noqa: E402
 
 FSDD = Path(os.environ.get("ASRKIT_FSDD", Path(__file__).resolve().parents[2] / "shared" / "data" / "fsdd"))
@@ -146,7 +146,7 @@ def main():
         tmp = Path(tmp)
         (tmp / "wav").mkdir()
         data, source = make_corpus(tmp / "wav", minutes * 60, *map(float, args.utt_seconds.split()))
-        model_dir = str(save_random_wavlm(tmp / "model", args.preset))
+        model_dir = str(save_random_ssl(tmp / "model", args.preset))
         batch_seconds = args.batch_seconds or (200.0 if gpu else 20.0)
         ext = SSLExtractor(model_dir, args.layer or "all", device=dev, compute_dtype=args.compute_dtype)
         layer = args.layer or str(ext.config.num_hidden_layers)

@@ -33,7 +33,7 @@ from asrkit.audio import SAMPLE_RATE  # noqa: E402
 from asrkit.features.codecs import CODECS  # noqa: E402
 from asrkit.features.extractors import FbankExtractor, SSLExtractor  # noqa: E402
 from asrkit.features.store import FeatureReader, FeatureWriter, finalize_store  # noqa: E402
-from asrkit.random_models import save_random_wavlm  # noqa: E402
+from asrkit.random_models import save_random_ssl  # noqa: E402
 
 
 def audio(minutes: float, seed: int = 0) -> list[np.ndarray]:
@@ -127,7 +127,7 @@ def main():
     print(f"{len(wavs)} utterances, {seconds / 60:.1f} min of audio")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        ssl = SSLExtractor(str(save_random_wavlm(tmp / "wavlm", "base-plus")), "all", dtype="float16")
+        ssl = SSLExtractor(str(save_random_ssl(tmp / "wavlm", "base-plus")), "all", dtype="float16")
         fbank = FbankExtractor(80, dtype="float16")
         sets = []
         t0 = time.perf_counter()

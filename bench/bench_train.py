@@ -37,7 +37,7 @@ from asrkit.features.dump import dump  # noqa: E402
 from asrkit.features.extractors import ExtractorSpec, SSLExtractor  # noqa: E402
 from asrkit.fileio import load_jsonl, resolve_audio_path, write_jsonl  # noqa: E402
 from asrkit.model_io import build_from_config  # noqa: E402
-from asrkit.random_models import PRESETS, save_random_wavlm  # noqa: E402
+from asrkit.random_models import PRESETS, save_random_ssl  # noqa: E402
 from asrkit.tokenizer import Tokenizer, build_token_list  # noqa: E402
 from asrkit.distributed import init_distributed  # noqa: E402
 from asrkit.train.trainer import Trainer  # noqa: E402
@@ -56,7 +56,7 @@ def make_data(root: Path, seconds: float, preset: str, layer: str, device: torch
     for r in recs:
         r["text"] = " ".join(rng.choice(WORDS, size=max(1, int(2.5 * r["duration"]))))
     write_jsonl(corpus / "list.jsonl", recs)
-    wavlm = save_random_wavlm(root / "wavlm", preset)
+    wavlm = save_random_ssl(root / "wavlm", preset)
     store = root / "train.h5"
     dump(str(corpus / "list.jsonl"), str(store), ExtractorSpec("wavlm", str(wavlm), layer), nj=nj,
          ngpu=int(device.type == "cuda"), progress=False)

@@ -41,7 +41,7 @@ from asrkit.features.dump import dump, extract_shard, make_batches, plan_items  
 from asrkit.features.extractors import ExtractorSpec, SSLExtractor  # noqa: E402
 from asrkit.features.store import FeatureReader  # noqa: E402
 from asrkit.fileio import load_jsonl  # noqa: E402
-from asrkit.random_models import save_random_wavlm  # noqa: E402
+from asrkit.random_models import save_random_ssl  # noqa: E402
 
 BF16_PEAK_TFLOPS = 790.0  # H100/H200 dense bf16, for the dump's share of the chip's limit
 
@@ -106,7 +106,7 @@ def prepare(c: Check, a, work: Path) -> dict:
             data[s].write_text("".join(data[s].read_text().splitlines(keepends=True)[:n]))
     seconds = {s: sum(r["duration"] for r in load_jsonl(p)) for s, p in data.items()}
     c.add("data", "audio minutes (train / valid / test)", "/".join(f"{seconds[s] / 60:.1f}" for s in data))
-    wavlm = save_random_wavlm(work / "wavlm", a.preset)
+    wavlm = save_random_ssl(work / "wavlm", a.preset)
     make_tokens.main(["--data", str(data["train"]), "--token_type", "char", "--out", str(work / "tokens")])
     return dict(data=data, seconds=seconds, wavlm=wavlm, tokens=work / "tokens")
 

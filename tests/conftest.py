@@ -53,9 +53,9 @@ def tiny_corpus(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_wavlm(tmp_path_factory) -> Path:
     """A random-weight WavLM (tiny preset) saved to a temp dir, loadable by from_pretrained."""
-    from asrkit.random_models import save_random_wavlm
+    from asrkit.random_models import save_random_ssl
 
-    return save_random_wavlm(tmp_path_factory.mktemp("wavlm") / "tiny-wavlm", preset="tiny")
+    return save_random_ssl(tmp_path_factory.mktemp("wavlm") / "tiny-wavlm", preset="tiny")
 
 
 @pytest.fixture(scope="session")

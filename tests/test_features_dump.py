@@ -233,9 +233,9 @@ def test_odd_ids_are_dumped_and_a_rerun_finds_the_store_complete(tiny_corpus, tm
 
 
 def test_foreign_store_is_refused(tiny_corpus, tiny_wavlm, tmp_path):
-    from asrkit.random_models import save_random_wavlm
+    from asrkit.random_models import save_random_ssl
 
-    other = save_random_wavlm(tmp_path / "other", preset="tiny", seed=1)
+    other = save_random_ssl(tmp_path / "other", preset="tiny", seed=1)
     stores = {}
     for name, kw in [("a", dict(ssl_model=str(tiny_wavlm))), ("b", dict(ssl_model=str(other))),
                      ("fb", dict(feats_type="fbank"))]:

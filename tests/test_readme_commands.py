@@ -154,9 +154,9 @@ def workspace(tmp_path_factory):
     # the same corpus as the manifest, so that after its stage 0 the Kaldi dir's run finds the rest up to date
     (kaldi / "spk2age").write_text("".join(f"spk{s} {6 + s}\n" for s in range(6)))
     myst = make_fake_myst(fx / "LDC2021S05")
-    from asrkit.random_models import save_random_wavlm
+    from asrkit.random_models import save_random_ssl
 
-    wavlm = save_random_wavlm(fx / "tiny-wavlm", preset="tiny")
+    wavlm = save_random_ssl(fx / "tiny-wavlm", preset="tiny")
     from asrkit.random_models import save_random_whisper
 
     whisper = save_random_whisper(fx / "tiny-whisper", preset="tiny")

@@ -30,9 +30,18 @@ def strong_position_bias(wavlm, out):
     return out
 
 
-@pytest.mark.parametrize("kind", ["wavlm", "whisper"])
+def checkpoint_of(kind, tmp_path, tiny_wavlm, tiny_whisper):
+    """A tiny random checkpoint of each kind the top supports."""
+    from asrkit.random_models import save_random_ssl
+
+    if kind == "wavlm":
+        return strong_position_bias(tiny_wavlm, tmp_path / "wavlm")
+    return tiny_whisper if kind == "whisper" else save_random_ssl(tmp_path / kind, model_type=kind)
+
+
+@pytest.mark.parametrize("kind", ["wavlm", "whisper", "wav2vec2", "hubert"])
 def test_the_top_on_stored_states_is_the_encoder_output(kind, tmp_path, tiny_wavlm, tiny_whisper):
-    checkpoint = strong_position_bias(tiny_wavlm, tmp_path / "wavlm") if kind == "wavlm" else tiny_whisper
+    checkpoint = checkpoint_of(kind, tmp_path, tiny_wavlm, tiny_whisper)
     extra = {"whisper_input": "trimmed"} if kind == "whisper" else {}
     ext = ExtractorSpec("wavlm", str(checkpoint), "all", dtype="float32", compute_dtype="float32", **extra).build("cpu")
     wavs = utterances(tmp_path)
@@ -56,19 +65,24 @@ def test_the_top_on_stored_states_is_the_encoder_output(kind, tmp_path, tiny_wav
 
 
 def test_a_wrong_layer_or_checkpoint_is_named(tiny_wavlm, tmp_path):
+    from asrkit.random_models import save_random_ssl
+
     with pytest.raises(ValueError, match="from_layer 9"):
         SSLTop(str(tiny_wavlm), 9, 32)
     with pytest.raises(ValueError, match="cannot load the encoder checkpoint"):
         SSLTop(str(tmp_path / "nowhere"), 1, 32)
+    other = save_random_ssl(tmp_path / "d2v", model_type="data2vec-audio")  # (its layers: not supported)
+    with pytest.raises(ValueError, match="is a data2vec-audio: store its last layer instead"):
+        SSLTop(str(other), 1, 64)
 
 
-@pytest.mark.parametrize("kind", ["wavlm", "whisper"])
-def test_lora_starts_exact_and_its_adapters_are_in_the_path(kind, tiny_wavlm, tiny_whisper):
+@pytest.mark.parametrize("kind", ["wavlm", "whisper", "hubert"])
+def test_lora_starts_exact_and_its_adapters_are_in_the_path(kind, tmp_path, tiny_wavlm, tiny_whisper):
     from transformers import AutoConfig
 
-    checkpoint = str(tiny_wavlm if kind == "wavlm" else tiny_whisper)
+    checkpoint = str(checkpoint_of(kind, tmp_path, tiny_wavlm, tiny_whisper))
     c = AutoConfig.from_pretrained(checkpoint)
-    dim = c.hidden_size if kind == "wavlm" else c.d_model
+    dim = c.d_model if kind == "whisper" else c.hidden_size
     full, lora = SSLTop(checkpoint, 1, dim).eval(), SSLTop(checkpoint, 1, dim, adapter="lora", lora_rank=2).eval()
     x, lens = torch.randn(2, 17, dim), torch.tensor([17, 11])
     with torch.no_grad():

@@ -22,9 +22,15 @@ def waves(*seconds: float) -> list[np.ndarray]:
             .astype(np.float32) for x in t]
 
 
-def test_a_full_window_gives_transformers_own_hidden_states(tiny_whisper):
+@pytest.mark.parametrize("preset", ["tiny", "tiny-128"])
+def test_a_full_window_gives_transformers_own_hidden_states(preset, tiny_whisper, tmp_path):
+    """Also for the shape of large-v3 (128 mel bins)."""
     from transformers import WhisperModel
 
+    from asrkit.random_models import save_random_whisper
+
+    if preset != "tiny":
+        tiny_whisper = save_random_whisper(tmp_path / preset, preset)
     ext = ExtractorSpec("wavlm", str(tiny_whisper), "all", "float32", "float32").build("cpu")
     assert isinstance(ext, WhisperExtractor) and ext.attrs["model_type"] == "whisper"
     assert ext.attrs["frame_rate"] == 50.0 and ext.attrs["num_layers"] == 4

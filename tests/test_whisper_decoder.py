@@ -13,29 +13,36 @@ from asrkit.tokenizer import Tokenizer, build_token_list
 TEXTS = ["the cat sat on the mat", "one two three four", "we went"]
 
 
-@pytest.fixture(scope="module")
-def pair(tiny_whisper, tmp_path_factory):
-    """(our model, transformers' Whisper, tokenizer) from the tiny random Whisper checkpoint."""
+@pytest.fixture(scope="module", params=["tiny", "tiny-en", "tiny-128"])
+def pair(request, tmp_path_factory):
+    """(our model, transformers' Whisper, tokenizer) from a tiny random Whisper checkpoint of each shape:
+    multilingual, English-only (*.en: a prompt without language and task), 128 mel bins (large-v3)."""
     from transformers import WhisperForConditionalGeneration
 
-    tok = build_token_list(TEXTS, "whisper", tmp_path_factory.mktemp("tok") / "whisper", pretrained=str(tiny_whisper))
-    hf = WhisperForConditionalGeneration.from_pretrained(str(tiny_whisper)).eval()
+    from asrkit.random_models import save_random_whisper
+
+    whisper = save_random_whisper(tmp_path_factory.mktemp("whisper") / request.param, preset=request.param)
+    tok = build_token_list(TEXTS, "whisper", tmp_path_factory.mktemp("tok") / "whisper", pretrained=str(whisper))
+    hf = WhisperForConditionalGeneration.from_pretrained(str(whisper)).eval()
     conf = {"frontend_conf": {"layer_norm": False}, "encoder": "identity", "decoder": "whisper",
-            "decoder_conf": {"pretrained": str(tiny_whisper), "dropout_rate": 0.0}, "model_conf": {"ctc_weight": 0.0}}
+            "decoder_conf": {"pretrained": str(whisper), "dropout_rate": 0.0}, "model_conf": {"ctc_weight": 0.0}}
     model = build_model(conf, hf.config.d_model, 1, tok.vocab_size).eval()
     return model, hf, tok
 
 
 def hf_prompt(hf) -> list[int]:
     g = hf.generation_config
+    if not g.is_multilingual:
+        return [g.decoder_start_token_id, g.no_timestamps_token_id]
     return [g.decoder_start_token_id, g.lang_to_id["<|en|>"], g.task_to_id["transcribe"], g.no_timestamps_token_id]
 
 
 def hf_logits(hf, tokens: list[int], memory: torch.Tensor) -> torch.Tensor:
     """transformers' logits after the prompt and our tokens, over Whisper's ids."""
-    ids = torch.tensor([hf_prompt(hf) + [t - 2 for t in tokens]])
+    prompt = hf_prompt(hf)
+    ids = torch.tensor([prompt + [t - 2 for t in tokens]])
     with torch.no_grad():
-        return hf(encoder_outputs=(memory[None],), decoder_input_ids=ids).logits[0, 3:]
+        return hf(encoder_outputs=(memory[None],), decoder_input_ids=ids).logits[0, len(prompt) - 1:]
 
 
 def test_teacher_forcing_gives_whispers_logits_batched_as_one_by_one(pair):

@@ -144,7 +144,8 @@ class WhisperDecoder(TransformerDecoder):
 
     The same layers as TransformerDecoder (pre-norm, GELU), loaded with the checkpoint's weights: learned
     positions instead of sinusoids, the output layer tied to the token embedding, and Whisper's prompt
-    (<|startoftranscript|><|en|><|transcribe|><|notimestamps|>) in front of every sequence, its last
+    (<|startoftranscript|><|en|><|transcribe|><|notimestamps|>; for an English-only model *.en
+    <|startoftranscript|><|notimestamps|>) in front of every sequence, its last
     token in <sos>'s place. The tokens are the checkpoint's own (token_type whisper: our id = Whisper's
     + 2, <sos/eos> = <|endoftext|>, asrkit.tokenizer), so the decoder starts as Whisper's: on the
     encoder's states of the whole 30 s window it gives Whisper's own hypotheses (tested). The weights
@@ -172,8 +173,12 @@ class WhisperDecoder(TransformerDecoder):
                              f"tokens: make the token list with --token_type whisper from the same checkpoint")
         prompt = tok.convert_tokens_to_ids(["<|startoftranscript|>", f"<|{language}|>", "<|transcribe|>",
                                             "<|notimestamps|>"])
+        if not getattr(hf.generation_config, "is_multilingual", True):  # *.en: no language or task tokens
+            if language != "en":
+                raise ValueError(f"{pretrained} is an English-only Whisper: it has no language {language!r}")
+            prompt = [prompt[0], prompt[-1]]
         if tok.unk_token_id in prompt:
-            raise ValueError(f"the checkpoint has no language token <|{language}|> (an English-only model?)")
+            raise ValueError(f"the checkpoint has no language token <|{language}|>")
         super().__init__(vocab_size, encoder_output_size, c.decoder_attention_heads, c.decoder_ffn_dim,
                          c.decoder_layers, dropout_rate, 0.0, self_attention_dropout_rate,
                          src_attention_dropout_rate, attention_dim=c.d_model, activation="gelu")

@@ -1,6 +1,6 @@
 """The top of the pretrained encoder, run (and trained) on its stored lower-layer states.
 
-Stage 1 stores the hidden states of layer k of a pretrained encoder (WavLM, wav2vec2-style, or
+Stage 1 stores the hidden states of layer k of a pretrained encoder (WavLM, wav2vec2, HuBERT, or
 Whisper's); `SSLTop` holds that checkpoint's layers above k, with their pretrained weights, and
 runs them on the stored states, so that the expensive bottom of the encoder runs once per corpus
 and only its top learns with the light model.
@@ -13,6 +13,9 @@ final layer norm, so that on the stored states it gives `hidden_states[N]`, the 
   cannot see: through the top they are not the encoder's output.
 - WavLM: the relative position bias that its layer 0 computes and hands upward is computed again
   from layer 0's bias table (kept, frozen), for the stored sequence's length.
+- wav2vec2 and HuBERT: their convolutional positions are in the stored states already (layer 0's
+  input); their layers take the padding mask as transformers builds it for them.
+Another kind of checkpoint is refused when the model is built.
 A batch's padding is masked as attention keys, as the extractor masks it.
 """
 from __future__ import annotations
@@ -24,7 +27,9 @@ from torch import nn
 LORA_TARGETS = {  # the Linear layers LoRA adapts (WavLM's attention reads its projections' weights
     "whisper": ["q_proj", "v_proj", "fc1", "fc2"],  # directly, which a LoRA wrapper does not change)
     "wavlm": ["intermediate_dense", "output_dense"],
+    "wav2vec2": ["q_proj", "v_proj", "intermediate_dense", "output_dense"],
 }
+KINDS = {"whisper": "whisper", "wavlm": "wavlm", "wav2vec2": "wav2vec2", "hubert": "wav2vec2"}  # model_type -> kind
 
 
 class SSLTop(nn.Module):
@@ -46,8 +51,12 @@ class SSLTop(nn.Module):
             config = AutoConfig.from_pretrained(str(checkpoint))
         except (OSError, ValueError) as e:
             raise ValueError(f"cannot load the encoder checkpoint {checkpoint!r}: {e}") from None
-        self.kind = "whisper" if config.model_type == "whisper" else "wavlm"
+        if config.model_type not in KINDS:
+            raise ValueError(f"the encoder's top layers can be trained for {', '.join(sorted(KINDS))} checkpoints; "
+                             f"{checkpoint} is a {config.model_type}: store its last layer instead (no top layers)")
+        self.kind = KINDS[config.model_type]
         encoder = self._load(str(checkpoint))
+        self.config = encoder.config  # (with the attention implementation the layers were loaded with)
         layers = encoder.layers
         if not 0 <= from_layer < len(layers):
             raise ValueError(f"ssl_top.from_layer {from_layer}: the checkpoint has layers 0-{len(layers) - 1} "
@@ -89,6 +98,12 @@ class SSLTop(nn.Module):
             mask = valid[:, None, None, :] if padded else None
             for layer in self.layers:
                 x = layer(x, mask)
+        elif self.kind == "wav2vec2":
+            from transformers.masking_utils import create_bidirectional_mask
+
+            mask = create_bidirectional_mask(config=self.config, inputs_embeds=x, attention_mask=valid) if padded else None
+            for layer in self.layers:
+                x = layer(x, attention_mask=mask)
         else:
             bias = None
             if self.position is not None:

@@ -18,6 +18,12 @@ recipe_take top_layers 0
 is_whisper() {  # a local checkpoint by its config, a model id by its name
     if [ -f "$1/config.json" ]; then grep -q '"model_type": *"whisper"' "$1/config.json"; else [[ "$1" == *whisper* ]]; fi
 }
+if [ "$top_layers" -gt 0 ] && ! is_whisper "$ssl_model"; then
+    echo "$0: --top_layers: this recipe trains the top layers of a Whisper encoder with Whisper's decoder;" \
+         "for $ssl_model (WavLM, wav2vec2, HuBERT) add an ssl_top section to a training config of the light" \
+         "model and store --ssl_layer last-K (docs/INTERNALS.md, nets.ssl_top)" >&2
+    exit 2
+fi
 if is_whisper "$ssl_model" && [ "$top_layers" -gt 0 ]; then
     front=(--ssl_layer "last-$top_layers" --dump_args "--whisper_input trimmed" --speed_perturb ""
            --token_type whisper --train_config conf/train_whisper_top.yaml --decode_config conf/decode_whisper.yaml)

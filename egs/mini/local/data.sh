@@ -15,7 +15,7 @@ python -m asrkit_corpora.bin.make_demo_corpus --out "$out" --num_speakers "$num_
     --utts_per_speaker "$utts_per_speaker" --seed "$seed"
 wavlm="$out/wavlm-random-$wavlm_preset"
 if [ ! -f "$wavlm/config.json" ]; then
-    python -c 'import sys; from asrkit.random_models import save_random_wavlm; save_random_wavlm(sys.argv[1] + ".tmp", sys.argv[2])' \
+    python -c 'import sys; from asrkit.random_models import save_random_ssl; save_random_ssl(sys.argv[1] + ".tmp", sys.argv[2])' \
         "$wavlm" "$wavlm_preset"
     rm -rf "$wavlm" && mv "$wavlm.tmp" "$wavlm"
 fi
