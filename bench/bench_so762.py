@@ -9,7 +9,8 @@ The split is by speaker and fixed: the speakers sorted by id, the i-th is a test
 rest train (38 speakers, 760 utterances, 0.79 h: the size of a small children's corpus).
 
 The baseline, measured in the same run on the same audio: Whisper-base's own decoder, zero-shot
-(transformers' generate, English, greedy and beam 5; the Whisper filter's decoding). Both are scored by
+(transformers' generate, English, greedy and beam 5, with openai-whisper's temperature fallback on
+repetition and low log-probability; the Whisper filter's decoding). Both are scored by
 asrkit's scoring on the same references under the same normalizer (egs/child's `child`); the recipe
 runs once per seed (`bash egs/child/run.sh ... --seed S`) with its defaults for a Whisper checkpoint
 (Whisper's own decoder fine-tuned on the stored last-layer states: conf/train_whisper_decoder.yaml),
@@ -67,7 +68,8 @@ def score(refs: list[dict], hyps: dict[str, str], normalizer: str) -> tuple[floa
 
 def zero_shot(refs: list[dict], model: str, work: Path, beams: int, normalizer: str) -> tuple[float, float, float]:
     t0 = time.perf_counter()
-    hyps = transcribe(refs, model, work / f"zero_shot_beam{beams}" / "hyp.tsv", num_beams=beams, progress=False)
+    hyps = transcribe(refs, model, work / f"zero_shot_beam{beams}_fallback" / "hyp.tsv", num_beams=beams,
+                      progress=False)
     seconds = time.perf_counter() - t0
     return (*score(refs, {u: h for u, (h, _) in hyps.items()}, normalizer), seconds)
 
@@ -127,7 +129,7 @@ def main() -> None:
     zero = []
     for beams in (1, 5):
         wer, cer, seconds = zero_shot(refs, a.model, work, beams, a.normalizer)
-        zero.append(dict(system=f"Whisper-base zero-shot, {'greedy' if beams == 1 else f'beam {beams}'}",
+        zero.append(dict(system=f"Whisper-base zero-shot, {'greedy' if beams == 1 else f'beam {beams}'} + fallback",
                          wer=wer, cer=cer, seconds=seconds))
     speakers = len({r["speaker"] for r in refs})
     print(f"\nso762_dev test: {len(refs)} utterances of {speakers} unseen speakers, "

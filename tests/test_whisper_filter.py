@@ -119,3 +119,32 @@ def test_a_filter_whose_every_utterance_fails_stops(tmp_path, tiny_whisper, monk
     kept = whisper_filter(tmp_path / "local" / "manifest.jsonl", str(tiny_whisper), tmp_path / "wf", max_wer=1000,
                           progress=False)
     assert len(kept) == 2 and not any(err for _, err in read_hyps(tmp_path / "wf" / "hyp.tsv").values())
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-en"])
+def test_zero_shot_decodes_as_openai_whisper_and_a_change_of_decoding_starts_afresh(preset, tmp_path, tiny_corpus,
+                                                                                     monkeypatch):
+    """Temperature fallback on repetition and low log-probability (openai-whisper's transcribe, in
+    transformers' generate); an English-only checkpoint gets no language or task; hyp.tsv made with
+    other options is decoded again."""
+    from transformers import WhisperForConditionalGeneration
+
+    from asrkit.random_models import save_random_whisper
+    from asrkit_corpora.whisper_filter import FALLBACK, transcribe
+
+    whisper = save_random_whisper(tmp_path / preset, preset)
+    records = [dict(r, audio=str(tiny_corpus.parent / r["audio"])) for r in load_jsonl(tiny_corpus)[:3]]
+    real, seen = WhisperForConditionalGeneration.generate, []
+
+    def spy(self, input_features, **kw):
+        seen.append(kw)
+        return real(self, input_features, **kw)
+
+    monkeypatch.setattr(WhisperForConditionalGeneration, "generate", spy)
+    hyp_tsv = tmp_path / "zs" / "hyp.tsv"
+    first = transcribe(records, str(whisper), hyp_tsv, progress=False)
+    assert {k: seen[0][k] for k in FALLBACK} == FALLBACK and seen[0]["num_beams"] == 1
+    assert ("language" in seen[0]) == (preset == "tiny")
+    assert transcribe(records, str(whisper), hyp_tsv, progress=False) == first and len(seen) == 1  # kept
+    transcribe(records, str(whisper), hyp_tsv, progress=False, fallback=False)  # other options: decoded again
+    assert len(seen) == 2 and "temperature" not in seen[1]
