@@ -48,13 +48,14 @@ def word_timings(ctc_logp: torch.Tensor, token_ids: list[int], token_strs: list[
         return []
     path, scores = AF.forced_align(ctc_logp[None].float().cpu(), torch.tensor([token_ids]), blank=blank)
     spans = AF.merge_tokens(path[0], scores[0].exp())
+    mark = {"bpe": "\u2581", "whisper": "\u0120"}.get(token_type)  # a piece that starts a word: ▁ (sentencepiece), Ġ (byte-level BPE)
     words: list[dict] = []
     for tok, span in zip(token_strs, spans):
-        new_word = token_type == "word" or not words or (token_type == "bpe" and tok.startswith("\u2581"))
+        new_word = token_type == "word" or not words or bool(mark and tok.startswith(mark))
         if token_type == "char" and tok == "<space>":
             words.append(None)  # boundary marker, removed below
             continue
-        piece = tok.lstrip("\u2581") if token_type == "bpe" else tok
+        piece = tok.lstrip(mark) if mark else tok
         if new_word or words[-1] is None:
             words.append({"word": piece, "start": span.start * frame_s, "end": span.end * frame_s,
                           "_p": [span.score]})
@@ -66,9 +67,19 @@ def word_timings(ctc_logp: torch.Tensor, token_ids: list[int], token_strs: list[
     out = []
     for w in filter(None, words):
         p = w.pop("_p")
+        if token_type == "whisper":  # byte-level pieces back to text
+            w["word"] = _bytes_text(w["word"])
         out.append({**w, "start": round(w["start"], 3), "end": round(w["end"], 3),
                     "confidence": round(float(np.mean(p)), 4)})
     return out
+
+
+def _bytes_text(pieces: str) -> str:
+    """Byte-level BPE characters (GPT-2's one character per byte) as the text they spell."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    byte_of = {c: b for b, c in bytes_to_unicode().items()}
+    return bytes(byte_of[c] for c in pieces if c in byte_of).decode("utf-8", errors="replace")
 
 
 class Piece(NamedTuple):

@@ -116,6 +116,18 @@ def test_word_timings_from_forced_alignment():
     assert [(w["start"], w["end"]) for w in words] == [(0.0, 0.16), (0.28, 0.36)]
 
 
+def test_word_timings_of_whisper_tokens():
+    """Byte-level BPE (token_type whisper): a piece starting with Ġ starts a word, pieces spell bytes."""
+    # frames: "ĠThe" _ "Ġcaf" "Ã©" _ ; 20 ms per frame
+    tokens = ["<blank>", "\u0120The", "\u0120caf", "\u00c3\u00a9"]
+    path = [1, 0, 2, 3, 0]
+    logp = torch.full((5, 4), -8.0)
+    logp[torch.arange(5), torch.tensor(path)] = -0.01
+    ids = [1, 2, 3]
+    words = word_timings(logp.log_softmax(-1), ids, [tokens[i] for i in ids], "whisper", 0.02)
+    assert [(w["word"], w["start"], w["end"]) for w in words] == [("The", 0.0, 0.02), ("café", 0.04, 0.08)]
+
+
 def test_subtitle_cues_break_at_pauses_and_line_length():
     from asrkit.subtitles import cues, render
 
@@ -155,9 +167,11 @@ def test_transcribe_writes_a_file_per_input(tmp_path, tiny_corpus, tiny_wavlm, c
     assert "child0" in capsys.readouterr().err
 
 
-def test_a_whisper_decoder_model_transcribes_without_a_ctc_head(tmp_path, tiny_corpus, tiny_whisper, capsys):
-    """egs/child's model for a Whisper front end (decoder whisper, no CTC head): the default joint
-    search is its attention search, in stage 4 and in transcribe alike; one span per file."""
+@pytest.mark.parametrize("ctc_weight", [0.0, 0.3])
+def test_a_whisper_decoder_model_transcribes_like_stage_4(ctc_weight, tmp_path, tiny_corpus, tiny_whisper, capsys):
+    """egs/child's model for a Whisper front end (decoder whisper). Without a CTC head the default joint
+    search is its attention search, in stage 4 and in transcribe alike, and a file's timing is one span;
+    with a CTC head on Whisper's tokens, joint decoding, and a timing for each word (CTC alignment)."""
     from asrkit.features.dump import dump
     from asrkit.features.extractors import ExtractorSpec
     from asrkit.features.store import FeatureReader
@@ -172,7 +186,7 @@ def test_a_whisper_decoder_model_transcribes_without_a_ctc_head(tmp_path, tiny_c
     tok = build_token_list(["one two three"], "whisper", tmp_path / "tokens", pretrained=str(tiny_whisper))
     attrs = FeatureReader(store).attrs
     config = {"frontend_conf": {"layer_norm": False}, "encoder": "identity", "decoder": "whisper",
-              "decoder_conf": {"pretrained": str(tiny_whisper)}, "model_conf": {"ctc_weight": 0.0},
+              "decoder_conf": {"pretrained": str(tiny_whisper)}, "model_conf": {"ctc_weight": ctc_weight},
               "input_dim": int(attrs["dim"]), "input_layers": 1, "vocab_size": tok.vocab_size}
     exp = tmp_path / "exp"
     save_exp_files(exp, config, tmp_path / "tokens", attrs)
@@ -181,7 +195,7 @@ def test_a_whisper_decoder_model_transcribes_without_a_ctc_head(tmp_path, tiny_c
     decode.main([f"--model_dir={exp}", f"--data={data}", f"--feats={store}", f"--out={tmp_path / 'dec'}",
                  "--beam=2", "--maxlenratio=-6"])
     info = json.loads((tmp_path / "dec" / "decode_info.json").read_text())
-    assert (info["mode"], info["ctc_weight"]) == ("joint", 0.0)
+    assert (info["mode"], info["ctc_weight"]) == ("joint", 0.3 if ctc_weight else 0.0)
     hyps = {r["utt_id"]: r["text"] for r in load_jsonl(tmp_path / "dec" / "hyp.jsonl")}
     capsys.readouterr()
     records = load_jsonl(data)
@@ -193,5 +207,13 @@ def test_a_whisper_decoder_model_transcribes_without_a_ctc_head(tmp_path, tiny_c
 
     for r, o in zip(records, out):
         sr, frames, _ = audio_info(r["audio"])
-        assert o["words"] == ([{"word": o["text"], "start": 0.0, "end": pytest.approx(frames / sr, abs=0.05),
-                                "confidence": None}] if o["text"] else [])
+        if not ctc_weight:
+            assert o["words"] == ([{"word": o["text"], "start": 0.0, "end": pytest.approx(frames / sr, abs=0.05),
+                                    "confidence": None}] if o["text"] else [])
+            continue
+        words = o["words"]  # each word its own span, in order, within the file, spelling the text
+        tokens = next(h["tokens"] for h in load_jsonl(tmp_path / "dec" / "hyp.jsonl") if h["utt_id"] == r["utt_id"])
+        assert len(words) == 1 + sum(t.startswith("\u0120") for t in tokens[1:])
+        assert "".join(w["word"] for w in words) == o["text"].replace(" ", "")
+        assert all(0 <= a["start"] <= a["end"] <= b["start"] <= frames / sr + 0.05 for a, b in zip(words, words[1:]))
+        assert all(w["confidence"] is not None for w in words)
