@@ -29,11 +29,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual permissions
     tmp = Path(tmp)
     try:
         yield tmp
-        os.replace(tmp, path)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files (and a writer may make its own): the
+        os.replace(tmp, path)            # usual permissions, so that a shared model dir can be read
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -32,3 +32,23 @@ def test_a_kill_while_a_torn_part_is_repaired_loses_no_finished_line(tmp_path, m
     with open_for_append(part) as f:
         f.write('{"utt_id": "c"}\n')
     assert part.read_text().splitlines() == ['{"utt_id": "a"}', '{"utt_id": "b"}', '{"utt_id": "c"}']
+
+
+def test_atomic_files_get_the_usual_permissions(tmp_path):
+    """mkstemp makes 0600 files, and safetensors writes a file of its own: a model dir shared on a
+    cluster must be readable by the group as any file the user writes."""
+    import os
+
+    import torch
+
+    from asrkit.fileio import atomic_open
+    from asrkit.model_io import save_weights
+
+    umask = os.umask(0o022)
+    try:
+        with atomic_open(tmp_path / "a.txt") as f:
+            f.write("x")
+        save_weights({"w": torch.zeros(2)}, tmp_path / "w.safetensors")
+    finally:
+        os.umask(umask)
+    assert {p.name: p.stat().st_mode & 0o777 for p in tmp_path.iterdir()} == {"a.txt": 0o644, "w.safetensors": 0o644}
