@@ -104,7 +104,7 @@ def main() -> None:
         ds, sampler = trainer.train_set, trainer.train_sampler
         size = d["feats"].stat().st_size / 2**30
         print(f"store: {len(ds)} utterances, {hours:.2f} h, {a.layers} x {a.dim}-dim fp16 (store codec {a.store_codec}), {size:.2f} GiB; "
-              f"{len(sampler)} batches of <= {trainer.args.batch_bins} frames", flush=True)
+              f"{len(sampler)} batches of <= {trainer.opts.batch_bins} frames", flush=True)
         rates = {}
         for w in a.workers:
             rates[w] = loader_rate(ds, sampler, w, device.type == "cuda", a.epochs)

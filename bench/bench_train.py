@@ -31,10 +31,11 @@ from machine import print_header, sync  # noqa: E402
 from asrkit.audio import load_audio  # noqa: E402
 from asrkit.bin.train import get_parser  # noqa: E402
 from asrkit.train.config import resolve_config  # noqa: E402
-from asrkit.train.experiment import seed_everything  # noqa: E402
+from asrkit.train.experiment import model_config, seed_everything  # noqa: E402
 from asrkit.data import SpeechDataset, collate  # noqa: E402
 from asrkit.features.dump import dump  # noqa: E402
 from asrkit.features.extractors import ExtractorSpec, SSLExtractor  # noqa: E402
+from asrkit.features.store import FeatureReader  # noqa: E402
 from asrkit.fileio import load_jsonl, resolve_audio_path, write_jsonl  # noqa: E402
 from asrkit.model_io import build_from_config  # noqa: E402
 from asrkit.random_models import PRESETS, save_random_ssl  # noqa: E402
@@ -69,12 +70,12 @@ def build_trainer(config: str, d: dict, device: torch.device, exp_dir: Path, *ov
     argv = ["--config", config, "--train_data", str(d["data"]), "--train_feats", str(d["feats"]),
             "--valid_data", str(d["data"]), "--valid_feats", str(d["feats"]), "--token_dir", str(d["tokens"]),
             "--exp_dir", str(exp_dir), "--ngpu", str(int(device.type == "cuda")), *overrides]
-    args, conf = resolve_config(get_parser(), argv)
-    tok = Tokenizer.load(args.token_dir)
-    data = SpeechDataset(args.train_data, args.train_feats, tok)
-    conf.update(input_dim=data.dim, input_layers=data.num_layers, vocab_size=tok.vocab_size)
+    _, opts, sections = resolve_config(get_parser(), argv)
+    tok = Tokenizer.load(opts.token_dir)
+    data = SpeechDataset(opts.train_data, opts.train_feats, tok)
     seed_everything(0)
-    return Trainer(args, conf, build_from_config(conf), data, data, tok, init_distributed(args.ngpu))
+    model = build_from_config(model_config(sections, FeatureReader(opts.train_feats), tok))
+    return Trainer(opts, model, data, data, tok, init_distributed(opts.ngpu))
 
 
 class Meter:
@@ -179,7 +180,7 @@ def main(argv=None) -> None:
                                    Meter(otf_tr, on_the_fly(otf_tr, ssl, audio))], a.warmup, steps)
             rows.append((name, stored, otf))
             print(f"{name}: {sum(p.numel() for p in otf_tr.module.parameters()) / 1e6:.1f}M params, "
-                  f"amp {otf_tr.amp}, {steps} timed steps each, batch_bins {otf_tr.args.batch_bins}", flush=True)
+                  f"amp {otf_tr.amp}, {steps} timed steps each, batch_bins {otf_tr.opts.batch_bins}", flush=True)
             for label, r in (("stored features", stored), ("WavLM on the fly", otf)):
                 mem = f"   step memory {r['work_mem']:.2f} GiB" if not cpu else ""
                 print(f"  {label:17s} {r['frames_s']:10.0f} frames/s {r['utts_s']:8.2f} utt/s "

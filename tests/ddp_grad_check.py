@@ -7,14 +7,16 @@ import copy
 import json
 import os
 import sys
+from dataclasses import replace
 
 import torch
 import torch.distributed as dist
 
 from asrkit.bin.train import get_parser
 from asrkit.train.config import resolve_config
-from asrkit.train.experiment import seed_everything
+from asrkit.train.experiment import model_config, seed_everything
 from asrkit.data import SpeechDataset, collate
+from asrkit.features.store import FeatureReader
 from asrkit.model_io import build_from_config
 from asrkit.tokenizer import Tokenizer
 from asrkit.distributed import init_distributed
@@ -28,15 +30,14 @@ def grads(model) -> torch.Tensor:
 
 
 def main(out: str, argv: list[str]) -> None:
-    args, config = resolve_config(get_parser(), argv)
+    _, opts, sections = resolve_config(get_parser(), argv)
     info = init_distributed(0)
-    tok = Tokenizer.load(args.token_dir)
-    data = SpeechDataset(args.train_data, args.train_feats, tok)
-    config.update(input_dim=data.dim, input_layers=data.num_layers, vocab_size=tok.vocab_size)
-    seed_everything(args.seed)
-    model = build_from_config(config)
+    tok = Tokenizer.load(opts.token_dir)
+    data = SpeechDataset(opts.train_data, opts.train_feats, tok)
+    seed_everything(opts.seed)
+    model = build_from_config(model_config(sections, FeatureReader(opts.train_feats), tok))
     reference = copy.deepcopy(model)
-    trainer = Trainer(args, config, model, data, data, tok, info)
+    trainer = Trainer(opts, model, data, data, tok, info)
     trainer.model.eval()  # dropout and SpecAugment off: both sides see the same function
     utts = list(range(2 * B))  # different lengths, so each rank pads differently than the whole
     mine = utts[info.rank * B:(info.rank + 1) * B]
@@ -45,7 +46,7 @@ def main(out: str, argv: list[str]) -> None:
     ddp = grads(trainer.module).clone()
     trainer.optimizer.zero_grad()
 
-    args.accum_grad = 2  # two micro-batches per rank, the first without all-reduce
+    trainer.opts = replace(trainer.opts, accum_grad=2)  # two micro-batches per rank, the first without all-reduce
     trainer.backward(collate([data[i] for i in mine[: B // 2]]), sync=False)
     local = grads(trainer.module).clone()
     other = [torch.zeros_like(local) for _ in range(info.world_size)]

@@ -18,13 +18,14 @@ The model needs `decoder_init` and `decoder_step` (see decode/stepper.py), `ctc_
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 
 from asrkit.decode.ctc import NEG_INF, CTCPrefixScorer
 from asrkit.decode.stepper import Stepper
+from asrkit.options import option
 
 log = logging.getLogger(__name__)
 
@@ -40,16 +41,11 @@ class Hyp:
         return {"tokens": self.tokens, "score": self.score, "att": self.att, "ctc": self.ctc}
 
 
-def option(default, help: str):
-    """A search option: its default and --help text, defined here once for the API and the commands."""
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass
 class SearchOptions:
     beam: int = option(10, "beam size")
     ctc_weight: float = option(0.3, "weight of the CTC prefix score (joint, attention_rescoring)")
-    length_bonus: float = option(0.0, "score added per token (ESPnet's penalty)")
+    length_bonus: float = option(0.0, "score added per token (ESPnet's penalty)", aliases=["penalty"])
     maxlenratio: float = option(0.0, "max tokens = ratio x encoder frames; 0: encoder frames, with end "
                                      "detection; <0: -ratio tokens")
     minlenratio: float = option(0.0, "min tokens = ratio x encoder frames")

@@ -8,11 +8,12 @@ rescored by the decoder, as WeNet does). A batch that runs out of memory is spli
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 import torch
 
-from asrkit.decode.beam import Hyp, SearchOptions, beam_search, option
+from asrkit.decode.beam import Hyp, SearchOptions, beam_search
+from asrkit.options import add_options, option, options_from
 from asrkit.decode.ctc import ctc_greedy_search, ctc_prefix_beam_search_batch
 from asrkit.errors import DataError
 
@@ -22,7 +23,7 @@ MODES = ("ctc_greedy", "ctc_prefix_beam", "attention", "joint", "attention_resco
 
 @dataclass
 class DecodeOptions(SearchOptions):
-    mode: str = option("joint", "decoding mode: " + ", ".join(MODES))
+    mode: str = option("joint", "decoding mode: " + ", ".join(MODES), choices=MODES)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -41,17 +42,13 @@ class DecodeOptions(SearchOptions):
 
 def add_search_options(parser) -> None:
     """--mode, --beam, ... on a command line, with DecodeOptions' defaults and help."""
-    g = parser.add_argument_group("search")
-    for f in fields(DecodeOptions):
-        names = [f"--{f.name}"] + (["--penalty"] if f.name == "length_bonus" else [])  # ESPnet's name
-        g.add_argument(*names, type=type(f.default), default=f.default, help=f.metadata["help"],
-                       **({"choices": MODES} if f.name == "mode" else {}))
+    add_options(parser, DecodeOptions, group="search")
 
 
 def search_options(args) -> DecodeOptions:
     """DecodeOptions from parsed arguments; a bad value is a DataError naming it."""
     try:
-        return DecodeOptions(**{f.name: getattr(args, f.name) for f in fields(DecodeOptions)})
+        return options_from(DecodeOptions, args)
     except ValueError as e:
         raise DataError(str(e), "decoding options") from None
 

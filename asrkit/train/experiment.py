@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import random
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from asrkit.fileio import load_jsonl, resolve_audio_path, write_skipped
 from asrkit.model_io import FEATS_ATTRS, build_from_config, load_feats_attrs, save_exp_files
 from asrkit.segment import SHAPE, measure_utterances
 from asrkit.tokenizer import Tokenizer
+from asrkit.train.config import TrainOptions
 from asrkit.train.trainer import Trainer
 
 log = logging.getLogger("asrkit.train")
@@ -47,37 +49,44 @@ def record_utterance_shape(exp_dir: Path, train_data: str, store: FeatureReader)
              shape.lead, shape.trail, shape.measured)
 
 
-def train(args, config: dict) -> None:
-    """Train (or resume) the experiment in args.exp_dir, in this process or as one rank under torchrun."""
-    dist = init_distributed(args.ngpu, args.dist_backend)
-    exp_dir = Path(args.exp_dir)
-    setup_logging(args.log_file or str(exp_dir / "train.log"), args.verbose, dist.rank)
-    if (args.ngpu or 0) > 1 and dist.world_size == 1:
+def model_config(model: dict, train_store: FeatureReader, tokenizer: Tokenizer) -> dict:
+    """The model sections completed from the data: input and vocabulary sizes, and for a decoder or
+    encoder top of the features' own checkpoint, that checkpoint (and the stored layer)."""
+    attrs = train_store.attrs
+    model = {**model, "input_dim": train_store.dim, "input_layers": train_store.num_layers,
+             "vocab_size": tokenizer.vocab_size}
+    if model.get("decoder") == "whisper":  # by default the decoder of the features' own checkpoint
+        model["decoder_conf"] = {"pretrained": attrs.get("ssl_model"), **(model.get("decoder_conf") or {})}
+    if model.get("ssl_top"):  # the layers above the stored one, of the features' own checkpoint
+        model["ssl_top"] = {"checkpoint": attrs.get("ssl_model"), "from_layer": int(attrs["layers"][-1]),
+                            **model["ssl_top"]}
+    return model
+
+
+def train(opts: TrainOptions, model_sections: dict, log_file: str | None = None, verbose: bool = False) -> None:
+    """Train (or resume) the experiment in opts.exp_dir, in this process or as one rank under torchrun.
+    config.yaml holds the options and the model config."""
+    dist = init_distributed(opts.ngpu, opts.dist_backend)
+    exp_dir = Path(opts.exp_dir)
+    setup_logging(log_file or str(exp_dir / "train.log"), verbose, dist.rank)
+    if (opts.ngpu or 0) > 1 and dist.world_size == 1:
         log.warning("--ngpu %d but a single process: only one GPU is used; launch with "
-                    "torchrun --nproc_per_node %d -m asrkit.bin.train ...", args.ngpu, args.ngpu)
+                    "torchrun --nproc_per_node %d -m asrkit.bin.train ...", opts.ngpu, opts.ngpu)
     try:
-        tokenizer = Tokenizer.load(args.token_dir)
-        train_store, valid_store = FeatureReader(args.train_feats), FeatureReader(args.valid_feats)
-        check_compatible(valid_store.attrs, train_store.attrs, args.valid_feats)
+        tokenizer = Tokenizer.load(opts.token_dir)
+        train_store, valid_store = FeatureReader(opts.train_feats), FeatureReader(opts.valid_feats)
+        check_compatible(valid_store.attrs, train_store.attrs, opts.valid_feats)
         if (exp_dir / FEATS_ATTRS).is_file():  # resuming: the features must be those trained on
-            check_compatible(train_store.attrs, load_feats_attrs(exp_dir), args.train_feats)
-        config.update(input_dim=train_store.dim, input_layers=train_store.num_layers,
-                      vocab_size=tokenizer.vocab_size)
-        if config.get("decoder") == "whisper":  # by default the decoder of the features' own checkpoint
-            config["decoder_conf"] = {"pretrained": train_store.attrs.get("ssl_model"),
-                                      **(config.get("decoder_conf") or {})}
-        if config.get("ssl_top"):  # the layers above the stored one, of the features' own checkpoint
-            attrs = train_store.attrs
-            config["ssl_top"] = {"checkpoint": attrs.get("ssl_model"), "from_layer": int(attrs["layers"][-1]),
-                                 **config["ssl_top"]}
-        seed_everything(args.seed)  # same initial weights on every rank
+            check_compatible(train_store.attrs, load_feats_attrs(exp_dir), opts.train_feats)
+        config = model_config(model_sections, train_store, tokenizer)
+        seed_everything(opts.seed)  # same initial weights on every rank
         model = build_from_config(config)
         min_frames = getattr(model, "min_frames", 1)
-        train_set = SpeechDataset(args.train_data, args.train_feats, tokenizer, min_frames)
-        valid_set = SpeechDataset(args.valid_data, args.valid_feats, tokenizer, min_frames)
+        train_set = SpeechDataset(opts.train_data, opts.train_feats, tokenizer, min_frames)
+        valid_set = SpeechDataset(opts.valid_data, opts.valid_feats, tokenizer, min_frames)
         if dist.is_main:
-            save_exp_files(exp_dir, config, args.token_dir, train_store.attrs)
-            record_utterance_shape(exp_dir, args.train_data, train_store)
+            save_exp_files(exp_dir, {**asdict(opts), **config}, opts.token_dir, train_store.attrs)
+            record_utterance_shape(exp_dir, opts.train_data, train_store)
             for name, ds in (("train", train_set), ("valid", valid_set)):
                 if ds.skipped:
                     write_skipped(exp_dir / f"skipped_{name}.txt", ds.skipped)
@@ -86,7 +95,7 @@ def train(args, config: dict) -> None:
             log.info("%s: %.2fM parameters (%.2fM trained); %d training and %d validation utterances; %d processes "
                      "on %s", config.get("encoder"), n_params / 1e6, trained / 1e6, len(train_set), len(valid_set),
                      dist.world_size, dist.device.type)
-        seed_everything(args.seed + dist.rank)  # but other SpecAugment/dropout draws per rank
-        Trainer(args, config, model, train_set, valid_set, tokenizer, dist).run()
+        seed_everything(opts.seed + dist.rank)  # but other SpecAugment/dropout draws per rank
+        Trainer(opts, model, train_set, valid_set, tokenizer, dist).run()
     finally:
         cleanup()

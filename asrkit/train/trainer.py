@@ -29,6 +29,7 @@ from asrkit.data import BucketBatchSampler, SpeechDataset, collate
 from asrkit.decode.ctc import ctc_greedy_search
 from asrkit.distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier
 from asrkit.errors import DataError
+from asrkit.train.config import TrainOptions
 from asrkit.train.optim import build_optimizer, build_scheduler
 from asrkit.train.reporter import Reporter
 
@@ -84,35 +85,35 @@ def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
 
 
 class Trainer:
-    def __init__(self, args, config: dict, model: torch.nn.Module, train_set: SpeechDataset,
+    def __init__(self, opts: TrainOptions, model: torch.nn.Module, train_set: SpeechDataset,
                  valid_set: SpeechDataset, tokenizer, dist: DistInfo):
-        self.args, self.config, self.dist, self.tokenizer = args, config, dist, tokenizer
-        self.exp_dir = Path(args.exp_dir)
+        self.opts, self.dist, self.tokenizer = opts, dist, tokenizer
+        self.exp_dir = Path(opts.exp_dir)
         self.device = dist.device
         self.module = model.to(self.device)
         self.model = (DistributedDataParallel(self.module, device_ids=[self.device] if self.device.type == "cuda"
-                                              else None, find_unused_parameters=args.ddp_find_unused_parameters)
+                                              else None, find_unused_parameters=opts.ddp_find_unused_parameters)
                       if dist.distributed else self.module)
         self.train_set, self.valid_set = train_set, valid_set
         kw = dict(num_replicas=dist.world_size, rank=dist.rank)
-        self.train_sampler = BucketBatchSampler(train_set.lengths, args.batch_bins, shuffle=True,
-                                                seed=args.seed, **kw)
-        self.valid_sampler = BucketBatchSampler(valid_set.lengths, args.valid_batch_bins or args.batch_bins,
+        self.train_sampler = BucketBatchSampler(train_set.lengths, opts.batch_bins, shuffle=True,
+                                                seed=opts.seed, **kw)
+        self.valid_sampler = BucketBatchSampler(valid_set.lengths, opts.valid_batch_bins or opts.batch_bins,
                                                 shuffle=False, **kw)
         self.train_loader = self._loader(train_set, self.train_sampler)
         self.valid_loader = self._loader(valid_set, self.valid_sampler)
         self.epoch_len = len(self.train_sampler)
-        updates = math.ceil(self.epoch_len / args.accum_grad) * args.max_epoch
-        self.optimizer = build_optimizer(args.optim, self.module, args.optim_conf)
-        self.scheduler = build_scheduler(args.scheduler, self.optimizer, args.scheduler_conf, updates)
-        self.amp = amp_dtype(args.amp, self.device)
+        updates = math.ceil(self.epoch_len / opts.accum_grad) * opts.max_epoch
+        self.optimizer = build_optimizer(opts.optim, self.module, opts.optim_conf)
+        self.scheduler = build_scheduler(opts.scheduler, self.optimizer, opts.scheduler_conf, updates)
+        self.amp = amp_dtype(opts.amp, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp == torch.float16)
         self.state = State()
         self.last_batch = None
         self.reporter = None
 
     def _loader(self, dataset, sampler) -> DataLoader:
-        workers = self.args.num_workers
+        workers = self.opts.num_workers
         # its own generator: starting an epoch's iterator must not draw from the global RNG, or a
         # resumed run would see other dropout/SpecAugment draws than an uninterrupted one
         return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
@@ -131,7 +132,7 @@ class Trainer:
 
     def resume(self) -> bool:
         path = self.exp_dir / model_io.RESUME
-        if not (self.args.resume and path.is_file()):
+        if not (self.opts.resume and path.is_file()):
             return False
         c = model_io.load_checkpoint(path)
         if not isinstance(c, dict) or (missing := {"model", "optimizer", "scheduler", "scaler", "state", "rng",
@@ -153,7 +154,7 @@ class Trainer:
         else:
             log.warning("checkpoint was written by %d processes, now %d: RNG states reseeded and the "
                         "epoch restarted", c["world_size"], self.dist.world_size)
-            torch.manual_seed(self.args.seed + self.dist.rank + self.state.step)
+            torch.manual_seed(self.opts.seed + self.dist.rank + self.state.step)
             self.state.batches_done, self.state.sums = 0, [0.0] * len(self.state.sums)
         log.info("resumed from %s: epoch %d, batch %d of %d, update %d", path, self.state.epoch,
                  self.state.batches_done, self.epoch_len, self.state.step)
@@ -187,13 +188,13 @@ class Trainer:
         no_sync = self.model.no_sync() if (self.dist.distributed and not sync) else contextlib.nullcontext()
         with no_sync:
             out = self.forward(batch)
-            self.scaler.scale(out["loss"] * (weight / self.args.accum_grad)).backward()
+            self.scaler.scale(out["loss"] * (weight / self.opts.accum_grad)).backward()
         return out
 
     def update(self) -> tuple[float, bool]:
         """Clip and step; a non-finite gradient norm skips the update (the same on every rank)."""
         self.scaler.unscale_(self.optimizer)
-        clip = self.args.grad_clip if self.args.grad_clip > 0 else float("inf")
+        clip = self.opts.grad_clip if self.opts.grad_clip > 0 else float("inf")
         norm = float(torch.nn.utils.clip_grad_norm_(self.module.parameters(), clip))
         ok = math.isfinite(norm)
         if self.scaler.is_enabled():
@@ -215,7 +216,7 @@ class Trainer:
 
         Leaves no trace: gradients, buffers (BatchNorm statistics) and RNG states are restored.
         """
-        batches = self.train_sampler.largest(self.args.preflight_batches)
+        batches = self.train_sampler.largest(self.opts.preflight_batches)
         if not batches:
             return
         rng, buffers = rng_state(), self.buffers()
@@ -242,7 +243,7 @@ class Trainer:
 
     def train_epoch(self) -> bool:
         """Train the rest of the current epoch; False when max_steps stopped it early."""
-        st, args = self.state, self.args
+        st, opts = self.state, self.opts
         self.model.train()
         self.train_sampler.set_epoch(st.epoch, st.batches_done)
         bar = tqdm(total=self.epoch_len, initial=st.batches_done, desc=f"epoch {st.epoch}", unit="batch",
@@ -257,7 +258,7 @@ class Trainer:
             if batch is None:  # every utterance of this batch unreadable: keep ranks in step, learn nothing
                 batch, weight = self.last_batch, 0.0
             self.last_batch = batch
-            sync = st.batches_done % args.accum_grad == 0 or st.batches_done == self.epoch_len
+            sync = st.batches_done % opts.accum_grad == 0 or st.batches_done == self.epoch_len
             out = self.backward(batch, sync, weight)
             n = len(batch["utt_ids"]) * weight
             frames = batch["feat_lens"].sum().to(self.device) * weight
@@ -285,15 +286,15 @@ class Trainer:
             if self.reporter:
                 self.reporter.record("step", st.step, **rec)
                 bar.set_postfix(loss=f"{rec['loss']:.3f}", fps=f"{rec['frames_per_s']:.0f}", refresh=False)
-                if st.step % args.log_interval == 0:
+                if st.step % opts.log_interval == 0:
                     log.info("epoch %d update %d: %s", st.epoch, st.step,
                              " ".join(f"{k}={v:.4g}" for k, v in rec.items() if isinstance(v, float)))
             window.zero_()
             t_last = now
-            if args.max_steps and st.step >= args.max_steps:
+            if opts.max_steps and st.step >= opts.max_steps:
                 bar.close()
                 return False
-            if args.save_interval_steps and st.step % args.save_interval_steps == 0:
+            if opts.save_interval_steps and st.step % opts.save_interval_steps == 0:
                 self.save()
         bar.close()
         return True
@@ -332,38 +333,38 @@ class Trainer:
 
     def end_epoch(self, valid: dict, seconds: float) -> bool:
         """Record the epoch, keep the best/last weights, checkpoint; True to go on training."""
-        st, args = self.state, self.args
+        st, opts = self.state, self.opts
         sums = all_reduce_sum(torch.tensor(st.sums, dtype=torch.float64, device=self.device)).cpu().tolist()
         train = train_metrics(sums)
         record = {"epoch": st.epoch, "step": st.step, "train": train, "valid": valid, "time_s": seconds,
                   "lr": self.scheduler.get_last_lr()[0]}
         st.history.append(record)
-        best = model_io.best_epochs(st.history, args.best_model_criterion, 1)
+        best = model_io.best_epochs(st.history, opts.best_model_criterion, 1)
         since_best = st.epoch - best[0] if best else 0
         log.info("epoch %d: train loss %.4f acc %.4f | valid %s | %.0fs", st.epoch, train["loss"], train["acc"],
                  " ".join(f"{k} {v:.4f}" for k, v in valid.items()), seconds)
         if self.dist.is_main:
             model_io.save_weights(self.module.state_dict(), model_io.epoch_weights(self.exp_dir, st.epoch))
-            model_io.prune_epochs(self.exp_dir, st.history, args.best_model_criterion, args.keep_nbest_models,
-                              args.keep_last_models)
+            model_io.prune_epochs(self.exp_dir, st.history, opts.best_model_criterion, opts.keep_nbest_models,
+                              opts.keep_last_models)
             self.reporter.record("epoch", st.step, **{k: v for k, v in record.items() if k != "step"})
             self.reporter.plot()
-        early = bool(args.patience) and since_best >= args.patience
+        early = bool(opts.patience) and since_best >= opts.patience
         if early:
             log.info("early stop: valid %s has not improved for %d epochs (best: epoch %d)",
-                     args.best_model_criterion, since_best, best[0])
+                     opts.best_model_criterion, since_best, best[0])
         st.epoch, st.batches_done, st.sums = st.epoch + 1, 0, [0.0] * len(st.sums)
         st.stopped_early = early
         self.save()
-        return not early and st.epoch <= args.max_epoch
+        return not early and st.epoch <= opts.max_epoch
 
     def run(self) -> None:
         self.resume()
         if self.dist.is_main:
-            self.reporter = Reporter(self.exp_dir, self.args.tensorboard, self.state.step, self.state.epoch)
+            self.reporter = Reporter(self.exp_dir, self.opts.tensorboard, self.state.step, self.state.epoch)
         st = self.state
-        steps_left = not self.args.max_steps or st.step < self.args.max_steps  # a rerun at the limit does nothing
-        if not st.stopped_early and st.epoch <= self.args.max_epoch and steps_left:
+        steps_left = not self.opts.max_steps or st.step < self.opts.max_steps  # a rerun at the limit does nothing
+        if not st.stopped_early and st.epoch <= self.opts.max_epoch and steps_left:
             self.preflight()
             while True:
                 t0 = time.time()
@@ -374,7 +375,7 @@ class Trainer:
                 if not self.end_epoch(self.validate(), time.time() - t0):
                     break
         if self.dist.is_main:
-            model_io.average_best(self.exp_dir, st.history, self.args.best_model_criterion, self.args.keep_nbest_models)
+            model_io.average_best(self.exp_dir, st.history, self.opts.best_model_criterion, self.opts.keep_nbest_models)
             if lines := model_io.write_layer_weights(self.exp_dir):  # which layers the model uses (slice_store keeps fewer)
                 log.info("learned weights of the feature layers (%s):\n%s", model_io.AVERAGE, "\n".join(lines))
             self.reporter.plot()
