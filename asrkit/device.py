@@ -15,7 +15,11 @@ def first_device(ngpu: int) -> torch.device:
     return torch.device("cuda:0" if ngpu > 0 else "cpu")
 
 
-def process_device(ngpu: int) -> torch.device:
-    """first_device(ngpu), except under torchrun/srun on GPUs: the GPU of this process's local rank."""
+def process_device(ngpu: int, share: int = 0) -> torch.device:
+    """The device of this process: the CPU with ngpu 0; on GPUs, under torchrun/srun the GPU of its local
+    rank, else that of the share it does (a process spawned per GPU does share r on GPU r)."""
     device = first_device(ngpu)
-    return torch.device("cuda", launch()[2] % torch.cuda.device_count()) if device.type == "cuda" else device
+    if device.type != "cuda":
+        return device
+    _, world, local = launch()
+    return torch.device("cuda", (local if world > 1 else share) % torch.cuda.device_count())

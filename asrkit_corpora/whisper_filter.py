@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from asrkit.audio import SAMPLE_RATE, load_audio
-from asrkit.distributed import launch
+from asrkit.device import process_device
 from asrkit.errors import DataError
 from asrkit.failures import batch_or_one_by_one, check_failures
 from asrkit.fileio import atomic_open, open_for_append, read_jsonl, resolve_audio_path, write_json
@@ -86,7 +86,8 @@ def transcribe(records: list[dict], model: str, hyp_tsv: Path, batch_size: int =
         return done
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     gpus = torch.cuda.device_count() if device == "cuda" else 0
-    job = _ZeroShot(model, hyp_tsv, batch_size, device, gpus, progress, num_beams, len(todo), fallback)
+    job = _ZeroShot(model=model, hyp_tsv=hyp_tsv, batch_size=batch_size, gpus=gpus, progress=progress,
+                    num_beams=num_beams, planned=len(todo), fallback=fallback)
     return run_sharded(job, todo, lambda r: r["utt_id"], Path(f"{hyp_tsv}.partial"),
                        {"model": str(model), **options}, ".tsv", processes=max(1, gpus))
 
@@ -97,8 +98,7 @@ class _ZeroShot:
     model: str
     hyp_tsv: Path
     batch_size: int
-    device: str
-    gpus: int
+    gpus: int  # 0: the CPU
     progress: bool
     num_beams: int
     planned: int
@@ -112,8 +112,7 @@ class _ZeroShot:
 
         from asrkit.ssl import hf_source, load_error
 
-        device = torch.device("cuda", (launch()[2] if launch()[1] > 1 else rank) % self.gpus) if self.gpus \
-            else torch.device(self.device)
+        device = process_device(self.gpus, rank)
         dtype = torch.float16 if device.type == "cuda" else torch.float32
         try:
             processor = WhisperProcessor.from_pretrained(hf_source(self.model))

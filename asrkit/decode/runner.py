@@ -157,7 +157,7 @@ class _Decoding:
         if self.loaded is None:
             setup_logging(None, self.verbose, rank=rank)
             torch.set_num_threads(max(1, self.threads // self.processes))
-            device = torch.device(f"cuda:{rank % self.ngpu}") if self.ngpu else device
+            device = process_device(self.ngpu, rank)
             self.loaded = load_model(self.model_dir, self.checkpoint, device)[:2]
         return decode_into(part, *self.loaded, FeatureReader(self.feats), items, self.opts, self.batch_size, device,
                            progress=rank == 0)
@@ -208,9 +208,10 @@ def decode_split(model_dir, data, feats, out, opts: DecodeOptions, checkpoint: s
     log.info("decoding %d utterances (%d skipped) on %s with %d process(es): %s", len(todo), len(plan_skipped),
              device, processes, asdict(opts))
     spawned = world == 1 and processes > 1
-    job = _Decoding(model_dir, checkpoint, str(data), str(feats), out, opts, batch_size, ngpu,
-                    torch.get_num_threads(), processes, verbose, todo, plan_skipped, device,
-                    None if spawned else (model, tokenizer))
+    job = _Decoding(model_dir=model_dir, checkpoint=checkpoint, data=str(data), feats=str(feats), out=out,
+                    opts=opts, batch_size=batch_size, ngpu=ngpu, threads=torch.get_num_threads(),
+                    processes=processes, verbose=verbose, planned=todo, plan_skipped=plan_skipped, device=device,
+                    loaded=None if spawned else (model, tokenizer))
     if spawned:
         del model
     # what a resumed run's hypotheses must have come from: the same weights (by content: another model

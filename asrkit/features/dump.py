@@ -244,9 +244,10 @@ def dump(data: str, out: str, spec: ExtractorSpec = ExtractorSpec(), speed_pertu
             log.info("%s is complete and matches the options: nothing to do (--force to redo)", out)
             return FeatureReader(out).attrs
         log.info("redoing %s: %s", out, why)
-    job = _Extraction(spec, attrs, out, bad, len(items) + len(bad), nj,
-                      int((batch_seconds or (200.0 if ngpu > 0 else 20.0)) * SAMPLE_RATE),
-                      int(max_seconds * SAMPLE_RATE), progress, None if spawn else extractor)
+    job = _Extraction(spec=spec, attrs=attrs, out=out, bad=bad, planned=len(items) + len(bad), nj=nj, ngpu=ngpu,
+                      batch_samples=int((batch_seconds or (200.0 if ngpu > 0 else 20.0)) * SAMPLE_RATE),
+                      max_samples=int(max_seconds * SAMPLE_RATE), progress=progress,
+                      extractor=None if spawn else extractor)
     if spawn:  # each spawned process loads the model on its own GPU
         del extractor
         torch.cuda.empty_cache()
@@ -265,6 +266,7 @@ class _Extraction:
     bad: list[tuple[str, str]]  # found unreadable while planning
     planned: int
     nj: int
+    ngpu: int
     batch_samples: int
     max_samples: int
     progress: bool
@@ -286,8 +288,9 @@ class _Extraction:
     def work(self, items: list[Item], part: Path, rank: int) -> list[tuple[str, str]]:
         extractor = self.extractor
         if extractor is None:
-            torch.cuda.set_device(rank)
-            extractor = self.spec.build(f"cuda:{rank}")
+            device = process_device(self.ngpu, rank)
+            torch.cuda.set_device(device)
+            extractor = self.spec.build(str(device))
         log.info("process %d: %d utterances to extract", rank, len(items))
         return extract_shard(extractor, make_batches(items, self.batch_samples), part, self.nj, self.max_samples,
                              self.progress and rank == 0, self.attrs, str(self.out))
