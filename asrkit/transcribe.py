@@ -90,18 +90,18 @@ class Piece(NamedTuple):
 
 
 class Transcriber:
-    """A model dir ready to transcribe files; search options: asrkit.decode.DecodeOptions' fields.
+    """A model dir ready to transcribe files with the search `search` (asrkit.decode.DecodeOptions).
     A file longer than `segment.max_seconds` is cut at its pauses (asrkit.segment) and its segments
     decoded as utterances. `segment`: "model" (segments shaped like the model's training utterances,
     from its utterances.json; SegmentOptions() for a model without one), a dict of SegmentOptions
     fields to set on those, SegmentOptions, or None to decode every file whole."""
 
     def __init__(self, model_dir, checkpoint: str = AVERAGE, device: str = "cpu",
-                 segment: SegmentOptions | dict | str | None = "model", **search):
+                 segment: SegmentOptions | dict | str | None = "model", search: DecodeOptions = DecodeOptions()):
         self.device = torch.device(device)
         self.model, self.tokenizer, self.config, self.attrs = load_model(model_dir, checkpoint, self.device)
         self.extractor = extractor_from_attrs(self.attrs, self.device)
-        self.opts = check_model(self.model, DecodeOptions(**search), str(model_dir))
+        self.opts = check_model(self.model, search, str(model_dir))
         self.frame_s = self.model.subsampling / float(self.attrs["frame_rate"])
         if segment == "model" or isinstance(segment, dict):
             shape = UtteranceShape.read(model_dir)
@@ -170,24 +170,26 @@ class Transcriber:
         from asrkit.decode.runner import Utterance, decode_utterances
 
         feats, out = {}, {}
-        for i, piece in enumerate(pieces):
+        for piece in pieces:
             try:
-                feats[str(i)] = self.features(piece)
+                feats[piece] = self.features(piece)
             except DataError as e:
                 log.warning("%s", e)
                 out[piece] = {"error": str(e)}
-        utts = [Utterance(k, f.shape[-2], 0.0) for k, f in feats.items()]
-        failed: list[tuple[str, str]] = []
+        # each piece is decoded as an utterance whose id is the piece itself
+        rate = float(self.attrs["frame_rate"])
+        utts = [Utterance(piece, f.shape[-2], f.shape[-2] / rate) for piece, f in feats.items()]
+        failed: list[tuple[Piece, str]] = []
         for u, nbest, _ in decode_utterances(self.model, utts, feats.__getitem__, self.opts, batch_size,
                                              self.device, failed, progress=False):
-            piece, h = pieces[int(u.utt_id)], nbest[0] if nbest else None
+            piece, h = u.utt_id, nbest[0] if nbest else None
             rec = {"text": self.tokenizer.decode(h.tokens) if h else "", "score": h.score if h else None}
             if timings:
                 rec["words"] = [{**w, "start": round(w["start"] + piece.start, 3),
                                  "end": round(w["end"] + piece.start, 3)}
                                 for w in self._words(h, feats[u.utt_id], u.frames, rec["text"])]
             out[piece] = rec
-        out.update({pieces[int(k)]: {"error": why} for k, why in failed})
+        out.update({piece: {"error": why} for piece, why in failed})
         return out
 
     def _words(self, h, feats: np.ndarray, frames: int, text: str) -> list[dict]:

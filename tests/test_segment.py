@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from asrkit.audio import audio_info, load_audio
+from asrkit.decode import DecodeOptions
 from asrkit.fileio import load_jsonl
 from asrkit.segment import CHUNK, SegmentOptions, segment_file, segments_from_probs
 from asrkit.subtitles import timestamp
@@ -128,7 +129,7 @@ def test_a_long_recording_is_transcribed_segment_by_segment_on_its_clock(fsdd, t
 
     import soundfile as sf
 
-    asr = Transcriber(exp, mode="ctc_greedy", segment=None)
+    asr = Transcriber(exp, segment=None, search=DecodeOptions(mode="ctc_greedy"))
     for i in sorted(random.Random(1).sample(range(len(segs)), 5)):  # a few segments, as files of their own
         one = tmp_path / f"seg{i}.wav"
         sf.write(one, load_audio(str(path), segs[i].start, segs[i].end), 16000)
@@ -182,12 +183,12 @@ def test_a_model_of_short_clips_transcribes_a_long_recording_as_well_as_the_clip
     shape = UtteranceShape.read(tmp_path / "exp")
     assert shape.shortest < 0.4 and shape.longest < 1.5 and shape.lead < 0.2 and shape.measured > 150
     ref = " ".join(r["text"] for r in splits["test"])
-    one = Transcriber(tmp_path / "exp", mode="ctc_greedy", segment=None).transcribe(
-        [r["audio"] for r in splits["test"]])
+    greedy = DecodeOptions(mode="ctc_greedy")
+    one = Transcriber(tmp_path / "exp", segment=None, search=greedy).transcribe([r["audio"] for r in splits["test"]])
     one_wer = jiwer.wer(ref, " ".join(o["text"] for o in one))
     long = tmp_path / "long.wav"
     join_utterances(splits["test"], str(long), pause=1.0)
-    wer = {name: jiwer.wer(ref, Transcriber(tmp_path / "exp", mode="ctc_greedy", segment=seg).transcribe([long])[0]["text"])
+    wer = {name: jiwer.wer(ref, Transcriber(tmp_path / "exp", segment=seg, search=greedy).transcribe([long])[0]["text"])
            for name, seg in (("shaped", "model"), ("defaults", SegmentOptions()))}
     assert one_wer < 0.25, one_wer  # (the model learned the digits)
     assert wer["shaped"] - one_wer <= 0.05, (one_wer, wer)

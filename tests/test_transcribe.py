@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from asrkit.bin import decode, transcribe
+from asrkit.decode import DecodeOptions
 from asrkit.fileio import load_jsonl, write_jsonl
 from asrkit.transcribe import word_timings
 from conftest import write_tone
@@ -90,7 +91,7 @@ def test_transcribe_says_too_short_by_the_audio_length(tmp_path, tiny_corpus, ti
 
     exp = make_exp(tmp_path, tiny_corpus, tiny_wavlm, "fbank", "conformer")[0]
     short = write_tone(tmp_path / "blip.wav", seconds=0.03)
-    [rec] = Transcriber(exp, beam=2).transcribe([short])
+    [rec] = Transcriber(exp, search=DecodeOptions(beam=2)).transcribe([short])
     assert rec["error"].startswith(f"{short}: too short (0.03 s)"), rec
 
 

@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     segment = None if args.max_segment == 0 else given
     from asrkit.transcribe import Transcriber
 
-    asr = Transcriber(args.model_dir, args.checkpoint, first_device(args.ngpu), segment, **vars(opts))
+    asr = Transcriber(args.model_dir, args.checkpoint, first_device(args.ngpu), segment, opts)
     failed = 0
     timings = args.json or bool(args.output_dir and {"srt", "vtt", "json"} & set(formats))
     for rec in asr.transcribe(args.audio, timings=timings, batch_size=args.batch_size, progress=args.progress):

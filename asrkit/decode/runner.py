@@ -19,7 +19,7 @@ import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple
+from typing import Callable, Hashable, Iterator, NamedTuple
 
 import numpy as np
 import torch
@@ -44,7 +44,8 @@ log = logging.getLogger("asrkit.decode")
 
 
 class Utterance(NamedTuple):
-    utt_id: str
+    utt_id: Hashable  # a split list's id; transcribe decodes the pieces of files as themselves
+
     frames: int
     seconds: float
 
