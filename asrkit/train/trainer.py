@@ -249,55 +249,64 @@ class Trainer:
         bar = tqdm(total=self.epoch_len, initial=st.batches_done, desc=f"epoch {st.epoch}", unit="batch",
                    disable=not self.dist.is_main, dynamic_ncols=True, leave=False,
                    mininterval=0.5 if sys.stderr.isatty() else 60)  # a log file gets a line a minute
-        window = torch.zeros(len(SUM_KEYS), dtype=torch.float64, device=self.device)
+        window = torch.zeros(len(SUM_KEYS), dtype=torch.float64, device=self.device)  # sums since the last update
         t_last = time.time()
         saved = self.buffers()
-        for batch in self.train_loader:
-            st.batches_done += 1
-            weight = 1.0
-            if batch is None:  # every utterance of this batch unreadable: keep ranks in step, learn nothing
-                batch, weight = self.last_batch, 0.0
-            self.last_batch = batch
-            sync = st.batches_done % opts.accum_grad == 0 or st.batches_done == self.epoch_len
-            out = self.backward(batch, sync, weight)
-            n = len(batch["utt_ids"]) * weight
-            frames = batch["feat_lens"].sum().to(self.device) * weight
-            # SUM_KEYS: metrics x utterances, utterances, frames; on the device, read once per update
-            window += torch.cat([torch.stack([out[k].detach() for k in TRAIN_KEYS]) * n,
-                                 torch.stack([frames.new_tensor(n), frames])]).double()
-            bar.update(1)
-            if not sync:
-                continue
-            norm, ok = self.update()
-            if not ok:  # the bad batch also went through BatchNorm: undo its running statistics
-                self.restore_buffers(saved)
-            saved = self.buffers()
-            st.step += 1
-            win = window.tolist()
-            st.sums = [a + b for a, b in zip(st.sums, win)]
-            now = time.time()
-            rate = self.dist.world_size / max(now - t_last, 1e-9)  # all ranks, estimated from rank 0
-            counts = dict(zip(SUM_KEYS, win))
-            rec = train_metrics(win)
-            rec.update(epoch=st.epoch, lr=self.scheduler.get_last_lr()[0], grad_norm=norm, skipped=not ok,
-                       frames_per_s=counts["frames"] * rate, utts_per_s=counts["utts"] * rate)
-            if self.device.type == "cuda":
-                rec["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
-            if self.reporter:
-                self.reporter.record("step", st.step, **rec)
-                bar.set_postfix(loss=f"{rec['loss']:.3f}", fps=f"{rec['frames_per_s']:.0f}", refresh=False)
-                if st.step % opts.log_interval == 0:
-                    log.info("epoch %d update %d: %s", st.epoch, st.step,
-                             " ".join(f"{k}={v:.4g}" for k, v in rec.items() if isinstance(v, float)))
-            window.zero_()
-            t_last = now
-            if opts.max_steps and st.step >= opts.max_steps:
-                bar.close()
-                return False
-            if opts.save_interval_steps and st.step % opts.save_interval_steps == 0:
-                self.save()
-        bar.close()
+        with contextlib.closing(bar):
+            for batch in self.train_loader:
+                st.batches_done += 1
+                sync = st.batches_done % opts.accum_grad == 0 or st.batches_done == self.epoch_len
+                window += self.micro_batch(batch, sync)
+                bar.update(1)
+                if not sync:
+                    continue
+                norm, ok = self.update()
+                if not ok:  # the bad batch also went through BatchNorm: undo its running statistics
+                    self.restore_buffers(saved)
+                saved = self.buffers()
+                st.step += 1
+                t_last = self.report_update(window.tolist(), norm, ok, t_last, bar)
+                window.zero_()
+                if opts.max_steps and st.step >= opts.max_steps:
+                    return False
+                if opts.save_interval_steps and st.step % opts.save_interval_steps == 0:
+                    self.save()
         return True
+
+    def micro_batch(self, batch: dict | None, sync: bool) -> torch.Tensor:
+        """Forward and backward of one micro-batch; its SUM_KEYS sums (metrics x utterances, utterances,
+        frames), on the device (read once per update). A batch of which no utterance could be read (None)
+        runs the last one again with weight 0: every rank steps alike, nothing is learned."""
+        weight = 1.0
+        if batch is None:
+            batch, weight = self.last_batch, 0.0
+        self.last_batch = batch
+        out = self.backward(batch, sync, weight)
+        n = len(batch["utt_ids"]) * weight
+        frames = batch["feat_lens"].sum().to(self.device) * weight
+        return torch.cat([torch.stack([out[k].detach() for k in TRAIN_KEYS]) * n,
+                          torch.stack([frames.new_tensor(n), frames])]).double()
+
+    def report_update(self, sums: list[float], norm: float, ok: bool, t_last: float, bar) -> float:
+        """Add an update's sums to the epoch's, and record (and every log_interval updates log) its
+        metrics and speed; returns the time it was reported at."""
+        st = self.state
+        st.sums = [a + b for a, b in zip(st.sums, sums)]
+        now = time.time()
+        rate = self.dist.world_size / max(now - t_last, 1e-9)  # all ranks, estimated from rank 0
+        counts = dict(zip(SUM_KEYS, sums))
+        rec = train_metrics(sums)
+        rec.update(epoch=st.epoch, lr=self.scheduler.get_last_lr()[0], grad_norm=norm, skipped=not ok,
+                   frames_per_s=counts["frames"] * rate, utts_per_s=counts["utts"] * rate)
+        if self.device.type == "cuda":
+            rec["peak_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        if self.reporter:
+            self.reporter.record("step", st.step, **rec)
+            bar.set_postfix(loss=f"{rec['loss']:.3f}", fps=f"{rec['frames_per_s']:.0f}", refresh=False)
+            if st.step % self.opts.log_interval == 0:
+                log.info("epoch %d update %d: %s", st.epoch, st.step,
+                         " ".join(f"{k}={v:.4g}" for k, v in rec.items() if isinstance(v, float)))
+        return now
 
     @torch.no_grad()
     def validate(self) -> dict:
