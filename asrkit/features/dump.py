@@ -120,18 +120,24 @@ class _BatchAudio(torch.utils.data.Dataset):
         return self.read(i)
 
     def read(self, i):
-        out = []
-        for it in self.batches[i]:
-            try:
-                wav = load_audio(it.audio, it.start, it.end)
-                if it.speed != 1.0:  # sox-style speed: resample as if recorded at sr * speed
-                    wav = resample(wav, int(round(SAMPLE_RATE * it.speed)), SAMPLE_RATE)
-                if self.extractor.num_frames(len(wav)) < 1:
-                    raise DataError(f"too short: {len(wav) / SAMPLE_RATE * 1000:.1f} ms gives no frame", it.audio)
-                out.append((it.key, self.extractor.prepare(wav), len(wav), ""))
-            except Exception as e:  # any unreadable file is reported, never fatal
-                out.append((it.key, None, 0, str(e) if isinstance(e, DataError) else f"{it.audio}: {e!r}"))
-        return out
+        return read_batch(self.batches[i], self.extractor)
+
+
+def read_batch(batch: list[Item], extractor) -> list[tuple[str, object, int, str]]:
+    """Each item's (key, its audio prepared for `extractor` or None, input samples, why it is None):
+    read, resampled, speed-perturbed. Never raises: an unreadable file is a reason."""
+    out = []
+    for it in batch:
+        try:
+            wav = load_audio(it.audio, it.start, it.end)
+            if it.speed != 1.0:  # sox-style speed: resample as if recorded at sr * speed
+                wav = resample(wav, int(round(SAMPLE_RATE * it.speed)), SAMPLE_RATE)
+            if extractor.num_frames(len(wav)) < 1:
+                raise DataError(f"too short: {len(wav) / SAMPLE_RATE * 1000:.1f} ms gives no frame", it.audio)
+            out.append((it.key, extractor.prepare(wav), len(wav), ""))
+        except Exception as e:  # any unreadable file is reported, never fatal
+            out.append((it.key, None, 0, str(e) if isinstance(e, DataError) else f"{it.audio}: {e!r}"))
+    return out
 
 
 def extract_shard(extractor, batches: list[list[Item]], shard: Path, nj: int,
