@@ -1,5 +1,5 @@
-"""Every command the READMEs show runs as written: each shell line of README.md's and the recipe
-READMEs' bash blocks, and the Python example, in a scratch copy of the repository, with the
+"""Every command the READMEs show runs as written: each shell line of README.md's, docs/GUIDE.md's and
+the recipe READMEs' bash blocks, and the Python example, in a scratch copy of the repository, with the
 placeholders filled from small fixtures (`/path/to/manifest.jsonl`, `exp/<tag>`, `a.flac`, ...) and
 tiny sizes appended (a tiny random WavLM in place of the pretrained one, one epoch). A command that
 needs what a test machine cannot have is skipped with its reason; a command no rule knows fails,
@@ -23,7 +23,7 @@ from corpora_fixtures import make_fake_myst, myst_utt_id
 from myst_checks import check_myst_outputs
 
 pytestmark = pytest.mark.slow
-DOCS = ["README.md", "egs/child/README.md", "egs/myst/README.md"]
+DOCS = ["README.md", "docs/GUIDE.md", "egs/child/README.md", "egs/myst/README.md"]
 TINY_TRAIN = ("--max_epoch 1 --batch_bins 3000 --num_workers 0 --encoder_conf.num_blocks 1 "
               "--decoder_conf.num_blocks 1 --keep_nbest_models 1 --preflight_batches 1")
 TINY = ["--nj", "1", "--ngpu", "0", "--train_config", "{repo}/conf/tuning/train_conformer_tiny.yaml",
