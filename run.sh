@@ -464,7 +464,7 @@ run_stage 1 "feature dump ($feats_tag)" "$(for s in $all_sets; do lines "$datadi
 # ------------------------------------------------------------------ stage 2: token list
 stage2() {
     python -m asrkit.bin.make_tokens --data "$datadir/$train_set.jsonl" --token_type "$token_type" \
-        --nbpe "$nbpe" --bpemode "$bpemode" --pretrained "$ssl_model" --out "$token_dir"
+        --nbpe "$nbpe" --bpemode "$bpemode" --ssl_model "$ssl_model" --out "$token_dir"
 }
 run_stage 2 "token list ($unit)" "$datadir/$train_set.jsonl" "$token_dir/tokens.txt" \
     "token_type nbpe bpemode$([ "$token_type" != whisper ] || echo " ssl_model")" stage2

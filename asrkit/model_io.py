@@ -27,6 +27,7 @@ import torch
 import yaml
 
 from asrkit.errors import DataError
+from asrkit.features.extractors import ExtractorSpec
 from asrkit.fileio import atomic_open, atomic_path, load_jsonl, write_json
 from asrkit.nets import build_model
 from asrkit.tokenizer import Tokenizer
@@ -71,8 +72,12 @@ def load_feats_attrs(exp_dir: str | Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def build_from_config(config: dict):
-    return build_model(config, config["input_dim"], config["input_layers"], config["vocab_size"])
+def build_from_config(config: dict, feats_attrs: dict):
+    """The model of a config (config.yaml), for the features a store's attrs describe (feats_attrs.json):
+    a Whisper decoder or an encoder's top layers are those of the features' own checkpoint."""
+    spec = ExtractorSpec.from_attrs(feats_attrs)
+    return build_model(config, config["input_dim"], config["input_layers"], config["vocab_size"],
+                       ssl_model=spec.ssl_model or None, stored_layer=spec.stored_layer)
 
 
 def weights_path(exp_dir: str | Path, checkpoint: str = AVERAGE) -> Path:
@@ -101,7 +106,7 @@ def load_model(exp_dir: str | Path, checkpoint: str = AVERAGE, device: str | tor
     tokenizer = Tokenizer.load(exp_dir / TOKENS_DIR)
     feats_attrs = load_feats_attrs(exp_dir)
     path = weights_path(exp_dir, checkpoint)
-    model = build_from_config(config)
+    model = build_from_config(config, feats_attrs)
     try:
         model.load_state_dict(model_state(path))
     except RuntimeError as e:

@@ -1,5 +1,7 @@
-"""Pretrained speech encoders through HuggingFace `transformers`: self-supervised ones (WavLM, wav2vec2,
-HuBERT) and Whisper's encoder.
+"""Pretrained checkpoints through HuggingFace `transformers`, the one module that loads them (with
+friendly errors and checks of a local dir): self-supervised encoders (WavLM, wav2vec2, HuBERT),
+Whisper's encoder, and the whole Whisper (its decoder, tokenizer and processor). A checkpoint, an HF
+model id or a local dir, is named `ssl_model` everywhere, as run.sh's option.
 
 Users load pretrained checkpoints by id or local dir (`microsoft/wavlm-base-plus`,
 `openai/whisper-base`); tests, benchmarks and the offline demo load random-weight ones that
@@ -14,32 +16,72 @@ from asrkit.errors import DataError
 # ---------------------------------------------------------------------------------------------
 # Loading any HF speech encoder with hidden states (WavLM, wav2vec2, HuBERT; Whisper) and choosing layers.
 
-def hf_source(name_or_dir: str) -> str:
+def hf_source(ssl_model: str) -> str:
     """What from_pretrained is given: a local dir (checked), else the model id."""
-    looks_local = Path(name_or_dir).expanduser().exists() or name_or_dir.startswith((".", "/", "~"))
-    if looks_local and not (Path(name_or_dir).expanduser() / "config.json").is_file():
-        raise DataError("not a HuggingFace model dir (no config.json)", name_or_dir,
+    looks_local = Path(ssl_model).expanduser().exists() or ssl_model.startswith((".", "/", "~"))
+    if looks_local and not (Path(ssl_model).expanduser() / "config.json").is_file():
+        raise DataError("not a HuggingFace model dir (no config.json)", ssl_model,
                         "pass a dir written by save_pretrained, or a model id such as microsoft/wavlm-base-plus")
-    return str(Path(name_or_dir).expanduser()) if looks_local else name_or_dir
+    return str(Path(ssl_model).expanduser()) if looks_local else ssl_model
 
 
-def load_error(e: OSError, name_or_dir: str):
-    return DataError(f"cannot load the model: {str(e).splitlines()[0]}", name_or_dir,
+def load_error(e: Exception, ssl_model: str):
+    return DataError(f"cannot load the model: {str(e).splitlines()[0]}", ssl_model,
                      "check the model id, or download it on a machine with internet "
                      "(huggingface-cli download ID) and pass its local dir")
 
 
-def model_type(name_or_dir: str) -> str:
-    """The checkpoint's `model_type` ("wavlm", "hubert", "whisper", ...) from its config alone."""
+def load_config(ssl_model: str):
+    """The checkpoint's config alone (transformers' AutoConfig)."""
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(hf_source(name_or_dir)).model_type
-    except OSError as e:
-        raise load_error(e, name_or_dir) from None
+        return AutoConfig.from_pretrained(hf_source(ssl_model))
+    except (OSError, ValueError) as e:
+        raise load_error(e, ssl_model) from None
 
 
-def load_whisper_encoder(name_or_dir: str, device: str = "cpu"):
+def model_type(ssl_model: str) -> str:
+    """The checkpoint's `model_type` ("wavlm", "hubert", "whisper", ...) from its config alone."""
+    return load_config(ssl_model).model_type
+
+
+def load_whisper(ssl_model: str, dtype=None):
+    """The whole Whisper checkpoint (encoder and decoder: WhisperForConditionalGeneration), in float32
+    unless `dtype` says otherwise, whatever the file stores."""
+    import torch
+    from transformers import WhisperForConditionalGeneration
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    try:
+        return WhisperForConditionalGeneration.from_pretrained(hf_source(ssl_model), dtype=dtype or torch.float32)
+    except (OSError, ValueError) as e:
+        raise load_error(e, ssl_model) from None
+
+
+def load_whisper_tokenizer(ssl_model: str):
+    """A Whisper checkpoint's tokenizer (or that of a token dir holding its files)."""
+    from transformers import WhisperTokenizer
+
+    try:  # (a token dir holds the tokenizer's files and no model config)
+        return WhisperTokenizer.from_pretrained(ssl_model if Path(ssl_model).is_dir() else hf_source(ssl_model))
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot load a Whisper tokenizer: {str(e).splitlines()[0]}", ssl_model,
+                        "give a Whisper checkpoint dir or model id (run.sh: --ssl_model)") from None
+
+
+def load_whisper_processor(ssl_model: str):
+    """A Whisper checkpoint's feature extractor and tokenizer (WhisperProcessor)."""
+    from transformers import WhisperProcessor
+
+    try:
+        return WhisperProcessor.from_pretrained(hf_source(ssl_model))
+    except (OSError, ValueError) as e:
+        raise load_error(e, ssl_model) from None
+
+
+def load_whisper_encoder(ssl_model: str, device: str = "cpu"):
     """(Whisper's encoder in eval mode on `device`, its WhisperFeatureExtractor): the decoder is dropped.
     The weights are loaded in float32 whatever dtype the file stores (see load_ssl_model)."""
     import torch
@@ -47,20 +89,20 @@ def load_whisper_encoder(name_or_dir: str, device: str = "cpu"):
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    src = hf_source(name_or_dir)
+    src = hf_source(ssl_model)
     try:
         # sdpa: the encoder's layers are given a boolean padding mask (see WhisperExtractor)
         encoder = WhisperModel.from_pretrained(src, attn_implementation="sdpa", dtype=torch.float32).get_encoder()
     except OSError as e:
-        raise load_error(e, name_or_dir) from None
+        raise load_error(e, ssl_model) from None
     try:
         fe = WhisperFeatureExtractor.from_pretrained(src)
     except OSError:
-        raise DataError("the Whisper checkpoint has no feature extractor (preprocessor_config.json)", name_or_dir,
+        raise DataError("the Whisper checkpoint has no feature extractor (preprocessor_config.json)", ssl_model,
                         "save the checkpoint's WhisperFeatureExtractor (or WhisperProcessor) into it") from None
     return encoder.eval().requires_grad_(False).to(device), fe
 
-def load_ssl_model(name_or_dir: str, device: str = "cpu"):
+def load_ssl_model(ssl_model: str, device: str = "cpu"):
     """(model in eval mode on `device`, do_normalize) for an HF model id or a local dir.
 
     `do_normalize`: whether the checkpoint expects each waveform scaled to zero mean and unit
@@ -74,15 +116,15 @@ def load_ssl_model(name_or_dir: str, device: str = "cpu"):
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    src = hf_source(name_or_dir)
+    src = hf_source(ssl_model)
     try:
         config = AutoConfig.from_pretrained(src)
         model = AutoModel.from_pretrained(src, dtype=torch.float32)
     except OSError as e:
-        raise load_error(e, name_or_dir) from None
+        raise load_error(e, ssl_model) from None
     if not hasattr(model, "feature_extractor") or not hasattr(model, "encoder"):
         raise DataError(f"{type(model).__name__} is not a speech encoder with a convolutional front end",
-                        name_or_dir, "use a WavLM, wav2vec2 or HuBERT checkpoint")
+                        ssl_model, "use a WavLM, wav2vec2 or HuBERT checkpoint")
     try:
         do_normalize = bool(getattr(AutoFeatureExtractor.from_pretrained(src), "do_normalize", False))
     except (OSError, ValueError):  # no preprocessor_config.json: the Large ("layer" norm) models normalize

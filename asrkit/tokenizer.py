@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from asrkit.errors import DataError
+from asrkit.ssl import load_whisper_tokenizer
 
 BLANK, UNK, SOS_EOS, SPACE = "<blank>", "<unk>", "<sos/eos>", "<space>"
 TOKEN_TYPES = ("char", "bpe", "word", "whisper")
@@ -66,7 +67,7 @@ class Tokenizer:
                                 f"{len(self.tokens)} tokens", str(sp_model), "rebuild the token list")
         self.hf = None
         if token_type == "whisper":
-            self.hf = _whisper_tokenizer(whisper_dir)
+            self.hf = load_whisper_tokenizer(whisper_dir)
             if self.hf.eos_token_id + WHISPER_OFFSET + 1 != len(self.tokens):
                 raise DataError(f"the Whisper tokenizer has {self.hf.eos_token_id} text tokens but tokens.txt "
                                 f"{len(self.tokens)} tokens", str(whisper_dir), "rebuild the token list")
@@ -125,21 +126,21 @@ class Tokenizer:
 
 def build_token_list(texts: Sequence[str], token_type: str, out_dir: str | Path, nbpe: int = 300,
                      bpemode: str = "unigram", character_coverage: float = 1.0,
-                     pretrained: str | None = None) -> Tokenizer:
+                     ssl_model: str | None = None) -> Tokenizer:
     """Make a token dir from training texts (for whisper: from the tokenizer of the checkpoint
-    `pretrained`). The dir is built beside `out_dir` and swapped in whole, so a failure or a kill
+    `ssl_model`). The dir is built beside `out_dir` and swapped in whole, so a failure or a kill
     leaves either the previous list or none, never a mix."""
     out_dir = Path(out_dir)
     info = {"token_type": token_type}
     if token_type == "whisper":
-        if not pretrained:
-            raise DataError("token_type whisper takes the tokenizer of a Whisper checkpoint", "--pretrained",
+        if not ssl_model:
+            raise DataError("token_type whisper takes the tokenizer of a Whisper checkpoint", "--ssl_model",
                             "give the checkpoint whose encoder made the features (run.sh: --ssl_model)")
-        hf = _whisper_tokenizer(pretrained)
+        hf = load_whisper_tokenizer(ssl_model)
         # an empty or blank token would be a blank line in tokens.txt: named by its id instead
         tokens = [BLANK, UNK] + [t if t and t.strip() == t else f"<whisper{i}>"
                                  for i, t in enumerate(hf.convert_ids_to_tokens(range(hf.eos_token_id)))] + [SOS_EOS]
-        info["pretrained"] = str(pretrained)
+        info["ssl_model"] = str(ssl_model)
     elif token_type == "bpe":
         model = _train_sentencepiece(texts, nbpe, bpemode, character_coverage)
         import sentencepiece as spm
@@ -179,16 +180,6 @@ def build_token_list(texts: Sequence[str], token_type: str, out_dir: str | Path,
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return Tokenizer.load(out_dir)
-
-
-def _whisper_tokenizer(path):
-    from transformers import WhisperTokenizer
-
-    try:
-        return WhisperTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError) as e:
-        raise DataError(f"cannot load a Whisper tokenizer: {e}", str(path),
-                        "give a Whisper checkpoint dir or model id (run.sh: --ssl_model)") from None
 
 
 def _train_sentencepiece(texts: Sequence[str], nbpe: int, bpemode: str, character_coverage: float) -> bytes:

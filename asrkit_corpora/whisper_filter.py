@@ -108,17 +108,11 @@ class _ZeroShot:
         return {u for u, (_, err) in read_hyps(part).items() if not err}  # (a failure is tried again)
 
     def work(self, records: list[dict], part: Path, rank: int) -> list[tuple[str, str]]:
-        from transformers import WhisperForConditionalGeneration, WhisperProcessor
-
-        from asrkit.ssl import hf_source, load_error
+        from asrkit.ssl import load_whisper, load_whisper_processor
 
         device = process_device(self.gpus, rank)
-        dtype = torch.float16 if device.type == "cuda" else torch.float32
-        try:
-            processor = WhisperProcessor.from_pretrained(hf_source(self.model))
-            whisper = WhisperForConditionalGeneration.from_pretrained(hf_source(self.model), dtype=dtype)
-        except OSError as e:
-            raise load_error(e, self.model) from None
+        processor = load_whisper_processor(self.model)
+        whisper = load_whisper(self.model, torch.float16 if device.type == "cuda" else torch.float32)
         whisper = whisper.to(device).eval()
         options = {"num_beams": self.num_beams, **(FALLBACK if self.fallback else {})}
         if getattr(whisper.generation_config, "is_multilingual", True):  # (an English-only *.en model has

@@ -74,7 +74,7 @@ def build_trainer(config: str, d: dict, device: torch.device, exp_dir: Path, *ov
     tok = Tokenizer.load(opts.token_dir)
     data = SpeechDataset(opts.train_data, opts.train_feats, tok)
     seed_everything(0)
-    model = build_from_config(model_config(sections, FeatureReader(opts.train_feats), tok))
+    model = build_from_config(model_config(sections, store := FeatureReader(opts.train_feats), tok), store.attrs)
     return Trainer(opts, model, data, data, tok, init_distributed(opts.ngpu))
 
 

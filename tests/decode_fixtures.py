@@ -106,10 +106,10 @@ def make_exp_dir(root, n_test: int = 7, seed: int = 0, epochs: int = 0, ctc_only
     exp = root / "exp" / "tiny"
     save_exp_files(exp, config, paths["token_dir"], ATTRS)
     torch.manual_seed(seed)
-    save_weights(build_from_config(config).state_dict(), exp / "model.avg.safetensors")
+    save_weights(build_from_config(config, ATTRS).state_dict(), exp / "model.avg.safetensors")
     for e in range(1, epochs + 1):
         torch.manual_seed(seed + e)
-        save_weights(build_from_config(config).state_dict(), exp / f"epoch{e}.safetensors")
+        save_weights(build_from_config(config, ATTRS).state_dict(), exp / f"epoch{e}.safetensors")
     return exp, data, feats, tok
 
 

@@ -69,7 +69,7 @@ def test_a_wrong_layer_or_checkpoint_is_named(tiny_wavlm, tmp_path):
 
     with pytest.raises(ValueError, match="from_layer 9"):
         SSLTop(str(tiny_wavlm), 9, 32)
-    with pytest.raises(ValueError, match="cannot load the encoder checkpoint"):
+    with pytest.raises(ValueError, match="not a HuggingFace model dir"):
         SSLTop(str(tmp_path / "nowhere"), 1, 32)
     other = save_random_ssl(tmp_path / "d2v", model_type="data2vec-audio")  # (its layers: not supported)
     with pytest.raises(ValueError, match="is a data2vec-audio: store its last layer instead"):
@@ -99,6 +99,8 @@ def test_a_model_with_the_top_trains_and_transcribes(tmp_path, tiny_corpus, tiny
     """Stage 3 with ssl_top on a tiny Whisper's stored layer 1 (trimmed): the exp dir records the
     checkpoint and the split point, the top learns at lr x lr_scale, and transcribe (stored layer's
     extractor, the trained top, the light model) gives stage 4's text."""
+    import json
+
     import yaml
 
     from asrkit.bin import decode, train, transcribe
@@ -122,7 +124,9 @@ def test_a_model_with_the_top_trains_and_transcribes(tmp_path, tiny_corpus, tiny
     train.main([f"--config={conf}", *(f"--{k}={v}" for k, v in paths.items()), f"--token_dir={tmp_path / 'tokens'}",
                 f"--exp_dir={exp}", "--ngpu=0"])
     config = yaml.safe_load((exp / "config.yaml").read_text())
-    assert config["ssl_top"] == {"checkpoint": str(tiny_whisper), "from_layer": 1, "lr_scale": 0.5}
+    assert config["ssl_top"] == {"lr_scale": 0.5}  # the checkpoint and its layer: the features' extractor
+    spec = ExtractorSpec.from_attrs(json.loads((exp / "feats_attrs.json").read_text()))
+    assert (spec.ssl_model, spec.stored_layer, spec.whisper_input) == (str(tiny_whisper), 1, "trimmed")
     state = model_state(exp / "model.avg.safetensors")
     pretrained = SSLTop(str(tiny_whisper), 1, state["ssl_top.final_norm.weight"].numel()).state_dict()
     assert any(not torch.equal(state[f"ssl_top.{k}"], v) for k, v in pretrained.items())  # the top learned

@@ -130,9 +130,9 @@ def test_fsdd_round_trip(fsdd, tmp_path):
 def test_whisper_tokens_are_the_checkpoints_own(train_list, tmp_path, tiny_whisper):
     from transformers import WhisperTokenizer
 
-    with pytest.raises(DataError, match="--pretrained"):
+    with pytest.raises(DataError, match="--ssl_model"):
         make(train_list, tmp_path / "none", "--token_type", "whisper")
-    tok = make(train_list, tmp_path / "whisper", "--token_type", "whisper", "--pretrained", str(tiny_whisper))
+    tok = make(train_list, tmp_path / "whisper", "--token_type", "whisper", "--ssl_model", str(tiny_whisper))
     hf = WhisperTokenizer.from_pretrained(str(tiny_whisper))
     lines = (tmp_path / "whisper" / "tokens.txt").read_text(encoding="utf-8").splitlines()
     assert len(lines) == len(set(lines)) == tok.vocab_size == hf.eos_token_id + 3  # text tokens, <blank> <unk> <sos/eos>

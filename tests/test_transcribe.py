@@ -45,7 +45,7 @@ def make_exp(tmp_path, tiny_corpus, tiny_wavlm, feats_type: str, encoder: str):
     exp = tmp_path / "exp"
     save_exp_files(exp, config, tok_dir, attrs)
     torch.manual_seed(0)
-    save_weights(build_from_config(config).state_dict(), exp / "model.avg.safetensors")
+    save_weights(build_from_config(config, attrs).state_dict(), exp / "model.avg.safetensors")
     return exp, data, store
 
 
@@ -184,15 +184,15 @@ def test_a_whisper_decoder_model_transcribes_like_stage_4(ctc_weight, tmp_path, 
     store = tmp_path / "test.h5"
     dump(str(data), str(store), ExtractorSpec("wavlm", str(tiny_whisper), "last", dtype="float32"), nj=0,
          progress=False)
-    tok = build_token_list(["one two three"], "whisper", tmp_path / "tokens", pretrained=str(tiny_whisper))
+    tok = build_token_list(["one two three"], "whisper", tmp_path / "tokens", ssl_model=str(tiny_whisper))
     attrs = FeatureReader(store).attrs
     config = {"frontend_conf": {"layer_norm": False}, "encoder": "identity", "decoder": "whisper",
-              "decoder_conf": {"pretrained": str(tiny_whisper)}, "model_conf": {"ctc_weight": ctc_weight},
+              "model_conf": {"ctc_weight": ctc_weight},
               "input_dim": int(attrs["dim"]), "input_layers": 1, "vocab_size": tok.vocab_size}
     exp = tmp_path / "exp"
     save_exp_files(exp, config, tmp_path / "tokens", attrs)
     torch.manual_seed(0)
-    save_weights(build_from_config(config).state_dict(), exp / "model.avg.safetensors")
+    save_weights(build_from_config(config, attrs).state_dict(), exp / "model.avg.safetensors")
     decode.main([f"--model_dir={exp}", f"--data={data}", f"--feats={store}", f"--out={tmp_path / 'dec'}",
                  "--beam=2", "--maxlenratio=-6"])
     info = json.loads((tmp_path / "dec" / "decode_info.json").read_text())

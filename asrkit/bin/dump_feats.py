@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     parser = get_parser()
     args = parser.parse_args(argv)
     setup_logging(args.log_file, args.verbose)
-    spec = ExtractorSpec(**{f.name: getattr(args, f.name) for f in fields(ExtractorSpec)})
+    spec = ExtractorSpec(**{f.name: getattr(args, f.name) for f in fields(ExtractorSpec) if hasattr(args, f.name)})
     dump_lists(args.data, args.out, spec, args.speed_perturb_data, args.speed_perturb, nj=args.nj, ngpu=args.ngpu,
                batch_seconds=args.batch_seconds, max_seconds=args.max_seconds, force=args.force,
                store_codec=args.store_codec)

@@ -22,7 +22,7 @@ def get_parser():
     parser.add_argument("--character_coverage", type=float, default=1.0,
                         help="sentencepiece: share of characters covered (1.0 for small alphabets)")
     parser.add_argument("--text_field", default="text", help="the (normalized) text field of the list")
-    parser.add_argument("--pretrained", default=None,
+    parser.add_argument("--ssl_model", default=None,
                         help="token_type whisper: the Whisper checkpoint (dir or model id) whose tokenizer to use")
     return parser
 
@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     setup_logging(args.log_file, args.verbose)
     texts = read_texts(args.data, args.text_field)
     tok = build_token_list(texts, args.token_type, args.out, nbpe=args.nbpe, bpemode=args.bpemode,
-                           character_coverage=args.character_coverage, pretrained=args.pretrained)
+                           character_coverage=args.character_coverage, ssl_model=args.ssl_model)
     for text in texts:
         tok.encode(text)
     n_unk = sum(tok.unk_counts.values())

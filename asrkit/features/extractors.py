@@ -5,13 +5,15 @@ Each extractor has `prepare(wav)`, run in the DataLoader workers on one mono 16 
 and `__call__(arrays)`, run on a batch in the main process (on the GPU for SSL models); both
 return numpy arrays. `num_frames(samples)` is the exact frame count for an input length and
 `attrs` the description that the store records. `ExtractorSpec` is what the user chose: built once
-from the command line, it builds the extractor (`build`), and is read back from a store's or a model
-dir's attributes (`from_attrs`) to rebuild the same one.
+from the command line, it builds the extractor (`build`), whose `spec` is it resolved (the layers'
+indices, the checkpoint's weights hash). The store records that one as its "extractor" attribute, a
+model dir keeps it (feats_attrs.json), and `ExtractorSpec.from_attrs` reads it back to rebuild the same
+extractor, or to tell a later stage which checkpoint and layer the features came from.
 """
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -38,10 +40,11 @@ class FbankExtractor:
         self.n_mels, self.dtype = n_mels, dtype
         self.field = int(SAMPLE_RATE * self.frame_length_ms / 1000)
         self.stride = int(SAMPLE_RATE * self.frame_shift_ms / 1000)
+        self.spec = ExtractorSpec("fbank", "", "0", dtype, "float32", n_mels, layers=(0,), layer_reduce="none")
         self.attrs = dict(feats_type="fbank", n_mels=n_mels, frame_length_ms=self.frame_length_ms,
                           frame_shift_ms=self.frame_shift_ms, dim=n_mels, num_layers=1, layers=[0],
                           layer_reduce="none", sample_rate=SAMPLE_RATE, frame_rate=1000 / self.frame_shift_ms,
-                          dtype=dtype, asrkit_version=asrkit.__version__)
+                          dtype=dtype, asrkit_version=asrkit.__version__, extractor=self.spec.as_attr())
 
     def num_frames(self, num_samples: int) -> int:  # snip_edges: only whole windows
         return 0 if num_samples < self.field else 1 + (num_samples - self.field) // self.stride
@@ -77,49 +80,78 @@ def default_compute_dtype(device: torch.device) -> str:
 @dataclass(frozen=True)
 class ExtractorSpec:
     """The stage-1 extractor as the user chose it (the dump_feats options of the same names): fbank, or
-    the hidden states of the HF speech encoder `ssl_model` (WavLM, wav2vec2, HuBERT; Whisper's encoder)."""
+    the hidden states of the HF speech encoder `ssl_model` (WavLM, wav2vec2, HuBERT; Whisper's encoder).
+    Resolved (an extractor's `spec`), it also holds the layers' indices and how they are combined, and
+    the hash of the checkpoint's weights."""
     feats_type: str = "wavlm"  # wavlm: any HF speech encoder's hidden states; fbank
-    ssl_model: str = "microsoft/wavlm-base-plus"
-    ssl_layer: str = "9"  # a layer spec (asrkit.ssl.parse_layers)
+    ssl_model: str = "microsoft/wavlm-base-plus"  # the checkpoint: an HF model id or a local dir
+    ssl_layer: str = "9"  # a layer spec (asrkit.ssl.parse_layers), as given
     dtype: str = "float16"  # stored
     compute_dtype: str = "auto"
     n_mels: int = 80  # fbank
     whisper_input: str = WHISPER_INPUTS[0]  # Whisper: padded or trimmed windows
+    layers: tuple[int, ...] = ()  # resolved: the layers stored (ssl_layer's)
+    layer_reduce: str = ""  # resolved: none (one layer), stack or mean
+    weights_hash: str = ""  # resolved: of the checkpoint's weights
 
     def build(self, device: str | torch.device = "cpu"):
         if self.feats_type == "fbank":
             return FbankExtractor(n_mels=self.n_mels, dtype=self.dtype)
+        layers = (self.layers, self.layer_reduce) if self.layers else self.ssl_layer
         if model_type(self.ssl_model) == "whisper":
-            return WhisperExtractor(self.ssl_model, self.ssl_layer, device=str(device), dtype=self.dtype,
+            return WhisperExtractor(self.ssl_model, layers, device=str(device), dtype=self.dtype,
                                     compute_dtype=self.compute_dtype, whisper_input=self.whisper_input)
-        return SSLExtractor(self.ssl_model, self.ssl_layer, device=str(device), dtype=self.dtype,
+        return SSLExtractor(self.ssl_model, layers, device=str(device), dtype=self.dtype,
                             compute_dtype=self.compute_dtype)
+
+    @property
+    def stored_layer(self) -> int:
+        """The (highest) layer stored: the top layers of a model train above it (nets.ssl_top)."""
+        return max(self.layers)
+
+    def as_attr(self) -> dict:
+        """As the store's "extractor" attribute (JSON)."""
+        return {**asdict(self), "layers": list(self.layers)}
 
     @classmethod
     def from_attrs(cls, attrs: dict) -> ExtractorSpec:
-        """The spec of the extractor whose `attrs` a store (or a model dir's feats_attrs.json) records."""
+        """The resolved spec that a store's attrs (or a model dir's feats_attrs.json) record; for a store
+        written before the "extractor" attribute, made from the attributes it had."""
+        if "extractor" in attrs:
+            return cls(**{**attrs["extractor"], "layers": tuple(attrs["extractor"]["layers"])})
+        layers, reduce = tuple(attrs.get("layers") or (0,)), attrs.get("layer_reduce", "none")
         if attrs.get("feats_type") == "fbank":
-            return cls("fbank", dtype=attrs.get("dtype", "float16"), n_mels=int(attrs["n_mels"]))
-        layers = ("mean:" if attrs.get("layer_reduce") == "mean" else "") + ",".join(str(i) for i in attrs["layers"])
-        return cls(attrs.get("feats_type", "wavlm"), attrs["ssl_model"], layers, attrs.get("dtype", "float16"),
-                   attrs.get("compute_dtype", "auto"), whisper_input=attrs.get("whisper_input", "padded").split(",")[0])
+            return cls("fbank", "", "0", attrs.get("dtype", "float16"), "float32", int(attrs["n_mels"]),
+                       layers=layers, layer_reduce=reduce)
+        return cls(attrs.get("feats_type", "wavlm"), attrs.get("ssl_model", ""), ",".join(map(str, layers)),
+                   attrs.get("dtype", "float16"), attrs.get("compute_dtype", "auto"),
+                   whisper_input=attrs.get("whisper_input", "padded").split(",")[0], layers=layers,
+                   layer_reduce=reduce, weights_hash=attrs.get("weights_hash", ""))
 
 
 class _EncoderStates:
     """What the hidden-state extractors share: the layer choice, the dtypes, the store's attrs and
     the step from the encoder's hidden states to each utterance's stored array."""
 
-    def _setup(self, model: str, encoder: nn.Module, num_layers: int, dim: int, layers: str, dtype: str,
-               compute_dtype: str, stride: int, **attrs) -> None:
-        self.layers, self.reduce = parse_layers(layers, num_layers)
+    def _setup(self, ssl_model: str, encoder: nn.Module, num_layers: int, dim: int, layers: str | tuple, dtype: str,
+               compute_dtype: str, stride: int, regime: str = WHISPER_INPUTS[0], **attrs) -> None:
+        """`layers`: a layer spec, or a resolved spec's (indices, reduce); `regime`: Whisper's input."""
+        if isinstance(layers, str):
+            self.layers, self.reduce = parse_layers(layers, num_layers)
+        else:  # a resolved spec's (indices, reduce)
+            self.layers, self.reduce = list(layers[0]), layers[1]
         if compute_dtype == "auto":
             compute_dtype = default_compute_dtype(self.device)
         self.compute_dtype, self.dtype, self.stride = DTYPES[compute_dtype], dtype, stride
-        self.attrs = dict(feats_type="wavlm", ssl_model=str(model), weights_hash=weights_hash(encoder), **attrs,
+        given = layers if isinstance(layers, str) else ",".join(map(str, self.layers))
+        self.spec = ExtractorSpec("wavlm", str(ssl_model), given, dtype, compute_dtype, whisper_input=regime,
+                                  layers=tuple(self.layers), layer_reduce=self.reduce,
+                                  weights_hash=weights_hash(encoder))
+        self.attrs = dict(feats_type="wavlm", ssl_model=str(ssl_model), weights_hash=self.spec.weights_hash, **attrs,
                           layers=self.layers, layer_reduce=self.reduce, dim=dim,
                           num_layers=len(self.layers) if self.reduce == "stack" else 1, sample_rate=SAMPLE_RATE,
                           frame_rate=SAMPLE_RATE / stride, dtype=dtype, compute_dtype=compute_dtype,
-                          asrkit_version=asrkit.__version__)
+                          asrkit_version=asrkit.__version__, extractor=self.spec.as_attr())
 
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=self.compute_dtype, enabled=self.compute_dtype != torch.float32)
@@ -141,14 +173,14 @@ class SSLExtractor(_EncoderStates):
     runs under autocast. `speedups` (default: on CPU) applies features/speedups.py: there the first
     convolution and its normalization stay in float32, and the weights are cast once."""
 
-    def __init__(self, model: str, layers: str = "9", device: str = "cpu", dtype: str = "float16",
+    def __init__(self, ssl_model: str, layers: str | tuple = "9", device: str = "cpu", dtype: str = "float16",
                  compute_dtype: str = "auto", speedups: bool | None = None):
         self.device = torch.device(device)
-        self.model, self.do_normalize = load_ssl_model(model, self.device)
+        self.model, self.do_normalize = load_ssl_model(ssl_model, self.device)
         self.config = config = self.model.config
         self.field, stride = conv_geometry(config)
-        self._setup(model, self.model, config.num_hidden_layers, config.hidden_size, layers, dtype, compute_dtype,
-                    stride, model_type=config.model_type)
+        self._setup(ssl_model, self.model, config.num_hidden_layers, config.hidden_size, layers, dtype,
+                    compute_dtype, stride, model_type=config.model_type)
         # layers above the last one kept are never needed: drop them (WavLM's relative position bias
         # lives in layer 0, so the lower layers compute exactly what they compute in the full model)
         self.model.encoder.layers = self.model.encoder.layers[:max(self.layers)]
@@ -255,18 +287,19 @@ class WhisperExtractor(_EncoderStates):
     that an utterance's features never depend on what it is batched with.
     """
 
-    def __init__(self, model: str, layers: str = "6", device: str = "cpu", dtype: str = "float16",
+    def __init__(self, ssl_model: str, layers: str | tuple = "6", device: str = "cpu", dtype: str = "float16",
                  compute_dtype: str = "auto", whisper_input: str = "padded"):
         if whisper_input not in WHISPER_INPUTS:
             raise DataError(f"unknown whisper_input {whisper_input!r}", "--whisper_input",
                             f"choose one of {', '.join(WHISPER_INPUTS)}")
         self.device, self.padded = torch.device(device), whisper_input == "padded"
-        self.encoder, self.fe = load_whisper_encoder(model, self.device)
+        self.encoder, self.fe = load_whisper_encoder(ssl_model, self.device)
         config = self.encoder.config
         self.hop, self.window_frames = self.fe.hop_length, 2 * config.max_source_positions  # 160, 3000
         self.window_samples = self.window_frames * self.hop                                # 30 s
-        self._setup(model, self.encoder, config.encoder_layers, config.d_model, layers, dtype, compute_dtype,
-                    2 * self.hop, model_type="whisper", n_mels=config.num_mel_bins,
+        # attrs' whisper_input says it for people ("padded, 30 s windows"); the spec's is the choice
+        self._setup(ssl_model, self.encoder, config.encoder_layers, config.d_model, layers, dtype, compute_dtype,
+                    2 * self.hop, whisper_input, model_type="whisper", n_mels=config.num_mel_bins,
                     whisper_input=f"{whisper_input}, {self.window_samples / SAMPLE_RATE:g} s windows")
         self.final_norm = max(self.layers) == config.encoder_layers
         self.encoder.layers = self.encoder.layers[:max(self.layers)]

@@ -34,6 +34,7 @@ from asrkit.fileio import atomic_path, escape_key, unescape_key
 COMPAT_KEYS = ("feats_type", "model_type", "weights_hash", "layers", "layer_reduce", "dim", "num_layers",
                "sample_rate", "frame_rate", "n_mels", "frame_length_ms", "frame_shift_ms", "whisper_input")
 STATS_KEYS = ("num_utts", "num_skipped", "total_frames", "total_seconds")
+JSON_ATTRS = ("extractor",)  # attributes that are mappings (features.extractors.ExtractorSpec)
 
 
 def h5_name(key: str) -> str:
@@ -67,11 +68,13 @@ def _from_h5(value):
 
 def read_attrs(h5: h5py.File | h5py.AttributeManager) -> dict:
     attrs = h5.attrs if isinstance(h5, h5py.File) else h5
-    return {k: _from_h5(v) for k, v in attrs.items()}
+    return {k: json.loads(_from_h5(v)) if k in JSON_ATTRS else _from_h5(v) for k, v in attrs.items()}
 
 
 def write_attrs(h5: h5py.File, attrs: dict) -> None:
     for k, v in attrs.items():
+        if k in JSON_ATTRS:  # a mapping: as JSON text
+            v = json.dumps(v)
         h5.attrs[k] = np.asarray(v) if isinstance(v, (list, tuple)) else v
 
 

@@ -53,8 +53,21 @@ def _choice(conf: dict, key: str, table: dict, default: str | None):
     return table[name]
 
 
-def build_model(conf: dict[str, Any], input_dim: int, input_layers: int, vocab_size: int) -> ASRModel:
-    """The model a config describes, for features of `input_layers` x `input_dim` and a token list."""
+# keys of model dirs written before the checkpoint came from the features' extractor (ssl_model)
+_LEGACY = {"decoder_conf": ("pretrained",), "ssl_top": ("checkpoint", "from_layer")}
+
+
+def build_model(conf: dict[str, Any], input_dim: int, input_layers: int, vocab_size: int,
+                ssl_model: str | None = None, stored_layer: int | None = None) -> ASRModel:
+    """The model a config describes, for features of `input_layers` x `input_dim` and a token list.
+    `ssl_model` and `stored_layer`: the checkpoint (and its layer) that the features came from, whose
+    decoder (decoder: whisper) and top layers (ssl_top) a model takes."""
+    top_conf = conf.get("ssl_top")
+    legacy = {k: v for section, keys in _LEGACY.items() for k, v in (conf.get(section) or {}).items() if k in keys}
+    conf = {**conf, **{s: {k: v for k, v in (conf.get(s) or {}).items() if k not in keys}
+                       for s, keys in _LEGACY.items() if conf.get(s)}}
+    ssl_model = legacy.get("pretrained") or legacy.get("checkpoint") or ssl_model
+    stored_layer = legacy.get("from_layer", stored_layer)
     if conf.get("frontend", "default") != "default":
         raise DataError(f"unknown frontend {conf['frontend']!r}", "frontend", "use default")
     enc_cls = _choice(conf, "encoder", ENCODERS, None)
@@ -71,13 +84,18 @@ def build_model(conf: dict[str, Any], input_dim: int, input_layers: int, vocab_s
     dec_cls = _choice(conf, "decoder", DECODERS, "transformer")
     if model_conf.get("ctc_weight", 0.3) == 1.0:
         dec_cls = None  # CTC only: a decoder would get no gradient
+    whisper = {"ssl_model": ssl_model} if dec_cls is WhisperDecoder else {}
     decoder = (_make(dec_cls, "decoder_conf", conf.get("decoder_conf"), vocab_size=vocab_size,
-                     encoder_output_size=encoder.output_size) if dec_cls else None)
+                     encoder_output_size=encoder.output_size, **whisper) if dec_cls else None)
     top = None
-    if conf.get("ssl_top"):
+    if top_conf is not None:
         if input_layers != 1:
             raise DataError(f"ssl_top runs on one stored layer, the features have {input_layers}", "ssl_top",
                             "store the single layer below the top (--ssl_layer K)")
-        top = _make(SSLTop, "ssl_top", conf["ssl_top"], input_dim=input_dim)
+        if ssl_model is None or stored_layer is None:
+            raise DataError("ssl_top needs the checkpoint and the layer the features came from", "ssl_top",
+                            "build the model with the store's extractor (model_io.build_from_config)")
+        top = _make(SSLTop, "ssl_top", conf["ssl_top"], ssl_model=ssl_model, from_layer=stored_layer,
+                    input_dim=input_dim)
     return _make(ASRModel, "model_conf", model_conf, frontend=frontend, specaug=specaug, encoder=encoder,
                  decoder=decoder, vocab_size=vocab_size, ssl_top=top)

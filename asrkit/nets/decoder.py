@@ -149,23 +149,19 @@ class WhisperDecoder(TransformerDecoder):
     token in <sos>'s place. The tokens are the checkpoint's own (token_type whisper: our id = Whisper's
     + 2, <sos/eos> = <|endoftext|>, asrkit.tokenizer), so the decoder starts as Whisper's: on the
     encoder's states of the whole 30 s window it gives Whisper's own hypotheses (tested). The weights
-    come from `pretrained` whenever the model is built (a model dir needs the checkpoint, as stage 1
-    and transcribe do), then the trained ones replace them.
+    come from the checkpoint `ssl_model` (the one whose encoder made the features) whenever the model
+    is built (a model dir needs the checkpoint, as stage 1 and transcribe do), then the trained ones
+    replace them.
     """
 
-    def __init__(self, vocab_size: int, encoder_output_size: int, pretrained: str | None = None, language: str = "en",
+    def __init__(self, vocab_size: int, encoder_output_size: int, ssl_model: str | None = None, language: str = "en",
                  dropout_rate: float = 0.1, self_attention_dropout_rate: float = 0.0,
                  src_attention_dropout_rate: float = 0.0):
-        from transformers import WhisperForConditionalGeneration, WhisperTokenizer
+        from asrkit.ssl import load_whisper, load_whisper_tokenizer
 
-        if not pretrained:
-            raise ValueError("decoder whisper needs pretrained: the Whisper checkpoint (stage 3 takes the "
-                             "one whose encoder made the features)")
-        try:
-            hf = WhisperForConditionalGeneration.from_pretrained(str(pretrained), dtype=torch.float32)
-            tok = WhisperTokenizer.from_pretrained(str(pretrained))
-        except (OSError, ValueError) as e:
-            raise ValueError(f"cannot load the Whisper checkpoint {pretrained!r}: {e}") from None
+        if not ssl_model:
+            raise ValueError("decoder whisper needs the Whisper checkpoint whose encoder made the features")
+        hf, tok = load_whisper(str(ssl_model)), load_whisper_tokenizer(str(ssl_model))
         c, dec = hf.config, hf.model.decoder
         text_tokens = c.eos_token_id  # Whisper's ids below <|endoftext|>
         if vocab_size != text_tokens + WHISPER_OFFSET + 1:
@@ -175,7 +171,7 @@ class WhisperDecoder(TransformerDecoder):
                                             "<|notimestamps|>"])
         if not getattr(hf.generation_config, "is_multilingual", True):  # *.en: no language or task tokens
             if language != "en":
-                raise ValueError(f"{pretrained} is an English-only Whisper: it has no language {language!r}")
+                raise ValueError(f"{ssl_model} is an English-only Whisper: it has no language {language!r}")
             prompt = [prompt[0], prompt[-1]]
         if tok.unk_token_id in prompt:
             raise ValueError(f"the checkpoint has no language token <|{language}|>")

@@ -33,29 +33,26 @@ KINDS = {"whisper": "whisper", "wavlm": "wavlm", "wav2vec2": "wav2vec2", "hubert
 
 
 class SSLTop(nn.Module):
-    """Layers from_layer..N-1 of the encoder `checkpoint` (and its final layer norm where it has one),
+    """Layers from_layer..N-1 of the encoder `ssl_model` (and its final layer norm where it has one),
     on stored layer-`from_layer` states (B, T, D) -> (B, T, D). `adapter`: full (every weight of
     those layers trains) or lora (low-rank adapters through the peft package, the pretrained weights
     frozen; LoRA's B starts at zero, so the start is exact either way). `lr_scale`: their learning
     rate as a share of the model's (train/optim.py param_groups)."""
 
-    def __init__(self, checkpoint: str, from_layer: int, input_dim: int, adapter: str = "full",
+    def __init__(self, ssl_model: str, from_layer: int, input_dim: int, adapter: str = "full",
                  lora_rank: int = 8, lora_alpha: float = 16.0, lora_dropout: float = 0.0, lr_scale: float = 0.1):
         super().__init__()
         if adapter not in ("full", "lora"):
             raise ValueError(f"ssl_top.adapter must be full or lora, not {adapter!r}")
         self.lr_scale = lr_scale
-        from transformers import AutoConfig
+        from asrkit.ssl import load_config
 
-        try:
-            config = AutoConfig.from_pretrained(str(checkpoint))
-        except (OSError, ValueError) as e:
-            raise ValueError(f"cannot load the encoder checkpoint {checkpoint!r}: {e}") from None
+        config = load_config(str(ssl_model))
         if config.model_type not in KINDS:
             raise ValueError(f"the encoder's top layers can be trained for {', '.join(sorted(KINDS))} checkpoints; "
-                             f"{checkpoint} is a {config.model_type}: store its last layer instead (no top layers)")
+                             f"{ssl_model} is a {config.model_type}: store its last layer instead (no top layers)")
         self.kind = KINDS[config.model_type]
-        encoder = self._load(str(checkpoint))
+        encoder = self._load(str(ssl_model))
         self.config = encoder.config  # (with the attention implementation the layers were loaded with)
         layers = encoder.layers
         if not 0 <= from_layer < len(layers):
@@ -80,15 +77,15 @@ class SSLTop(nn.Module):
             inject_adapter_in_model(LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                                                target_modules=LORA_TARGETS[self.kind]), self.layers)
 
-    def _load(self, checkpoint: str):
+    def _load(self, ssl_model: str):
         if self.kind == "whisper":
             from asrkit.ssl import load_whisper_encoder
 
-            encoder = load_whisper_encoder(checkpoint)[0]
+            encoder = load_whisper_encoder(ssl_model)[0]
         else:
             from asrkit.ssl import load_ssl_model
 
-            encoder = load_ssl_model(checkpoint)[0].encoder
+            encoder = load_ssl_model(ssl_model)[0].encoder
         return encoder.train().requires_grad_(True)
 
     def forward(self, x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:

@@ -50,17 +50,10 @@ def record_utterance_shape(exp_dir: Path, train_data: str, store: FeatureReader)
 
 
 def model_config(model: dict, train_store: FeatureReader, tokenizer: Tokenizer) -> dict:
-    """The model sections completed from the data: input and vocabulary sizes, and for a decoder or
-    encoder top of the features' own checkpoint, that checkpoint (and the stored layer)."""
-    attrs = train_store.attrs
-    model = {**model, "input_dim": train_store.dim, "input_layers": train_store.num_layers,
-             "vocab_size": tokenizer.vocab_size}
-    if model.get("decoder") == "whisper":  # by default the decoder of the features' own checkpoint
-        model["decoder_conf"] = {"pretrained": attrs.get("ssl_model"), **(model.get("decoder_conf") or {})}
-    if model.get("ssl_top"):  # the layers above the stored one, of the features' own checkpoint
-        model["ssl_top"] = {"checkpoint": attrs.get("ssl_model"), "from_layer": int(attrs["layers"][-1]),
-                            **model["ssl_top"]}
-    return model
+    """The model sections completed from the data: the input and vocabulary sizes. (The checkpoint of a
+    Whisper decoder or of the encoder's top layers is the features' own: model_io.build_from_config.)"""
+    return {**model, "input_dim": train_store.dim, "input_layers": train_store.num_layers,
+            "vocab_size": tokenizer.vocab_size}
 
 
 def train(opts: TrainOptions, model_sections: dict, log_file: str | None = None, verbose: bool = False) -> None:
@@ -80,7 +73,7 @@ def train(opts: TrainOptions, model_sections: dict, log_file: str | None = None,
             check_compatible(train_store.attrs, load_feats_attrs(exp_dir), opts.train_feats)
         config = model_config(model_sections, train_store, tokenizer)
         seed_everything(opts.seed)  # same initial weights on every rank
-        model = build_from_config(config)
+        model = build_from_config(config, train_store.attrs)
         min_frames = getattr(model, "min_frames", 1)
         train_set = SpeechDataset(opts.train_data, opts.train_feats, tokenizer, min_frames)
         valid_set = SpeechDataset(opts.valid_data, opts.valid_feats, tokenizer, min_frames)
