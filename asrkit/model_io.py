@@ -66,10 +66,18 @@ def save_exp_files(exp_dir: str | Path, config: dict, token_dir: str | Path, fea
 
 
 def load_feats_attrs(exp_dir: str | Path) -> dict:
+    """The feature extractor's attributes a model dir keeps; a checkpoint named by a path inside the dir
+    (a package's front_end/) as that path."""
     path = Path(exp_dir) / FEATS_ATTRS
     if not path.is_file():
         raise DataError(f"no {FEATS_ATTRS}: not a trained experiment dir", str(exp_dir), "run stage 3 first")
-    return json.loads(path.read_text(encoding="utf-8"))
+    attrs = json.loads(path.read_text(encoding="utf-8"))
+    ssl_model = attrs.get("ssl_model")
+    if ssl_model and not Path(ssl_model).is_absolute() and (Path(exp_dir) / ssl_model).is_dir():
+        attrs["ssl_model"] = str((Path(exp_dir) / ssl_model).resolve())
+        if "extractor" in attrs:
+            attrs["extractor"] = {**attrs["extractor"], "ssl_model": attrs["ssl_model"]}
+    return attrs
 
 
 def build_from_config(config: dict, feats_attrs: dict):

@@ -113,6 +113,16 @@ class Transcriber:
                                 "the options given must fit with those from the model's utterances.json") from None
         self.segment = segment
 
+    @classmethod
+    def from_pretrained(cls, source, device: str = "cpu", segment: SegmentOptions | dict | str | None = "model",
+                        search: DecodeOptions | None = None) -> Transcriber:
+        """A shared model (asrkit.package): a package folder, its archive, or a Hugging Face Hub id,
+        decoded with its reported search unless `search` says otherwise."""
+        from asrkit.package import WEIGHTS, resolve, search_of
+
+        folder = resolve(source)
+        return cls(folder, WEIGHTS, device, segment, search or search_of(folder))
+
     def pieces(self, path: str, progress: bool = False) -> tuple[list[Piece], float]:
         """The pieces of a file and its length in seconds."""
         sr, frames, _ = audio_info(path)

@@ -111,9 +111,9 @@ class _ZeroShot:
         from asrkit.ssl import load_whisper, load_whisper_processor
 
         device = process_device(self.gpus, rank)
+        dtype = torch.float16 if device.type == "cuda" else torch.float32
         processor = load_whisper_processor(self.model)
-        whisper = load_whisper(self.model, torch.float16 if device.type == "cuda" else torch.float32)
-        whisper = whisper.to(device).eval()
+        whisper = load_whisper(self.model, dtype).to(device).eval()
         options = {"num_beams": self.num_beams, **(FALLBACK if self.fallback else {})}
         if getattr(whisper.generation_config, "is_multilingual", True):  # (an English-only *.en model has
             options.update(language="en", task="transcribe")            # no language or task tokens)

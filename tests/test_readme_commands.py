@@ -52,6 +52,7 @@ RULES = [
                                                          "--decode_args", "--beam 2 --maxlenratio -10"]),
     (r"^(\./run\.sh|bash egs/child/run\.sh) --raw_data", TINY_WAVLM + ["--nbpe", "60"] + TINY),
     (r"^bash egs/myst/run\.sh", ["--feats_type", "fbank", "--token_type", "char", *TINY]),
+    (r"^python -m asrkit\.bin\.export ", ["--include_front_end", "true"]),  # (the test's WavLM is a local folder)
     (r"^python -m asrkit\.bin\.transcribe ", []),
     (r"^python -c ", []),
     (r"^bench/setup_espnet_venv\.sh", "installs ESPnet from the network into its own environment"),

@@ -1,6 +1,7 @@
 """Transcribe audio files with a trained experiment dir (same feature extractor as in training).
 
     python -m asrkit.bin.transcribe --model_dir exp/<tag> a.flac b.wav [--json]
+    python -m asrkit.bin.transcribe --model model/ a.flac         # a shared model: a folder, archive or Hub id
 
 Prints one line per file, `<file>\\t<text>`; with --json one JSON object per file, with word timings
 from CTC forced alignment. With --output_dir, also a file per input named after it, in each of
@@ -18,7 +19,7 @@ import sys
 from pathlib import Path
 
 from asrkit.cli import make_parser, number, run_main, setup_logging, str2bool
-from asrkit.decode.search import add_search_options, search_options
+from asrkit.decode.search import DecodeOptions, add_search_options, search_options
 from asrkit.device import first_device
 from asrkit.segment import SegmentOptions
 from asrkit.subtitles import FORMATS, write_transcripts
@@ -27,7 +28,11 @@ from asrkit.subtitles import FORMATS, write_transcripts
 def main(argv=None) -> int:
     parser = make_parser(__doc__)
     parser.add_argument("audio", nargs="+", help="audio files (any format soundfile reads; resampled to 16 kHz)")
-    parser.add_argument("--model_dir", required=True, help="experiment dir (exp/<tag>)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model_dir", help="experiment dir (exp/<tag>)")
+    source.add_argument("--model", help="a shared model (asrkit.bin.export): its folder, its archive, or a Hugging "
+                                        "Face Hub id (org/name); decoded with its reported search unless "
+                                        "search options other than the defaults are given")
     parser.add_argument("--checkpoint", default="model.avg.safetensors", help="weights file in --model_dir")
     parser.add_argument("--json", action="store_true", help="JSON lines with score and word timings")
     parser.add_argument("--ngpu", type=number(int, 0, 1), default=0, help="1: run on the GPU")
@@ -69,7 +74,11 @@ def main(argv=None) -> int:
     segment = None if args.max_segment == 0 else given
     from asrkit.transcribe import Transcriber
 
-    asr = Transcriber(args.model_dir, args.checkpoint, first_device(args.ngpu), segment, opts)
+    if args.model:  # its reported search, unless the options say another
+        asr = Transcriber.from_pretrained(args.model, first_device(args.ngpu), segment,
+                                          None if opts == DecodeOptions() else opts)
+    else:
+        asr = Transcriber(args.model_dir, args.checkpoint, first_device(args.ngpu), segment, opts)
     failed = 0
     timings = args.json or bool(args.output_dir and {"srt", "vtt", "json"} & set(formats))
     for rec in asr.transcribe(args.audio, timings=timings, batch_size=args.batch_size, progress=args.progress):
