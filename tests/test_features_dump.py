@@ -99,6 +99,20 @@ def test_dump_speed_perturb_and_verify(tiny_corpus, tiny_wavlm, caplog):
     assert len(r) == 24 and r.attrs["layers"] == [1]  # other options: redone
 
 
+def killed_after_writes(monkeypatch, n: int) -> list[list[str]]:
+    """The dump is killed (KeyboardInterrupt) at its n+1-th batch write; the keys of the n written."""
+    real_write, calls = dump_mod.FeatureWriter.write, []
+
+    def dying_write(self, items):
+        if len(calls) == n:
+            raise KeyboardInterrupt("killed")
+        calls.append([k for k, _ in items])
+        real_write(self, items)
+
+    monkeypatch.setattr(dump_mod.FeatureWriter, "write", dying_write)
+    return calls
+
+
 @pytest.mark.parametrize("feats_type,nj", [("wavlm", 0), ("fbank", 0), ("wavlm", 2)])
 def test_kill_and_resume_gives_the_same_store(tiny_corpus, tiny_wavlm, monkeypatch, feats_type, nj):
     """A killed dump rerun ends identical to an uninterrupted one; with nj = 2 the interrupted and the
@@ -110,16 +124,9 @@ def test_kill_and_resume_gives_the_same_store(tiny_corpus, tiny_wavlm, monkeypat
     kw["nj"] = nj
     _, ref = read_store(ref_out)
 
-    real_write, calls = dump_mod.FeatureWriter.write, []
-
-    def dying_write(self, items):
-        if len(calls) == 3:
-            raise KeyboardInterrupt("killed")
-        calls.append(1)
-        real_write(self, items)
-
+    real_write = dump_mod.FeatureWriter.write
     out = tiny_corpus.parent / "out.h5"
-    monkeypatch.setattr(dump_mod.FeatureWriter, "write", dying_write)
+    killed_after_writes(monkeypatch, 3)
     with pytest.raises(KeyboardInterrupt):
         dump(str(tiny_corpus), str(out), **kw)
     assert not out.exists() and (tiny_corpus.parent / "out.h5.partial").is_dir()
@@ -149,16 +156,9 @@ def test_kill_and_resume_gives_the_same_store(tiny_corpus, tiny_wavlm, monkeypat
 def test_a_resumed_dump_whose_audio_changed_starts_afresh(tiny_corpus, monkeypatch):
     """Killed, then an utterance's audio replaced (same length, same path): the parts made from the old
     audio are not kept (they used to be: the resume checked the utterance ids only)."""
-    real_write, calls = dump_mod.FeatureWriter.write, []
-
-    def dying_write(self, items):
-        if len(calls) == 2:
-            raise KeyboardInterrupt("killed")
-        calls.append([k for k, _ in items])
-        real_write(self, items)
-
+    real_write = dump_mod.FeatureWriter.write
     out = tiny_corpus.parent / "out.h5"
-    monkeypatch.setattr(dump_mod.FeatureWriter, "write", dying_write)
+    calls = killed_after_writes(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         dump(str(tiny_corpus), str(out), feats_type="fbank", batch_seconds=4, nj=0, progress=False)
     done = calls[0][0]  # an utterance extracted before the kill
@@ -181,17 +181,10 @@ def test_a_second_writer_is_refused_and_the_first_ones_parts_are_kept(tiny_corpu
 
     from asrkit.fileio import exclusive
 
-    real_write, calls = dump_mod.FeatureWriter.write, []
-
-    def dying_write(self, items):
-        if len(calls) == 2:
-            raise KeyboardInterrupt("killed")
-        calls.append(1)
-        real_write(self, items)
-
+    real_write = dump_mod.FeatureWriter.write
     out = tiny_corpus.parent / "out.h5"
     kw = dict(feats_type="fbank", batch_seconds=4, nj=0, progress=False)
-    monkeypatch.setattr(dump_mod.FeatureWriter, "write", dying_write)
+    killed_after_writes(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         dump(str(tiny_corpus), str(out), **kw)
     monkeypatch.setattr(dump_mod.FeatureWriter, "write", real_write)
