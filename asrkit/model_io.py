@@ -16,12 +16,14 @@ a DataError naming it.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
 from pathlib import Path
 from typing import Sequence
 
+import safetensors
 import safetensors.torch
 import torch
 import yaml
@@ -168,16 +170,20 @@ def write_layer_weights(exp_dir: str | Path, checkpoint: str = AVERAGE) -> list[
 
 
 def save_weights(state: dict[str, torch.Tensor], path: str | Path) -> None:
-    """A state dict as safetensors, atomically (a kill mid-write leaves the old file intact). Tensors
-    that share memory (tied weights) are stored as copies, as safetensors requires."""
-    seen, tensors = set(), {}
+    """A state dict as safetensors, atomically (a kill mid-write leaves the old file intact). A tensor
+    equal to an earlier one (tied weights: a decoder's embedding and output layer; and any copy) is
+    stored once, the name recorded in the file's metadata (model_state restores it)."""
+    first, tensors, same = {}, {}, {}
     for k, v in state.items():
         v = v.detach().cpu().contiguous()
-        ptr = (v.untyped_storage().data_ptr(), v.storage_offset()) if v.numel() else None
-        tensors[k] = v.clone() if ptr in seen or (ptr and v.untyped_storage().nbytes() != v.nbytes) else v
-        seen.add(ptr)
+        key = (str(v.dtype), tuple(v.shape), hashlib.blake2b(v.view(-1).view(torch.uint8).numpy()).hexdigest())
+        if v.numel() and key in first:
+            same[k] = first[key]
+            continue
+        first[key] = k
+        tensors[k] = v.clone() if v.numel() and v.untyped_storage().nbytes() != v.nbytes else v  # (a view)
     with atomic_path(path) as tmp:
-        safetensors.torch.save_file(tensors, str(tmp), metadata={"format": "pt"})
+        safetensors.torch.save_file(tensors, str(tmp), metadata={"format": "pt", "tied": json.dumps(same)})
 
 
 def model_state(path: str | Path) -> dict[str, torch.Tensor]:
@@ -186,7 +192,10 @@ def model_state(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if path.suffix == WEIGHTS_SUFFIX:
         try:
-            return safetensors.torch.load_file(str(path))
+            state = safetensors.torch.load_file(str(path))
+            with safetensors.safe_open(str(path), "pt") as f:
+                tied = json.loads((f.metadata() or {}).get("tied") or "{}")
+            return {**state, **{k: state[orig] for k, orig in tied.items()}}
         except Exception as e:  # (SafetensorError, or the OS's error) a truncated or foreign file
             raise DataError(f"not a valid safetensors weights file ({type(e).__name__}: {e})", str(path),
                             "copy the file again from where it was made") from None
@@ -218,7 +227,8 @@ def load_checkpoint(path: str | Path) -> dict:
 
 
 def average_states(paths: Sequence[str | Path]) -> dict:
-    """Element-wise mean of several models' weights (integer buffers: floor of the mean)."""
+    """Element-wise mean of several models' weights (integer buffers: floor of the mean); weights tied
+    in the first (one tensor under two names) stay tied."""
     avg = None
     for p in paths:
         state = model_state(p)
@@ -228,8 +238,18 @@ def average_states(paths: Sequence[str | Path]) -> dict:
             for k, v in state.items():
                 avg[k] += v.double() if v.is_floating_point() else v
     ref = model_state(paths[0])
-    return {k: (v / len(paths)).to(ref[k].dtype) if ref[k].is_floating_point() else v // len(paths)
-            for k, v in avg.items()}
+    return map_tied(ref, lambda k, v: (avg[k] / len(paths)).to(v.dtype) if v.is_floating_point()
+                    else avg[k] // len(paths))
+
+
+def map_tied(state: dict, fn) -> dict:
+    """{k: fn(k, v)}, once per tensor: names that share one tensor (tied weights) share the result."""
+    out, done = {}, {}
+    for k, v in state.items():
+        if id(v) not in done:
+            done[id(v)] = fn(k, v)
+        out[k] = done[id(v)]
+    return out
 
 
 def best_epochs(history: Sequence[dict], criterion: str, k: int) -> list[int]:

@@ -44,8 +44,8 @@ from asrkit.decode_info import DecodeInfo
 from asrkit.errors import DataError
 from asrkit.features.extractors import ExtractorSpec
 from asrkit.fileio import atomic_open, file_digest, write_json
-from asrkit.model_io import (CONFIG, FEATS_ATTRS, TOKENS_DIR, load_config, load_feats_attrs, model_state,
-                             save_weights, weights_path)
+from asrkit.model_io import (CONFIG, FEATS_ATTRS, TOKENS_DIR, load_config, load_feats_attrs, map_tied,
+                             model_state, save_weights, weights_path)
 from asrkit.nets import MODEL_KEYS
 from asrkit.segment import SHAPE
 
@@ -79,7 +79,7 @@ def export(model_dir: str | Path, out: str | Path, checkpoint: str = "model.avg.
         state = model_state(weights_path(model_dir, checkpoint))
         if dtype:
             cast = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[dtype]
-            state = {k: v.to(cast) if v.is_floating_point() else v for k, v in state.items()}
+            state = map_tied(state, lambda k, v: v.to(cast) if v.is_floating_point() else v)
         save_weights(state, tmp / WEIGHTS)
         search = _reported_search(model_dir)
         with atomic_open(tmp / DECODE) as f:
@@ -96,6 +96,7 @@ def export(model_dir: str | Path, out: str | Path, checkpoint: str = "model.avg.
             "weights_dtype": dtype or "as trained", "files": {f: file_digest(tmp / f) for f in files}})
         if out.exists():
             shutil.rmtree(out)
+        os.chmod(tmp, 0o777 & ~_umask())  # (mkdtemp's folder is its owner's alone)
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -104,6 +105,12 @@ def export(model_dir: str | Path, out: str | Path, checkpoint: str = "model.avg.
     log.info("exported %s into %s (%.1f MB)%s", model_dir, out,
              sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) / 1e6, f" and {archive}" if archive else "")
     return out
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _front_end(spec: ExtractorSpec, tmp: Path, include: bool, hub_id: str | None, model_dir: Path) -> str:
@@ -141,7 +148,7 @@ def _reported_search(model_dir: Path) -> dict:
 
 def _model_card(tmp: Path, name: str, config: dict, spec: ExtractorSpec, front: str, search: dict) -> None:
     results = (tmp / "RESULTS.md").read_text(encoding="utf-8") if (tmp / "RESULTS.md").is_file() else ""
-    table = [line for line in results.splitlines() if line.startswith("|")][:6]
+    table = [line for line in results.splitlines() if line.startswith(("|", "### WER", "### CER"))][:8]
     features = f"{spec.n_mels}-dim filterbanks" if spec.feats_type == "fbank" else \
         f"layer(s) {', '.join(map(str, spec.layers))} of {front} ({'its files in front_end/' if front == FRONT_END else 'Hugging Face Hub'})"
     top = config.get("ssl_top")
