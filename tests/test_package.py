@@ -10,7 +10,7 @@ import pytest
 
 from asrkit.bin import decode, export, train, transcribe
 from asrkit.errors import DataError
-from asrkit.fileio import load_jsonl, write_jsonl
+from asrkit.fileio import file_digest, load_jsonl, write_jsonl
 from asrkit.transcribe import Transcriber
 
 FIXTURE = Path(__file__).parent / "data" / "package_format1"  # written by asrkit's first package format
@@ -90,7 +90,14 @@ def test_a_damaged_or_incomplete_package_is_refused_with_the_file_named(trained,
         Transcriber.from_pretrained(out)
     with pytest.raises(DataError, match="not an asrkit model package"):
         Transcriber.from_pretrained(exp)  # an experiment dir is loaded with --model_dir
+    export.main([f"--model_dir={exp}", f"--out={out}"])  # weights that do not fit the config (a hand-made package)
+    config = out / "config.yaml"
+    config.write_text(config.read_text().replace("output_size: 16", "output_size: 24"))
     info = json.loads((out / "asrkit_model.json").read_text())
+    info["files"]["config.yaml"] = file_digest(config)
+    (out / "asrkit_model.json").write_text(json.dumps(info))
+    with pytest.raises(DataError, match="model.safetensors: the weights do not fit the model of config.yaml"):
+        Transcriber.from_pretrained(out)
     (out / "asrkit_model.json").write_text(json.dumps({**info, "format": 99}))
     with pytest.raises(DataError, match="a package of format 99.*upgrade asrkit"):
         Transcriber.from_pretrained(out)
