@@ -9,7 +9,8 @@
 #   bash egs/child/run.sh --raw_data /path/to/manifest.jsonl --train_config conf/train_bilstm.yaml
 #   bash egs/child/run.sh --raw_data /path/to/manifest.jsonl --ssl_model openai/whisper-base
 # --top_layers K also trains the encoder's top K layers with it, on stored layer N-K states
-# (conf/train_whisper_top.yaml; the states stored trimmed: the top layers start exactly as the encoder).
+# (conf/train_whisper_top.yaml; the states stored trimmed: the top layers start exactly as the encoder);
+# --top_layers all trains every layer, on the stored output of the encoder's convolution stem.
 #   bash egs/child/run.sh --raw_data /path/to/manifest.jsonl --ssl_model openai/whisper-base --top_layers 2
 . "$(dirname "$0")/../recipe.sh"
 recipe_init "$@"
@@ -18,14 +19,21 @@ recipe_take top_layers 0
 is_whisper() {  # a local checkpoint by its config, a model id by its name
     if [ -f "$1/config.json" ]; then grep -q '"model_type": *"whisper"' "$1/config.json"; else [[ "$1" == *whisper* ]]; fi
 }
-if [ "$top_layers" -gt 0 ] && ! is_whisper "$ssl_model"; then
+if [ "$top_layers" = all ]; then
+    top_spec=0  # every layer trains: the store holds the convolution stem's output (layer 0)
+elif [[ "$top_layers" =~ ^[0-9]+$ ]]; then
+    top_spec="last-$top_layers"
+else
+    echo "$0: --top_layers $top_layers: a number of layers, or all" >&2; exit 2
+fi
+if [ "$top_layers" != 0 ] && ! is_whisper "$ssl_model"; then
     echo "$0: --top_layers: this recipe trains the top layers of a Whisper encoder with Whisper's decoder;" \
          "for $ssl_model (WavLM, wav2vec2, HuBERT) add an ssl_top section to a training config of the light" \
          "model and store --ssl_layer last-K (docs/INTERNALS.md, nets.ssl_top)" >&2
     exit 2
 fi
-if is_whisper "$ssl_model" && [ "$top_layers" -gt 0 ]; then
-    front=(--ssl_layer "last-$top_layers" --dump_args "--whisper_input trimmed" --speed_perturb ""
+if is_whisper "$ssl_model" && [ "$top_layers" != 0 ]; then
+    front=(--ssl_layer "$top_spec" --dump_args "--whisper_input trimmed" --speed_perturb ""
            --token_type whisper --train_config conf/train_whisper_top.yaml --decode_config conf/decode_whisper.yaml)
 elif is_whisper "$ssl_model"; then
     front=(--ssl_layer last --speed_perturb "" --token_type whisper
