@@ -25,7 +25,6 @@ call when the files are cached. An archive is unpacked once into ~/.cache/asrkit
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os

@@ -303,7 +303,6 @@ def test_cli_and_bad_list(tmp_path, tiny_corpus, tiny_wavlm):
 
 def test_cli_several_lists_one_model_load(tmp_path, tiny_corpus, tiny_wavlm, monkeypatch):
     from asrkit.bin import dump_feats
-    from asrkit.features import dump as dump_mod
     from asrkit.fileio import load_jsonl
 
     recs = [dict(r, audio=str(tiny_corpus.parent / r["audio"])) for r in load_jsonl(tiny_corpus)]

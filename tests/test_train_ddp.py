@@ -7,7 +7,6 @@ import subprocess
 import time
 
 import pytest
-import torch
 
 from asrkit.model_io import load_checkpoint
 from train_fixtures import REPO, kill_tree, make_experiment, torchrun, train_argv

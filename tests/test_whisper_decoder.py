@@ -8,7 +8,7 @@ import torch
 from asrkit.decode.beam import beam_search
 from asrkit.decode.search import DecodeOptions
 from asrkit.nets import build_model
-from asrkit.tokenizer import Tokenizer, build_token_list
+from asrkit.tokenizer import build_token_list
 
 TEXTS = ["the cat sat on the mat", "one two three four", "we went"]
 
