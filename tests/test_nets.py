@@ -300,3 +300,16 @@ def test_learned_layer_weights_are_reported_and_choose_layers(tmp_path):
     one = build_model(tiny("bilstm"), input_dim=10, input_layers=1, vocab_size=V)
     save_weights(one.state_dict(), tmp_path / "one.safetensors")
     assert layer_weights(tmp_path, "one.safetensors") == []
+
+
+def test_a_ctc_head_beside_pretrained_layers_learns_at_its_own_rate():
+    """model_conf.ctc_lr_scale: the CTC head's parameters are an optimizer group of their own at
+    lr x it (a new head beside a pretrained decoder); every other parameter once, at lr."""
+    from asrkit.train.optim import build_optimizer
+
+    conf = {**tiny("bilstm"), "model_conf": {"ctc_weight": 0.3, "ctc_lr_scale": 50.0}}
+    model = build_model(conf, input_dim=10, input_layers=1, vocab_size=V)
+    groups = build_optimizer("adam", model, {"lr": 0.001}).param_groups
+    assert [g["lr"] for g in groups] == [0.001, 0.05]
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in model.ctc.parameters()}
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))

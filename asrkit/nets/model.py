@@ -61,7 +61,7 @@ class ASRModel(nn.Module):
     def __init__(self, frontend: Frontend, specaug: SpecAugment | None, encoder: nn.Module,
                  decoder: nn.Module | None, vocab_size: int, ctc_weight: float = 0.3,
                  lsm_weight: float = 0.1, length_normalized_loss: bool = False, ctc_dropout_rate: float = 0.0,
-                 ssl_top: nn.Module | None = None):
+                 ctc_lr_scale: float = 1.0, ssl_top: nn.Module | None = None):
         super().__init__()
         if not 0.0 <= ctc_weight <= 1.0:
             raise ValueError(f"model_conf.ctc_weight must be in [0, 1], got {ctc_weight}")
@@ -76,6 +76,8 @@ class ASRModel(nn.Module):
         self.ctc_dropout = nn.Dropout(ctc_dropout_rate)
         # like ESPnet, a branch with weight 0 is not built (DDP would see unused parameters)
         self.ctc = nn.Linear(encoder.output_size, vocab_size) if ctc_weight > 0 else None
+        if self.ctc is not None and ctc_lr_scale != 1.0:  # (a new head beside pretrained layers learns faster)
+            self.ctc.lr_scale = ctc_lr_scale
         self.criterion_att = LabelSmoothingLoss(vocab_size, lsm_weight, length_normalized_loss)
 
     @property

@@ -15,13 +15,20 @@ def build_optimizer(name: str, model: torch.nn.Module, conf: dict) -> torch.opti
 
 
 def param_groups(model: torch.nn.Module, lr: float) -> list[dict]:
-    """The trainable parameters: the pretrained top layers (model.ssl_top) at lr x its lr_scale, the
-    rest at lr. (The schedule scales both alike: the top warms up with the rest.)"""
-    top = getattr(model, "ssl_top", None)
-    top_params = [p for p in top.parameters() if p.requires_grad] if top is not None else []
-    ids = {id(p) for p in top.parameters()} if top is not None else set()
-    rest = [p for p in model.parameters() if id(p) not in ids]  # (frozen ones too: the optimizer skips them)
-    return [{"params": rest}] + ([{"params": top_params, "lr": lr * top.lr_scale}] if top_params else [])
+    """The trainable parameters: those of a submodule with an `lr_scale` (the pretrained top layers,
+    model.ssl_top; a CTC head over a pretrained decoder's tokens, model_conf.ctc_lr_scale) at lr x it, the
+    rest at lr. (The schedule scales every group alike: they warm up together.)"""
+    groups, taken = [], set()
+    for module in model.modules():
+        scale = getattr(module, "lr_scale", None)
+        if module is model or scale is None:
+            continue
+        params = [p for p in module.parameters() if p.requires_grad and id(p) not in taken]
+        taken |= {id(p) for p in module.parameters()}
+        if params:
+            groups.append({"params": params, "lr": lr * scale})
+    rest = [p for p in model.parameters() if id(p) not in taken]  # (frozen ones too: the optimizer skips them)
+    return [{"params": rest}] + groups
 
 
 def warmuplr(warmup_steps: int = 25000):
