@@ -313,3 +313,25 @@ def test_a_ctc_head_beside_pretrained_layers_learns_at_its_own_rate():
     assert [g["lr"] for g in groups] == [0.001, 0.05]
     assert {id(p) for p in groups[1]["params"]} == {id(p) for p in model.ctc.parameters()}
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+
+
+def test_a_detached_ctc_head_leaves_the_encoder_to_the_attention_loss():
+    """model_conf.ctc_detach: the CTC loss trains its head alone; the encoder's gradient is the attention
+    loss's (1 - ctc_weight) share, as with ctc_weight 0."""
+    torch.manual_seed(0)
+    feats, lens = torch.randn(2, 40, 10), torch.tensor([40, 31])
+    ys, ys_lens = torch.tensor([[3, 4, 5], [6, 7, -1]]), torch.tensor([3, 2])
+    grads = {}
+    for name, model_conf in (("detached", {"ctc_weight": 0.3, "ctc_detach": True}), ("attention", {"ctc_weight": 0.0})):
+        torch.manual_seed(1)
+        model = build_model({**tiny("bilstm"), "model_conf": {**model_conf, "lsm_weight": 0.0}}, 10, 1, V)
+        model.eval()  # (no dropout: the two builds compute alike)
+        out = model(feats, lens, ys, ys_lens)
+        loss = out["loss"] if name == "attention" else out["loss"] / 0.7
+        loss.backward()
+        grads[name] = {k: p.grad.clone() for k, p in model.named_parameters() if k.startswith("encoder.") and p.grad is not None}
+        if name == "detached":
+            assert model.ctc.weight.grad.abs().sum() > 0  # the head learns
+    assert grads["detached"].keys() == grads["attention"].keys()
+    for k, g in grads["attention"].items():
+        torch.testing.assert_close(grads["detached"][k], g, atol=1e-6, rtol=1e-5)

@@ -61,7 +61,7 @@ class ASRModel(nn.Module):
     def __init__(self, frontend: Frontend, specaug: SpecAugment | None, encoder: nn.Module,
                  decoder: nn.Module | None, vocab_size: int, ctc_weight: float = 0.3,
                  lsm_weight: float = 0.1, length_normalized_loss: bool = False, ctc_dropout_rate: float = 0.0,
-                 ctc_lr_scale: float = 1.0, ssl_top: nn.Module | None = None):
+                 ctc_lr_scale: float = 1.0, ctc_detach: bool = False, ssl_top: nn.Module | None = None):
         super().__init__()
         if not 0.0 <= ctc_weight <= 1.0:
             raise ValueError(f"model_conf.ctc_weight must be in [0, 1], got {ctc_weight}")
@@ -78,6 +78,9 @@ class ASRModel(nn.Module):
         self.ctc = nn.Linear(encoder.output_size, vocab_size) if ctc_weight > 0 else None
         if self.ctc is not None and ctc_lr_scale != 1.0:  # (a new head beside pretrained layers learns faster)
             self.ctc.lr_scale = ctc_lr_scale
+        # the CTC loss trains the head alone, the encoder learning from the attention loss only: a new
+        # head's large early gradients would otherwise undo a pretrained encoder (Whisper's)
+        self.ctc_detach = ctc_detach
         self.criterion_att = LabelSmoothingLoss(vocab_size, lsm_weight, length_normalized_loss)
 
     @property
@@ -113,7 +116,7 @@ class ASRModel(nn.Module):
         zero = enc.new_zeros((), dtype=torch.float32)
         loss_ctc = loss_att = acc = zero
         if self.ctc is not None:
-            logp = self.ctc_log_probs(enc).transpose(0, 1)  # (T, B, V)
+            logp = self.ctc_log_probs(enc.detach() if self.ctc_detach else enc).transpose(0, 1)  # (T, B, V)
             targets = ys.masked_fill(ys == self.ignore_id, 0)
             loss_ctc = F.ctc_loss(logp, targets, enc_lens, ys_lens, blank=self.blank, reduction="sum",
                                   zero_infinity=True) / ys.size(0)
