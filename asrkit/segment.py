@@ -74,13 +74,20 @@ class Segment(NamedTuple):
 
 
 @lru_cache(maxsize=1)
-def load_vad():
-    """Silero VAD's TorchScript model (importing silero_vad sets torch to one thread: undone here)."""
+def silero():
+    """The silero_vad module. Importing it sets torch to one thread, for the whole process (a training
+    run that measured its utterances went on on one core): undone here, the one place it is imported."""
     threads = torch.get_num_threads()
-    from silero_vad import load_silero_vad
+    import silero_vad
 
     torch.set_num_threads(threads)
-    return load_silero_vad()
+    return silero_vad
+
+
+@lru_cache(maxsize=1)
+def load_vad():
+    """Silero VAD's TorchScript model."""
+    return silero().load_silero_vad()
 
 
 @dataclass(frozen=True)
@@ -125,8 +132,6 @@ def measure_utterances(records: list[dict], sample: int = 200, seed: int = 0,
     """The shape of the utterances of a split list's records (with "duration", "audio", and maybe
     "start"/"end"): durations of all, edges of `sample` of them; None if no edge could be measured
     (unreadable audio, no speech found)."""
-    from silero_vad import get_speech_timestamps_from_probs
-
     durations = [float(r["duration"]) for r in records if r.get("duration")]
     picked = random.Random(seed).sample(records, min(sample, len(records)))
     vad, leads, trails = load_vad(), [], []
@@ -137,7 +142,7 @@ def measure_utterances(records: list[dict], sample: int = 200, seed: int = 0,
             continue
         with torch.inference_mode():
             probs = vad.audio_forward(torch.from_numpy(wav)[None], SAMPLE_RATE)[0].numpy()
-        stamps = get_speech_timestamps_from_probs(
+        stamps = silero().get_speech_timestamps_from_probs(
             [float(p) for p in probs], sampling_rate=SAMPLE_RATE, threshold=opts.threshold, min_speech_duration_ms=0,
             min_silence_duration_ms=int(opts.min_pause * 1000), speech_pad_ms=0, audio_length_samples=len(wav))
         if stamps:
@@ -177,10 +182,8 @@ def speech_probs(path: str, progress: Callable[[float], None] | None = None) -> 
 
 def segments_from_probs(probs: np.ndarray, seconds: float, opts: SegmentOptions = SegmentOptions()) -> list[Segment]:
     """The segments of a recording of `seconds` whose chunks have these speech probabilities."""
-    from silero_vad import get_speech_timestamps_from_probs
-
     samples = int(round(seconds * SAMPLE_RATE))
-    stamps = get_speech_timestamps_from_probs(
+    stamps = silero().get_speech_timestamps_from_probs(
         [float(p) for p in probs], sampling_rate=SAMPLE_RATE, threshold=opts.threshold,
         min_speech_duration_ms=int(min(250, max(0.0, opts.min_seconds - sum(opts.pads)) * 1000)),
         min_silence_duration_ms=int(opts.min_pause * 1000), speech_pad_ms=0, audio_length_samples=samples)

@@ -193,3 +193,21 @@ def test_a_model_of_short_clips_transcribes_a_long_recording_as_well_as_the_clip
     assert one_wer < 0.25, one_wer  # (the model learned the digits)
     assert wer["shaped"] - one_wer <= 0.05, (one_wer, wer)
     assert wer["defaults"] - one_wer > 0.15, (one_wer, wer)
+
+
+def test_measuring_utterances_leaves_torch_its_threads(tmp_path):
+    """Importing silero_vad sets torch to one thread for the whole process: a training run that
+    measured its utterances (utterances.json) trained on one core. In a fresh process, as training's."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import write_tone
+
+    wav = write_tone(tmp_path / "a.wav", seconds=1.0)
+    code = ("import torch; torch.set_num_threads(2); from asrkit.segment import measure_utterances, segment_file; "
+            f"measure_utterances([{{'audio': {str(wav)!r}, 'duration': 1.0}}]); segment_file({str(wav)!r}); "
+            "print(torch.get_num_threads())")
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.stdout.split()[-1] == "2", out.stdout + out.stderr
