@@ -50,6 +50,7 @@ opt dump_args "" "more options for asrkit.bin.dump_feats"
 opt token_type bpe "char, bpe, word, or whisper (the --ssl_model Whisper checkpoint's own tokens)"
 opt nbpe 300 "BPE vocabulary size (token_type bpe)"
 opt bpemode unigram "sentencepiece model type: unigram or bpe"
+opt text_style sentence "token_type whisper: targets written as sentences, as Whisper writes (sentence), or as_is"
 # stage 3
 opt train_set train "training split"
 opt valid_set valid "validation split"
@@ -137,7 +138,11 @@ else
     feats_tag="$(basename "$ssl_model")_L${ssl_layer//,/-}"
 fi
 [ -z "$speed_perturb" ] || feats_tag+="_sp"
-if [ "$token_type" = bpe ]; then unit="bpe${nbpe}"; else unit=$token_type; fi
+case "$token_type" in
+    bpe) unit="bpe${nbpe}" ;;
+    whisper) unit="whisper$([ "$text_style" = sentence ] || echo "_$text_style")" ;;
+    *) unit=$token_type ;;
+esac
 token_dir="$datadir/token_list/$unit"
 if [ -z "$tag" ]; then
     tag="$(basename "${train_config%.*}")_${feats_tag}_${unit}"
@@ -464,10 +469,10 @@ run_stage 1 "feature dump ($feats_tag)" "$(for s in $all_sets; do lines "$datadi
 # ------------------------------------------------------------------ stage 2: token list
 stage2() {
     python -m asrkit.bin.make_tokens --data "$datadir/$train_set.jsonl" --token_type "$token_type" \
-        --nbpe "$nbpe" --bpemode "$bpemode" --ssl_model "$ssl_model" --out "$token_dir"
+        --nbpe "$nbpe" --bpemode "$bpemode" --ssl_model "$ssl_model" --text_style "$text_style" --out "$token_dir"
 }
 run_stage 2 "token list ($unit)" "$datadir/$train_set.jsonl" "$token_dir/tokens.txt" \
-    "token_type nbpe bpemode$([ "$token_type" != whisper ] || echo " ssl_model")" stage2
+    "token_type nbpe bpemode$([ "$token_type" != whisper ] || echo " ssl_model text_style")" stage2
 
 # ------------------------------------------------------------------ stage 3: training
 stage3() {

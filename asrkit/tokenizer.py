@@ -8,6 +8,11 @@ For bpe, our id is sentencepiece's id + 1: sentencepiece's `<unk>` (its id 0) be
 For whisper, the checkpoint's byte-level BPE (its `tokenizer.json` and `tokenizer_config.json` are
 copied into the dir) with our id = Whisper's id + 2, for its text tokens; `<sos/eos>` is its
 <|endoftext|>. No text is unknown to it. This is the unit of a Whisper decoder (docs/INTERNALS.md).
+Whisper learnt to write sentences ("I could do with a break."), and stage 0 lowercases transcripts and
+drops their punctuation: with `text_style: sentence` (the default for whisper lists) a lowercase
+transcript is trained as a sentence again (first letter and the pronoun I capitalised, a final full
+stop), so fine-tuning starts from what the decoder already predicts instead of unlearning it; the
+scoring normalizer folds both styles alike.
 """
 from __future__ import annotations
 
@@ -29,6 +34,17 @@ TOKEN_TYPES = ("char", "bpe", "word", "whisper")
 INFO_FILE, TOKENS_FILE, BPE_FILE = "token_info.json", "tokens.txt", "bpe.model"
 WHISPER_FILES = ("tokenizer.json", "tokenizer_config.json")
 WHISPER_OFFSET = 2  # our id of Whisper's token 0
+TEXT_STYLES = ("sentence", "as_is")
+_PRONOUN_I = re.compile(r"(?<![\w'])i(?=$|[\s'])")
+
+
+def sentence_case(text: str) -> str:
+    """A lowercase transcript written as a sentence: "i'm here" -> "I'm here."; cased text unchanged."""
+    if not text or any(c.isupper() for c in text):
+        return text
+    text = _PRONOUN_I.sub("I", text)
+    text = text[0].upper() + text[1:]
+    return text + "." if text[-1].isalnum() else text
 
 
 def _units(text: str, token_type: str) -> list[str]:
@@ -42,7 +58,7 @@ class Tokenizer:
     """Text <-> ids with the special-token layout of docs/INTERNALS.md (file formats)."""
 
     def __init__(self, tokens: Sequence[str], token_type: str, sp_model: str | None = None,
-                 whisper_dir: str | None = None):
+                 whisper_dir: str | None = None, text_style: str = "as_is"):
         if token_type not in TOKEN_TYPES:
             raise ValueError(f"unknown token_type {token_type!r}; choose one of {TOKEN_TYPES}")
         if len(tokens) < 3 or tokens[0] != BLANK or tokens[1] != UNK or tokens[-1] != SOS_EOS:
@@ -65,6 +81,9 @@ class Tokenizer:
             if self.sp.get_piece_size() + 2 != len(self.tokens):
                 raise DataError(f"bpe.model has {self.sp.get_piece_size()} pieces but tokens.txt "
                                 f"{len(self.tokens)} tokens", str(sp_model), "rebuild the token list")
+        if text_style not in TEXT_STYLES:
+            raise ValueError(f"unknown text_style {text_style!r}; choose one of {TEXT_STYLES}")
+        self.text_style = text_style
         self.hf = None
         if token_type == "whisper":
             self.hf = load_whisper_tokenizer(whisper_dir)
@@ -93,11 +112,14 @@ class Tokenizer:
             raise DataError(f"incomplete token list: no {', '.join(missing)}", str(token_dir),
                             "rerun stage 2 (python -m asrkit.bin.make_tokens)")
         tokens = [t for t in (token_dir / TOKENS_FILE).read_text(encoding="utf-8").split("\n") if t]
-        return cls(tokens, info["token_type"], token_dir / BPE_FILE if BPE_FILE in needed else None, token_dir)
+        return cls(tokens, info["token_type"], token_dir / BPE_FILE if BPE_FILE in needed else None, token_dir,
+                   info.get("text_style", "as_is"))  # (lists made before text_style: as is)
 
     def encode(self, text: str) -> list[int]:
         """Token ids of a text; units outside the list become `<unk>` and are counted."""
         if self.hf is not None:  # a leading space, as Whisper's transcripts have
+            if self.text_style == "sentence":
+                text = sentence_case(text)
             return [i + WHISPER_OFFSET for i in self.hf.encode(" " + text, add_special_tokens=False)]
         if self.sp is not None:
             pieces = self.sp.encode(text, out_type=str)  # an unknown piece keeps its surface
@@ -126,9 +148,9 @@ class Tokenizer:
 
 def build_token_list(texts: Sequence[str], token_type: str, out_dir: str | Path, nbpe: int = 300,
                      bpemode: str = "unigram", character_coverage: float = 1.0,
-                     ssl_model: str | None = None) -> Tokenizer:
+                     ssl_model: str | None = None, text_style: str = "sentence") -> Tokenizer:
     """Make a token dir from training texts (for whisper: from the tokenizer of the checkpoint
-    `ssl_model`). The dir is built beside `out_dir` and swapped in whole, so a failure or a kill
+    `ssl_model`, its targets written in `text_style`). The dir is built beside `out_dir` and swapped in whole, so a failure or a kill
     leaves either the previous list or none, never a mix."""
     out_dir = Path(out_dir)
     info = {"token_type": token_type}
@@ -140,7 +162,9 @@ def build_token_list(texts: Sequence[str], token_type: str, out_dir: str | Path,
         # an empty or blank token would be a blank line in tokens.txt: named by its id instead
         tokens = [BLANK, UNK] + [t if t and t.strip() == t else f"<whisper{i}>"
                                  for i, t in enumerate(hf.convert_ids_to_tokens(range(hf.eos_token_id)))] + [SOS_EOS]
-        info["ssl_model"] = str(ssl_model)
+        if text_style not in TEXT_STYLES:
+            raise ValueError(f"unknown text_style {text_style!r}; choose one of {TEXT_STYLES}")
+        info.update(ssl_model=str(ssl_model), text_style=text_style)
     elif token_type == "bpe":
         model = _train_sentencepiece(texts, nbpe, bpemode, character_coverage)
         import sentencepiece as spm

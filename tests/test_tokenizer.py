@@ -8,7 +8,7 @@ import pytest
 from asrkit.bin import make_tokens
 from asrkit.errors import DataError
 from asrkit.fileio import load_jsonl
-from asrkit.tokenizer import SPACE, Tokenizer, build_token_list
+from asrkit.tokenizer import SPACE, Tokenizer, build_token_list, sentence_case
 
 TEXTS = ["the cat sat on the mat", "one two three", "i saw a big dog", "my dog's name is rex",
          "we went to the zoo", "she likes green apples", "the end"]
@@ -132,7 +132,8 @@ def test_whisper_tokens_are_the_checkpoints_own(train_list, tmp_path, tiny_whisp
 
     with pytest.raises(DataError, match="--ssl_model"):
         make(train_list, tmp_path / "none", "--token_type", "whisper")
-    tok = make(train_list, tmp_path / "whisper", "--token_type", "whisper", "--ssl_model", str(tiny_whisper))
+    tok = make(train_list, tmp_path / "whisper", "--token_type", "whisper", "--ssl_model", str(tiny_whisper),
+               "--text_style", "as_is")
     hf = WhisperTokenizer.from_pretrained(str(tiny_whisper))
     lines = (tmp_path / "whisper" / "tokens.txt").read_text(encoding="utf-8").splitlines()
     assert len(lines) == len(set(lines)) == tok.vocab_size == hf.eos_token_id + 3  # text tokens, <blank> <unk> <sos/eos>
@@ -146,3 +147,19 @@ def test_whisper_tokens_are_the_checkpoints_own(train_list, tmp_path, tiny_whisp
     for f in (tmp_path / "whisper").iterdir():
         (copy / f.name).write_bytes(f.read_bytes())
     assert Tokenizer.load(copy).encode("rex") == tok.encode("rex")
+
+
+def test_whisper_targets_are_written_as_sentences(train_list, tmp_path, tiny_whisper):
+    """Stage 0's lowercase transcripts train a Whisper decoder in its own style by default (a list made
+    before text_style, without the key, keeps them as they are)."""
+    assert sentence_case("i'm sure i will") == "I'm sure I will."
+    assert sentence_case("is it in") == "Is it in."  # only the pronoun: no "i" inside a word
+    assert sentence_case("what is it?") == "What is it?"
+    assert sentence_case("NASA said so") == "NASA said so"  # a cased transcript is left alone
+    tok = make(train_list, tmp_path / "whisper", "--token_type", "whisper", "--ssl_model", str(tiny_whisper))
+    assert json.loads((tmp_path / "whisper" / "token_info.json").read_text())["text_style"] == "sentence"
+    assert tok.decode(tok.encode("i saw rex")) == "I saw rex."
+    info = tmp_path / "whisper" / "token_info.json"
+    info.write_text(json.dumps({k: v for k, v in json.loads(info.read_text()).items() if k != "text_style"}))
+    assert Tokenizer.load(tmp_path / "whisper").decode(Tokenizer.load(tmp_path / "whisper").encode("i saw rex")) \
+        == "i saw rex"

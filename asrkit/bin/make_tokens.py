@@ -7,7 +7,7 @@ import logging
 from asrkit.cli import make_parser, run_main, setup_logging
 from asrkit.errors import DataError
 from asrkit.fileio import read_jsonl
-from asrkit.tokenizer import TOKEN_TYPES, build_token_list
+from asrkit.tokenizer import TEXT_STYLES, TOKEN_TYPES, build_token_list
 
 log = logging.getLogger("asrkit.make_tokens")
 
@@ -24,6 +24,9 @@ def get_parser():
     parser.add_argument("--text_field", default="text", help="the (normalized) text field of the list")
     parser.add_argument("--ssl_model", default=None,
                         help="token_type whisper: the Whisper checkpoint (dir or model id) whose tokenizer to use")
+    parser.add_argument("--text_style", choices=TEXT_STYLES, default="sentence",
+                        help="token_type whisper: train lowercase transcripts as sentences, as Whisper writes "
+                             "(sentence), or as they are (as_is)")
     return parser
 
 
@@ -51,7 +54,8 @@ def main(argv=None) -> int:
     setup_logging(args.log_file, args.verbose)
     texts = read_texts(args.data, args.text_field)
     tok = build_token_list(texts, args.token_type, args.out, nbpe=args.nbpe, bpemode=args.bpemode,
-                           character_coverage=args.character_coverage, ssl_model=args.ssl_model)
+                           character_coverage=args.character_coverage, ssl_model=args.ssl_model,
+                           text_style=args.text_style)
     for text in texts:
         tok.encode(text)
     n_unk = sum(tok.unk_counts.values())
