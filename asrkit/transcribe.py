@@ -41,11 +41,15 @@ def extractor_from_attrs(attrs: dict, device: str | torch.device = "cpu"):
 
 def word_timings(ctc_logp: torch.Tensor, token_ids: list[int], token_strs: list[str], token_type: str,
                  frame_s: float, blank: int = 0) -> list[dict]:
-    """Words with start/end seconds and mean log-prob from the CTC forced alignment of the tokens."""
+    """Words with start/end seconds and mean log-prob from the CTC forced alignment of the tokens; None
+    where the tokens cannot be aligned (an attention hypothesis longer than the CTC's frames allow: each
+    token takes a frame, and a blank must part two equal neighbours)."""
     import torchaudio.functional as AF
 
-    if not token_ids or ctc_logp.size(0) < len(token_ids):
+    if not token_ids:
         return []
+    if ctc_logp.size(0) < len(token_ids) + sum(a == b for a, b in zip(token_ids, token_ids[1:])):
+        return None
     path, scores = AF.forced_align(ctc_logp[None].float().cpu(), torch.tensor([token_ids]), blank=blank)
     spans = AF.merge_tokens(path[0], scores[0].exp())
     mark = {"bpe": "\u2581", "whisper": "\u0120"}.get(token_type)  # a piece that starts a word: ▁ (sentencepiece), Ġ (byte-level BPE)
@@ -204,7 +208,7 @@ class Transcriber:
 
     def _words(self, h, feats: np.ndarray, frames: int, text: str) -> list[dict]:
         """A piece's words with timings from its start: the CTC forced alignment of its best hypothesis,
-        or for a model without a CTC head (decoder whisper) one span for the whole piece."""
+        or, for a model without a CTC head or a hypothesis its CTC cannot align, one span for the piece."""
         if not h or not text:
             return []
         if self.model.ctc is None:
@@ -213,7 +217,10 @@ class Transcriber:
         enc, enc_lens = self.model.encode(x, torch.tensor([frames], device=self.device))
         logp = self.model.ctc_log_probs(enc)[0, : int(enc_lens[0])]
         strs = [self.tokenizer.tokens[t] for t in h.tokens]
-        return word_timings(logp, h.tokens, strs, self.tokenizer.token_type, self.frame_s, self.model.blank)
+        words = word_timings(logp, h.tokens, strs, self.tokenizer.token_type, self.frame_s, self.model.blank)
+        if words is None:
+            return [{"word": text, "start": 0.0, "end": round(frames * self.frame_s, 3), "confidence": None}]
+        return words
 
 
 def _seconds(piece: Piece, file_seconds: dict[str, float]) -> float:

@@ -127,6 +127,9 @@ def test_word_timings_of_whisper_tokens():
     ids = [1, 2, 3]
     words = word_timings(logp.log_softmax(-1), ids, [tokens[i] for i in ids], "whisper", 0.02)
     assert [(w["word"], w["start"], w["end"]) for w in words] == [("The", 0.0, 0.02), ("café", 0.04, 0.08)]
+    # more tokens than the frames can hold (a repeat needs a blank between): not aligned, no error
+    assert word_timings(logp.log_softmax(-1), [1, 1, 2], [tokens[i] for i in [1, 1, 2]], "whisper", 0.02) is not None
+    assert word_timings(logp.log_softmax(-1), [1, 1, 2, 2], [tokens[i] for i in [1, 1, 2, 2]], "whisper", 0.02) is None
 
 
 def test_subtitle_cues_break_at_pauses_and_line_length():
