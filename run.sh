@@ -50,7 +50,7 @@ opt dump_args "" "more options for asrkit.bin.dump_feats"
 opt token_type bpe "char, bpe, word, or whisper (the --ssl_model Whisper checkpoint's own tokens)"
 opt nbpe 300 "BPE vocabulary size (token_type bpe)"
 opt bpemode unigram "sentencepiece model type: unigram or bpe"
-opt text_style sentence "token_type whisper: targets written as sentences, as Whisper writes (sentence), or as_is"
+opt text_style as_is "token_type whisper: transcripts trained as they are (as_is), or as sentences, as Whisper writes (sentence)"
 # stage 3
 opt train_set train "training split"
 opt valid_set valid "validation split"
@@ -140,7 +140,7 @@ fi
 [ -z "$speed_perturb" ] || feats_tag+="_sp"
 case "$token_type" in
     bpe) unit="bpe${nbpe}" ;;
-    whisper) unit="whisper$([ "$text_style" = sentence ] || echo "_$text_style")" ;;
+    whisper) unit="whisper$([ "$text_style" = as_is ] || echo "_$text_style")" ;;
     *) unit=$token_type ;;
 esac
 token_dir="$datadir/token_list/$unit"
@@ -472,7 +472,7 @@ stage2() {
         --nbpe "$nbpe" --bpemode "$bpemode" --ssl_model "$ssl_model" --text_style "$text_style" --out "$token_dir"
 }
 run_stage 2 "token list ($unit)" "$datadir/$train_set.jsonl" "$token_dir/tokens.txt" \
-    "token_type nbpe bpemode$([ "$token_type" != whisper ] || echo " ssl_model text_style")" stage2
+    "token_type nbpe bpemode$([ "$token_type" != whisper ] || echo " ssl_model")$([ "$text_style" = as_is ] || echo " text_style")" stage2
 
 # ------------------------------------------------------------------ stage 3: training
 stage3() {

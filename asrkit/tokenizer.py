@@ -9,10 +9,10 @@ For whisper, the checkpoint's byte-level BPE (its `tokenizer.json` and `tokenize
 copied into the dir) with our id = Whisper's id + 2, for its text tokens; `<sos/eos>` is its
 <|endoftext|>. No text is unknown to it. This is the unit of a Whisper decoder (docs/INTERNALS.md).
 Whisper learnt to write sentences ("I could do with a break."), and stage 0 lowercases transcripts and
-drops their punctuation: with `text_style: sentence` (the default for whisper lists) a lowercase
-transcript is trained as a sentence again (first letter and the pronoun I capitalised, a final full
-stop), so fine-tuning starts from what the decoder already predicts instead of unlearning it; the
-scoring normalizer folds both styles alike.
+drops their punctuation: with `text_style: sentence` a lowercase transcript is trained as a sentence
+again (first letter and the pronoun I capitalised, a final full stop), closer to what the decoder
+already predicts; the scoring normalizer folds both styles alike. The default, `as_is`, trains the
+transcripts as they are (on so762_dev the two give the same WER: docs/PERFORMANCE.md).
 """
 from __future__ import annotations
 
@@ -113,7 +113,7 @@ class Tokenizer:
                             "rerun stage 2 (python -m asrkit.bin.make_tokens)")
         tokens = [t for t in (token_dir / TOKENS_FILE).read_text(encoding="utf-8").split("\n") if t]
         return cls(tokens, info["token_type"], token_dir / BPE_FILE if BPE_FILE in needed else None, token_dir,
-                   info.get("text_style", "as_is"))  # (lists made before text_style: as is)
+                   info.get("text_style", "as_is"))
 
     def encode(self, text: str) -> list[int]:
         """Token ids of a text; units outside the list become `<unk>` and are counted."""
@@ -148,7 +148,7 @@ class Tokenizer:
 
 def build_token_list(texts: Sequence[str], token_type: str, out_dir: str | Path, nbpe: int = 300,
                      bpemode: str = "unigram", character_coverage: float = 1.0,
-                     ssl_model: str | None = None, text_style: str = "sentence") -> Tokenizer:
+                     ssl_model: str | None = None, text_style: str = "as_is") -> Tokenizer:
     """Make a token dir from training texts (for whisper: from the tokenizer of the checkpoint
     `ssl_model`, its targets written in `text_style`). The dir is built beside `out_dir` and swapped in whole, so a failure or a kill
     leaves either the previous list or none, never a mix."""

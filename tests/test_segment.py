@@ -187,12 +187,18 @@ def test_a_model_of_short_clips_transcribes_a_long_recording_as_well_as_the_clip
     one = Transcriber(tmp_path / "exp", segment=None, search=greedy).transcribe([r["audio"] for r in splits["test"]])
     one_wer = jiwer.wer(ref, " ".join(o["text"] for o in one))
     long = tmp_path / "long.wav"
-    join_utterances(splits["test"], str(long), pause=1.0)
-    wer = {name: jiwer.wer(ref, Transcriber(tmp_path / "exp", segment=seg, search=greedy).transcribe([long])[0]["text"])
-           for name, seg in (("shaped", "model"), ("defaults", SegmentOptions()))}
+    placed = join_utterances(splits["test"], str(long), pause=1.0)
+    recs = {name: Transcriber(tmp_path / "exp", segment=seg, search=greedy).transcribe([long], timings=True)[0]
+            for name, seg in (("shaped", "model"), ("defaults", SegmentOptions()))}
+    wer = {name: jiwer.wer(ref, rec["text"]) for name, rec in recs.items()}
     assert one_wer < 0.25, one_wer  # (the model learned the digits)
     assert wer["shaped"] - one_wer <= 0.05, (one_wer, wer)
     assert wer["defaults"] - one_wer > 0.15, (one_wer, wer)
+    # word timings on the recording's clock: each word lies on the take it names, within 0.1 s
+    words = recs["shaped"]["words"]
+    on = [w for w in words if any(p["start"] - 0.1 <= w["start"] <= w["end"] <= p["end"] + 0.1
+                                  and p["text"] == w["word"] for p in placed)]
+    assert len(words) >= 0.9 * len(placed) and len(on) >= 0.85 * len(placed), (len(on), words[:10], placed[:10])
 
 
 def test_measuring_utterances_leaves_torch_its_threads(tmp_path):

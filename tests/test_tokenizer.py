@@ -132,8 +132,7 @@ def test_whisper_tokens_are_the_checkpoints_own(train_list, tmp_path, tiny_whisp
 
     with pytest.raises(DataError, match="--ssl_model"):
         make(train_list, tmp_path / "none", "--token_type", "whisper")
-    tok = make(train_list, tmp_path / "whisper", "--token_type", "whisper", "--ssl_model", str(tiny_whisper),
-               "--text_style", "as_is")
+    tok = make(train_list, tmp_path / "whisper", "--token_type", "whisper", "--ssl_model", str(tiny_whisper))
     hf = WhisperTokenizer.from_pretrained(str(tiny_whisper))
     lines = (tmp_path / "whisper" / "tokens.txt").read_text(encoding="utf-8").splitlines()
     assert len(lines) == len(set(lines)) == tok.vocab_size == hf.eos_token_id + 3  # text tokens, <blank> <unk> <sos/eos>
@@ -149,17 +148,18 @@ def test_whisper_tokens_are_the_checkpoints_own(train_list, tmp_path, tiny_whisp
     assert Tokenizer.load(copy).encode("rex") == tok.encode("rex")
 
 
-def test_whisper_targets_are_written_as_sentences(train_list, tmp_path, tiny_whisper):
-    """Stage 0's lowercase transcripts train a Whisper decoder in its own style by default (a list made
-    before text_style, without the key, keeps them as they are)."""
+def test_whisper_targets_can_be_written_as_sentences(train_list, tmp_path, tiny_whisper):
+    """--text_style sentence: stage 0's lowercase transcripts train a Whisper decoder in its own style;
+    a list without the key (made before it) keeps them as they are."""
     assert sentence_case("i'm sure i will") == "I'm sure I will."
     assert sentence_case("is it in") == "Is it in."  # only the pronoun: no "i" inside a word
     assert sentence_case("what is it?") == "What is it?"
     assert sentence_case("NASA said so") == "NASA said so"  # a cased transcript is left alone
-    tok = make(train_list, tmp_path / "whisper", "--token_type", "whisper", "--ssl_model", str(tiny_whisper))
-    assert json.loads((tmp_path / "whisper" / "token_info.json").read_text())["text_style"] == "sentence"
-    assert tok.decode(tok.encode("i saw rex")) == "I saw rex."
+    tok = make(train_list, tmp_path / "whisper", "--token_type", "whisper", "--ssl_model", str(tiny_whisper),
+               "--text_style", "sentence")
     info = tmp_path / "whisper" / "token_info.json"
+    assert json.loads(info.read_text())["text_style"] == "sentence"
+    assert tok.decode(tok.encode("i saw rex")) == "I saw rex."
     info.write_text(json.dumps({k: v for k, v in json.loads(info.read_text()).items() if k != "text_style"}))
-    assert Tokenizer.load(tmp_path / "whisper").decode(Tokenizer.load(tmp_path / "whisper").encode("i saw rex")) \
-        == "i saw rex"
+    old = Tokenizer.load(tmp_path / "whisper")
+    assert old.decode(old.encode("i saw rex")) == "i saw rex"

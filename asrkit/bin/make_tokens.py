@@ -24,9 +24,9 @@ def get_parser():
     parser.add_argument("--text_field", default="text", help="the (normalized) text field of the list")
     parser.add_argument("--ssl_model", default=None,
                         help="token_type whisper: the Whisper checkpoint (dir or model id) whose tokenizer to use")
-    parser.add_argument("--text_style", choices=TEXT_STYLES, default="sentence",
-                        help="token_type whisper: train lowercase transcripts as sentences, as Whisper writes "
-                             "(sentence), or as they are (as_is)")
+    parser.add_argument("--text_style", choices=TEXT_STYLES, default="as_is",
+                        help="token_type whisper: train transcripts as they are (as_is), or lowercase ones as "
+                             "sentences, as Whisper writes (sentence)")
     return parser
 
 
