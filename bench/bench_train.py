@@ -74,7 +74,8 @@ def build_trainer(config: str, d: dict, device: torch.device, exp_dir: Path, *ov
     tok = Tokenizer.load(opts.token_dir)
     data = SpeechDataset(opts.train_data, opts.train_feats, tok)
     seed_everything(0)
-    model = build_from_config(model_config(sections, store := FeatureReader(opts.train_feats), tok), store.attrs)
+    store = FeatureReader(opts.train_feats)
+    model = build_from_config(model_config(sections, store, tok, opts.train_data), store.attrs)
     return Trainer(opts, model, data, data, tok, init_distributed(opts.ngpu))
 
 

@@ -35,7 +35,8 @@ def main(out: str, argv: list[str]) -> None:
     tok = Tokenizer.load(opts.token_dir)
     data = SpeechDataset(opts.train_data, opts.train_feats, tok)
     seed_everything(opts.seed)
-    model = build_from_config(model_config(sections, store := FeatureReader(opts.train_feats), tok), store.attrs)
+    store = FeatureReader(opts.train_feats)
+    model = build_from_config(model_config(sections, store, tok, opts.train_data), store.attrs)
     reference = copy.deepcopy(model)
     trainer = Trainer(opts, model, data, data, tok, info)
     trainer.model.eval()  # dropout and SpecAugment off: both sides see the same function

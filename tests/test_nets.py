@@ -335,3 +335,54 @@ def test_a_detached_ctc_head_leaves_the_encoder_to_the_attention_loss():
     assert grads["detached"].keys() == grads["attention"].keys()
     for k, g in grads["attention"].items():
         torch.testing.assert_close(grads["detached"][k], g, atol=1e-6, rtol=1e-5)
+
+
+def test_a_ctc_head_over_the_training_tokens_scores_as_the_full_head_restricted_to_them(tmp_path):
+    """model_conf.ctc_vocab N: the head scores N tokens (<blank>, <unk> and the training text's); its
+    loss is that of a full head whose other tokens never win, the log-probabilities it gives the
+    decoders are over every id (the others at CTC_FLOOR), and the ids travel with the weights."""
+    from asrkit.model_io import save_weights
+    from asrkit.nets.model import CTC_FLOOR
+    from safetensors.torch import load_file
+
+    torch.manual_seed(0)
+    feats, lens = torch.randn(2, 40, 10), torch.tensor([40, 31])
+    ys, ys_lens = torch.tensor([[3, 5, 5], [7, 3, -1]]), torch.tensor([3, 2])
+    kept = [0, 1, 3, 5, 7]
+    conf = {**tiny("bilstm"), "model_conf": {"ctc_weight": 1.0}}
+    full = build_model(conf, 10, 1, V).eval()
+    part = build_model({**conf, "model_conf": {"ctc_weight": 1.0, "ctc_vocab": len(kept)}}, 10, 1, V).eval()
+    with pytest.raises(ValueError, match="scores 5 tokens, not 6"):
+        part.set_ctc_tokens([3, 5, 7, 8])
+    part.set_ctc_tokens([3, 5, 7])
+    part.load_state_dict({**full.state_dict(), "ctc.weight": full.ctc.weight[kept], "ctc.bias": full.ctc.bias[kept],
+                          "ctc_token_ids": part.ctc_token_ids})
+    with torch.no_grad():
+        full.ctc.bias[[i for i in range(V) if i not in kept]] = -1e4  # the full head never picks them
+        enc, enc_lens = full.encode(feats, lens)
+        torch.testing.assert_close(part(feats, lens, ys, ys_lens)["loss"], full(feats, lens, ys, ys_lens)["loss"])
+        logp = part.ctc_log_probs(enc)
+    assert logp.shape == (2, enc.size(1), V)
+    torch.testing.assert_close(logp[..., kept], full.ctc_log_probs(enc)[..., kept])
+    assert bool((logp[..., [2, 4, 6]] == CTC_FLOOR).all())
+    save_weights(part.state_dict(), tmp_path / "w.safetensors")
+    assert load_file(tmp_path / "w.safetensors")["ctc_token_ids"].tolist() == kept
+    with pytest.raises(ValueError, match="ctc_vocab"):
+        build_model({**conf, "model_conf": {"ctc_weight": 1.0, "ctc_vocab": "some"}}, 10, 1, V)
+
+
+def test_ctc_vocab_train_is_resolved_to_the_training_texts_tokens(tmp_path):
+    from asrkit.fileio import write_jsonl
+    from asrkit.tokenizer import build_token_list
+    from asrkit.train.experiment import ctc_tokens, model_config
+
+    write_jsonl(tmp_path / "train.jsonl", [{"utt_id": "a", "text": "ab"}, {"utt_id": "b", "text": "b a"}])
+    tok = build_token_list(["ab", "b a", "c d"], "char", tmp_path / "tokens")
+
+    class Store:
+        dim, num_layers = 10, 1
+
+    config = model_config({"model_conf": {"ctc_vocab": "train"}}, Store(), tok, str(tmp_path / "train.jsonl"))
+    ids = ctc_tokens(str(tmp_path / "train.jsonl"), tok)
+    assert ids == {0, 1, tok.token2id["a"], tok.token2id["b"], tok.token2id["<space>"]}
+    assert config["model_conf"]["ctc_vocab"] == len(ids) < tok.vocab_size

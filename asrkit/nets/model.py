@@ -57,11 +57,15 @@ def add_sos_eos(ys: torch.Tensor, sos: int, eos: int, ignore_id: int = IGNORE_ID
     return ys_in, ys_out, lens + 1
 
 
+CTC_FLOOR = -1e4  # the log-probability of a token that a CTC head of ctc_vocab N does not score
+
+
 class ASRModel(nn.Module):
     def __init__(self, frontend: Frontend, specaug: SpecAugment | None, encoder: nn.Module,
                  decoder: nn.Module | None, vocab_size: int, ctc_weight: float = 0.3,
                  lsm_weight: float = 0.1, length_normalized_loss: bool = False, ctc_dropout_rate: float = 0.0,
-                 ctc_lr_scale: float = 1.0, ctc_detach: bool = False, ssl_top: nn.Module | None = None):
+                 ctc_lr_scale: float = 1.0, ctc_detach: bool = False, ctc_vocab: int | str = "all",
+                 ssl_top: nn.Module | None = None):
         super().__init__()
         if not 0.0 <= ctc_weight <= 1.0:
             raise ValueError(f"model_conf.ctc_weight must be in [0, 1], got {ctc_weight}")
@@ -75,7 +79,15 @@ class ASRModel(nn.Module):
         self.min_frames = frontend.min_frames
         self.ctc_dropout = nn.Dropout(ctc_dropout_rate)
         # like ESPnet, a branch with weight 0 is not built (DDP would see unused parameters)
-        self.ctc = nn.Linear(encoder.output_size, vocab_size) if ctc_weight > 0 else None
+        if ctc_vocab != "all" and not (isinstance(ctc_vocab, int) and 2 < ctc_vocab <= vocab_size):
+            raise ValueError(f"model_conf.ctc_vocab must be all, train or a number of tokens, got {ctc_vocab!r}")
+        # ctc_vocab N: the head scores N tokens only, those of the training text (set_ctc_tokens; their ids
+        # in the buffer ctc_token_ids): a linear layer onto Whisper's 50,260 tokens at 50 frames/s costs
+        # more than the rest of the model
+        n_ctc = vocab_size if ctc_vocab == "all" else ctc_vocab
+        self.ctc = nn.Linear(encoder.output_size, n_ctc) if ctc_weight > 0 else None
+        self.register_buffer("ctc_token_ids", torch.arange(n_ctc) if self.ctc is not None and n_ctc < vocab_size
+                             else None)
         if self.ctc is not None and ctc_lr_scale != 1.0:  # (a new head beside pretrained layers learns faster)
             self.ctc.lr_scale = ctc_lr_scale
         # the CTC loss trains the head alone, the encoder learning from the attention loss only: a new
@@ -104,10 +116,23 @@ class ASRModel(nn.Module):
         x, lens = self.frontend.subsample(x, feat_lens)
         return self.encoder(x, lens)
 
-    def ctc_log_probs(self, enc: torch.Tensor) -> torch.Tensor:
+    def set_ctc_tokens(self, token_ids) -> None:
+        """The tokens a head of ctc_vocab N scores: <blank>, <unk> and the training text's (N in all)."""
+        ids = sorted({self.blank, 1, *map(int, token_ids)})
+        if self.ctc_token_ids is None or len(ids) != self.ctc_token_ids.numel():
+            raise ValueError(f"the CTC head scores {self.ctc.out_features} tokens, not {len(ids)}")
+        self.ctc_token_ids.copy_(torch.tensor(ids))
+
+    def ctc_log_probs(self, enc: torch.Tensor, full: bool = True) -> torch.Tensor:
+        """(B, T, vocab) CTC log-probabilities; a head of ctc_vocab N gives the tokens it does not
+        score CTC_FLOOR (or, not `full`, its N columns alone)."""
         if self.ctc is None:
             raise ValueError("this model has no CTC head (model_conf.ctc_weight: 0)")
-        return self.ctc(self.ctc_dropout(enc)).float().log_softmax(-1)
+        logp = self.ctc(self.ctc_dropout(enc)).float().log_softmax(-1)
+        if self.ctc_token_ids is None or not full:
+            return logp
+        out = logp.new_full((*logp.shape[:-1], self.vocab_size), CTC_FLOOR)
+        return out.index_copy_(-1, self.ctc_token_ids, logp)
 
     def forward(self, feats, feat_lens, ys, ys_lens, return_encoder: bool = False) -> dict[str, torch.Tensor]:
         """The losses and attention accuracy of a batch; with return_encoder also its `enc`, `enc_lens`."""
@@ -116,8 +141,12 @@ class ASRModel(nn.Module):
         zero = enc.new_zeros((), dtype=torch.float32)
         loss_ctc = loss_att = acc = zero
         if self.ctc is not None:
-            logp = self.ctc_log_probs(enc.detach() if self.ctc_detach else enc).transpose(0, 1)  # (T, B, V)
-            targets = ys.masked_fill(ys == self.ignore_id, 0)
+            logp = self.ctc_log_probs(enc.detach() if self.ctc_detach else enc, full=False).transpose(0, 1)
+            targets = ys.masked_fill(ys == self.ignore_id, 0)  # (logp: (T, B, V))
+            if self.ctc_token_ids is not None:  # our ids -> the head's columns; a token it lacks: <unk>
+                column = torch.full((self.vocab_size,), 1, dtype=torch.long, device=ys.device)
+                column[self.ctc_token_ids] = torch.arange(self.ctc_token_ids.numel(), device=ys.device)
+                targets = column[targets]
             loss_ctc = F.ctc_loss(logp, targets, enc_lens, ys_lens, blank=self.blank, reduction="sum",
                                   zero_infinity=True) / ys.size(0)
         if self.decoder is not None:
