@@ -211,13 +211,13 @@ class Transcriber:
         or, for a model without a CTC head or a hypothesis its CTC cannot align, one span for the piece."""
         if not h or not text:
             return []
-        if self.model.ctc is None:
-            return [{"word": text, "start": 0.0, "end": round(frames * self.frame_s, 3), "confidence": None}]
-        x = torch.from_numpy(feats[None]).to(self.device)
-        enc, enc_lens = self.model.encode(x, torch.tensor([frames], device=self.device))
-        logp = self.model.ctc_log_probs(enc)[0, : int(enc_lens[0])]
-        strs = [self.tokenizer.tokens[t] for t in h.tokens]
-        words = word_timings(logp, h.tokens, strs, self.tokenizer.token_type, self.frame_s, self.model.blank)
+        words = None
+        if self.model.ctc is not None:
+            x = torch.from_numpy(feats[None]).to(self.device)
+            enc, enc_lens = self.model.encode(x, torch.tensor([frames], device=self.device))
+            logp = self.model.ctc_log_probs(enc)[0, : int(enc_lens[0])]
+            strs = [self.tokenizer.tokens[t] for t in h.tokens]
+            words = word_timings(logp, h.tokens, strs, self.tokenizer.token_type, self.frame_s, self.model.blank)
         if words is None:
             return [{"word": text, "start": 0.0, "end": round(frames * self.frame_s, 3), "confidence": None}]
         return words

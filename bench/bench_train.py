@@ -75,7 +75,7 @@ def build_trainer(config: str, d: dict, device: torch.device, exp_dir: Path, *ov
     data = SpeechDataset(opts.train_data, opts.train_feats, tok)
     seed_everything(0)
     store = FeatureReader(opts.train_feats)
-    model = build_from_config(model_config(sections, store, tok, opts.train_data), store.attrs)
+    model = build_from_config(model_config(sections, store, tok), store.attrs)
     return Trainer(opts, model, data, data, tok, init_distributed(opts.ngpu))
 
 

@@ -36,7 +36,7 @@ def main(out: str, argv: list[str]) -> None:
     data = SpeechDataset(opts.train_data, opts.train_feats, tok)
     seed_everything(opts.seed)
     store = FeatureReader(opts.train_feats)
-    model = build_from_config(model_config(sections, store, tok, opts.train_data), store.attrs)
+    model = build_from_config(model_config(sections, store, tok), store.attrs)
     reference = copy.deepcopy(model)
     trainer = Trainer(opts, model, data, data, tok, info)
     trainer.model.eval()  # dropout and SpecAugment off: both sides see the same function

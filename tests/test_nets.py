@@ -382,7 +382,8 @@ def test_ctc_vocab_train_is_resolved_to_the_training_texts_tokens(tmp_path):
     class Store:
         dim, num_layers = 10, 1
 
-    config = model_config({"model_conf": {"ctc_vocab": "train"}}, Store(), tok, str(tmp_path / "train.jsonl"))
-    ids = ctc_tokens(str(tmp_path / "train.jsonl"), tok)
+    sections = {"model_conf": {"ctc_vocab": "train"}}
+    ids = ctc_tokens(sections, str(tmp_path / "train.jsonl"), tok)
     assert ids == {0, 1, tok.token2id["a"], tok.token2id["b"], tok.token2id["<space>"]}
-    assert config["model_conf"]["ctc_vocab"] == len(ids) < tok.vocab_size
+    assert model_config(sections, Store(), tok, ids)["model_conf"]["ctc_vocab"] == len(ids) < tok.vocab_size
+    assert ctc_tokens({"model_conf": {"ctc_vocab": "all"}}, str(tmp_path / "train.jsonl"), tok) is None

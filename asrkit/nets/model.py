@@ -80,7 +80,8 @@ class ASRModel(nn.Module):
         self.ctc_dropout = nn.Dropout(ctc_dropout_rate)
         # like ESPnet, a branch with weight 0 is not built (DDP would see unused parameters)
         if ctc_vocab != "all" and not (isinstance(ctc_vocab, int) and 2 < ctc_vocab <= vocab_size):
-            raise ValueError(f"model_conf.ctc_vocab must be all, train or a number of tokens, got {ctc_vocab!r}")
+            raise ValueError(f"model_conf.ctc_vocab must be all or a number of tokens (train: resolved to one by "
+                             f"training, asrkit.train.experiment), got {ctc_vocab!r}")
         # ctc_vocab N: the head scores N tokens only, those of the training text (set_ctc_tokens; their ids
         # in the buffer ctc_token_ids): a linear layer onto Whisper's 50,260 tokens at 50 frames/s costs
         # more than the rest of the model

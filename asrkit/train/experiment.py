@@ -49,19 +49,23 @@ def record_utterance_shape(exp_dir: Path, train_data: str, store: FeatureReader)
              shape.lead, shape.trail, shape.measured)
 
 
-def model_config(model: dict, train_store: FeatureReader, tokenizer: Tokenizer, train_data: str) -> dict:
-    """The model sections completed from the data: the input and vocabulary sizes. (The checkpoint of a
-    Whisper decoder or of the encoder's top layers is the features' own: model_io.build_from_config.)
-    model_conf.ctc_vocab train becomes the number of tokens in the training text."""
+def model_config(model: dict, train_store: FeatureReader, tokenizer: Tokenizer,
+                 ctc_ids: set[int] | None = None) -> dict:
+    """The model sections completed from the data: the input and vocabulary sizes, and for
+    model_conf.ctc_vocab train the number of CTC tokens `ctc_ids` (ctc_tokens). (The checkpoint of a
+    Whisper decoder or of the encoder's top layers is the features' own: model_io.build_from_config.)"""
     config = {**model, "input_dim": train_store.dim, "input_layers": train_store.num_layers,
               "vocab_size": tokenizer.vocab_size}
-    if (model.get("model_conf") or {}).get("ctc_vocab") == "train":  # resolved: a head of N tokens
-        config["model_conf"] = {**model["model_conf"], "ctc_vocab": len(ctc_tokens(train_data, tokenizer))}
+    if ctc_ids is not None:
+        config["model_conf"] = {**model["model_conf"], "ctc_vocab": len(ctc_ids)}
     return config
 
 
-def ctc_tokens(train_data: str, tokenizer: Tokenizer) -> set[int]:
-    """The token ids of the training text, with <blank> and <unk>: what a head of ctc_vocab train scores."""
+def ctc_tokens(model: dict, train_data: str, tokenizer: Tokenizer) -> set[int] | None:
+    """For model_conf.ctc_vocab train, the token ids of the training text with <blank> and <unk>: what
+    the CTC head scores; otherwise None."""
+    if (model.get("model_conf") or {}).get("ctc_vocab") != "train":
+        return None
     return {0, 1} | {i for rec in load_jsonl(train_data) for i in tokenizer.encode(str(rec.get("text") or ""))}
 
 
@@ -80,11 +84,12 @@ def train(opts: TrainOptions, model_sections: dict, log_file: str | None = None,
         check_compatible(valid_store.attrs, train_store.attrs, opts.valid_feats)
         if (exp_dir / FEATS_ATTRS).is_file():  # resuming: the features must be those trained on
             check_compatible(train_store.attrs, load_feats_attrs(exp_dir), opts.train_feats)
-        config = model_config(model_sections, train_store, tokenizer, opts.train_data)
+        ctc_ids = ctc_tokens(model_sections, opts.train_data, tokenizer)
+        config = model_config(model_sections, train_store, tokenizer, ctc_ids)
         seed_everything(opts.seed)  # same initial weights on every rank
         model = build_from_config(config, train_store.attrs)
-        if getattr(model, "ctc_token_ids", None) is not None:
-            model.set_ctc_tokens(ctc_tokens(opts.train_data, tokenizer))
+        if ctc_ids is not None:
+            model.set_ctc_tokens(ctc_ids)
         min_frames = getattr(model, "min_frames", 1)
         train_set = SpeechDataset(opts.train_data, opts.train_feats, tokenizer, min_frames)
         valid_set = SpeechDataset(opts.valid_data, opts.valid_feats, tokenizer, min_frames)
