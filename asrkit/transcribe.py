@@ -1,6 +1,7 @@
 """Transcribe new audio with an experiment dir: the feature extractor the model was trained on (from
-its feats_attrs.json), then the decoder; optional word timings from CTC forced alignment (a model
-without a CTC head gives one span per utterance). A long recording (a lesson, a session) is cut at
+its feats_attrs.json), then the decoder; optional word timings (asrkit/timing.py): a Whisper
+decoder's from its cross-attention, as openai-whisper's, another model's from its CTC head's forced
+alignment (a model with neither gives one span per utterance). A long recording (a lesson, a session) is cut at
 its pauses into utterance-sized segments (asrkit/segment.py), decoded in batches like stage 4's
 utterances and joined, on the recording's own clock.
 
@@ -22,7 +23,9 @@ from asrkit.audio import SAMPLE_RATE, audio_info, load_audio
 from asrkit.decode.search import DecodeOptions, check_model
 from asrkit.errors import DataError
 from asrkit.model_io import AVERAGE, load_model
-from asrkit.segment import SegmentOptions, UtteranceShape, segment_file
+from asrkit.nets.decoder import WhisperDecoder
+from asrkit.segment import CHUNK, SegmentOptions, UtteranceShape, segments_from_probs, speech_probs
+from asrkit.timing import attention_word_timings, clip_to_speech, ctc_word_timings
 
 log = logging.getLogger(__name__)
 LONG_SAMPLES = 30 * SAMPLE_RATE  # longer pieces are extracted in overlapping windows
@@ -37,53 +40,6 @@ def extractor_from_attrs(attrs: dict, device: str | torch.device = "cpu"):
     ext = ExtractorSpec.from_attrs(attrs).build(device)
     check_compatible(ext.attrs, attrs, "feature extractor of the model dir")
     return ext
-
-
-def word_timings(ctc_logp: torch.Tensor, token_ids: list[int], token_strs: list[str], token_type: str,
-                 frame_s: float, blank: int = 0) -> list[dict]:
-    """Words with start/end seconds and mean log-prob from the CTC forced alignment of the tokens; None
-    where the tokens cannot be aligned (an attention hypothesis longer than the CTC's frames allow: each
-    token takes a frame, and a blank must part two equal neighbours)."""
-    import torchaudio.functional as AF
-
-    if not token_ids:
-        return []
-    if ctc_logp.size(0) < len(token_ids) + sum(a == b for a, b in zip(token_ids, token_ids[1:])):
-        return None
-    path, scores = AF.forced_align(ctc_logp[None].float().cpu(), torch.tensor([token_ids]), blank=blank)
-    spans = AF.merge_tokens(path[0], scores[0].exp())
-    mark = {"bpe": "\u2581", "whisper": "\u0120"}.get(token_type)  # a piece that starts a word: ▁ (sentencepiece), Ġ (byte-level BPE)
-    words: list[dict] = []
-    for tok, span in zip(token_strs, spans):
-        new_word = token_type == "word" or not words or bool(mark and tok.startswith(mark))
-        if token_type == "char" and tok == "<space>":
-            words.append(None)  # boundary marker, removed below
-            continue
-        piece = tok.lstrip(mark) if mark else tok
-        if new_word or words[-1] is None:
-            words.append({"word": piece, "start": span.start * frame_s, "end": span.end * frame_s,
-                          "_p": [span.score]})
-        else:
-            w = words[-1]
-            w["word"] += ("" if token_type != "word" else " ") + piece
-            w["end"] = span.end * frame_s
-            w["_p"].append(span.score)
-    out = []
-    for w in filter(None, words):
-        p = w.pop("_p")
-        if token_type == "whisper":  # byte-level pieces back to text
-            w["word"] = _bytes_text(w["word"])
-        out.append({**w, "start": round(w["start"], 3), "end": round(w["end"], 3),
-                    "confidence": round(float(np.mean(p)), 4)})
-    return out
-
-
-def _bytes_text(pieces: str) -> str:
-    """Byte-level BPE characters (GPT-2's one character per byte) as the text they spell."""
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
-
-    byte_of = {c: b for b, c in bytes_to_unicode().items()}
-    return bytes(byte_of[c] for c in pieces if c in byte_of).decode("utf-8", errors="replace")
 
 
 class Piece(NamedTuple):
@@ -127,17 +83,19 @@ class Transcriber:
         folder = resolve(source)
         return cls(folder, WEIGHTS, device, segment, search or search_of(folder))
 
-    def pieces(self, path: str, progress: bool = False) -> tuple[list[Piece], float]:
-        """The pieces of a file and its length in seconds."""
+    def pieces(self, path: str, progress: bool = False, speech: bool = False) -> tuple[list[Piece], float, np.ndarray | None]:
+        """The pieces of a file, its length in seconds, and its speech probabilities (asrkit.segment.speech_probs)
+        where they were needed to cut it or `speech` asks for them."""
         sr, frames, _ = audio_info(path)
         seconds = frames / sr
         if self.segment is None or seconds <= self.segment.max_seconds:
-            return [Piece(path, 0.0, None)], seconds
+            return [Piece(path, 0.0, None)], seconds, speech_probs(path) if speech else None
         with tqdm(total=round(seconds), unit="s audio", desc="finding pauses", disable=not progress,
                   dynamic_ncols=True) as bar:
-            segments = segment_file(path, self.segment, lambda done: bar.update(round(done) - bar.n))
+            probs = speech_probs(path, lambda done: bar.update(round(done) - bar.n))
+        segments = segments_from_probs(probs, seconds, self.segment)
         log.info("%s: %.1f s cut into %d segments at its pauses", path, seconds, len(segments))
-        return [Piece(path, s.start, s.end) for s in segments], seconds
+        return [Piece(path, s.start, s.end) for s in segments], seconds, probs
 
     def features(self, piece: Piece) -> np.ndarray:
         audio = load_audio(piece.file, piece.start or None, piece.end, sample_rate=SAMPLE_RATE)
@@ -163,9 +121,10 @@ class Transcriber:
         out: dict[str, dict] = {}
         files: dict[str, list[Piece]] = {}
         seconds: dict[str, float] = {}
+        speech: dict[str, np.ndarray | None] = {}
         for path in dict.fromkeys(paths):
             try:
-                files[path], seconds[path] = self.pieces(path, progress)
+                files[path], seconds[path], speech[path] = self.pieces(path, progress, speech=timings)
             except DataError as e:
                 log.warning("%s", e)
                 out[path] = {"file": path, "error": str(e)}
@@ -177,6 +136,9 @@ class Transcriber:
                 bar.update(round(sum(_seconds(p, seconds) for p in group)))
         for path, found in files.items():
             out[path] = _file_record(path, [(p, done[p]) for p in found], timings)
+            if timings and "words" in out[path]:
+                out[path]["words"] = clip_to_speech(out[path]["words"], speech[path], CHUNK / SAMPLE_RATE,
+                                                    (self.segment or SegmentOptions()).threshold)
         return [out[p] for p in paths]
 
     def _decode(self, pieces: list[Piece], timings: bool, batch_size: int) -> dict[Piece, dict]:
@@ -194,33 +156,45 @@ class Transcriber:
         rate = float(self.attrs["frame_rate"])
         utts = [Utterance(piece, f.shape[-2], f.shape[-2] / rate) for piece, f in feats.items()]
         failed: list[tuple[Piece, str]] = []
+        encoded: dict | None = {} if timings else None
+        decoded = []
         for u, nbest, _ in decode_utterances(self.model, utts, feats.__getitem__, self.opts, batch_size,
-                                             self.device, failed, progress=False):
-            piece, h = u.utt_id, nbest[0] if nbest else None
-            rec = {"text": self.tokenizer.decode(h.tokens) if h else "", "score": h.score if h else None}
-            if timings:
-                rec["words"] = [{**w, "start": round(w["start"] + piece.start, 3),
-                                 "end": round(w["end"] + piece.start, 3)}
-                                for w in self._words(h, feats[u.utt_id], u.frames, rec["text"])]
-            out[piece] = rec
+                                             self.device, failed, progress=False, encoded=encoded):
+            h = nbest[0] if nbest else None
+            out[u.utt_id] = {"text": self.tokenizer.decode(h.tokens) if h else "", "score": h.score if h else None}
+            decoded.append((u, h))
+        if timings:
+            self._add_words(decoded, encoded, out, batch_size)
         out.update({piece: {"error": why} for piece, why in failed})
         return out
 
-    def _words(self, h, feats: np.ndarray, frames: int, text: str) -> list[dict]:
-        """A piece's words with timings from its start: the CTC forced alignment of its best hypothesis,
-        or, for a model without a CTC head or a hypothesis its CTC cannot align, one span for the piece."""
-        if not h or not text:
-            return []
-        words = None
-        if self.model.ctc is not None:
-            x = torch.from_numpy(feats[None]).to(self.device)
-            enc, enc_lens = self.model.encode(x, torch.tensor([frames], device=self.device))
-            logp = self.model.ctc_log_probs(enc)[0, : int(enc_lens[0])]
-            strs = [self.tokenizer.tokens[t] for t in h.tokens]
-            words = word_timings(logp, h.tokens, strs, self.tokenizer.token_type, self.frame_s, self.model.blank)
-        if words is None:
-            return [{"word": text, "start": 0.0, "end": round(frames * self.frame_s, 3), "confidence": None}]
-        return words
+    def _add_words(self, decoded: list, encoded: dict, out: dict[Piece, dict], batch_size: int) -> None:
+        """Each decoded piece's words with timings on its file's clock (asrkit/timing.py), from its encoder
+        output: a Whisper decoder's from its cross-attention (`batch_size` pieces at a time), another
+        model's from its CTC head's forced alignment; one span for the piece where the model has neither,
+        or its CTC cannot align the hypothesis."""
+        whisper = isinstance(self.model.decoder, WhisperDecoder)
+        todo = [(u, h) for u, h in decoded if h is not None and out[u.utt_id]["text"]]
+        for u, _ in decoded:
+            out[u.utt_id]["words"] = []
+        for i in range(0, len(todo), batch_size):
+            chunk = todo[i: i + batch_size]
+            encs, ids = [encoded[u.utt_id] for u, _ in chunk], [h.tokens for _, h in chunk]
+            strs = [[self.tokenizer.tokens[t] for t in h.tokens] for _, h in chunk]
+            kind = self.tokenizer.token_type
+            if whisper:
+                found = attention_word_timings(self.model, encs, ids, strs, kind, self.frame_s)
+            elif self.model.ctc is not None:
+                found = [ctc_word_timings(self.model.ctc_log_probs(enc[None])[0], t, s, kind, self.frame_s, self.model.blank)
+                         for enc, t, s in zip(encs, ids, strs)]
+            else:
+                found = [None] * len(chunk)
+            for (u, _), words in zip(chunk, found):
+                piece, rec = u.utt_id, out[u.utt_id]
+                if words is None:
+                    words = [{"word": rec["text"], "start": 0.0, "end": round(u.seconds, 3), "confidence": None}]
+                rec["words"] = [{**w, "start": round(w["start"] + piece.start, 3), "end": round(w["end"] + piece.start, 3)}
+                                for w in words]
 
 
 def _seconds(piece: Piece, file_seconds: dict[str, float]) -> float:

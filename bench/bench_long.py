@@ -11,7 +11,8 @@ model's loading, and its peak memory); --whole also runs it with `--max_segment 
 one utterance, as before segmentation). Reported: WER and CER (the list's own normalizer, `basic` by
 default) of the joined text against the joined references, the real-time factor, peak memory, the
 segments and how far their boundaries lie from the true pauses (the silence between two utterances'
-speech: the pause put between them and their files' own silent edges). The defaults are the offline demo's
+speech: the pause put between them and their files' own silent edges), and how many of the words
+(--json's timings) lie within the speech of one utterance. The defaults are the offline demo's
 filterbank model (`./run.sh` makes it) on its 20 unseen test voices.
 """
 from __future__ import annotations
@@ -101,7 +102,7 @@ def main() -> None:
                           normalize)
     distinct_s = sum(audio_info(x)[1] / audio_info(x)[0] for x in sources.values())
     rows.append(("utterances one by one", total(scores, "word").rate, total(scores, "char").rate,
-                 seconds / distinct_s, None, len(sources), ""))
+                 seconds / distinct_s, None, len(sources), "", ""))
 
     for name, extra in [("long file, cut at pauses", []), ("long file, whole", ["--max_segment", "0"])][:2 if a.whole else 1]:
         rec, seconds, peak = run_cli(["--model_dir", a.model_dir, *shlex.split(a.transcribe_args), *extra, str(wav)])
@@ -111,13 +112,18 @@ def main() -> None:
         dist = [off_pause(t, placed) for g in segs for t in (g["start"], g["end"])]
         where = (f"{sum(d <= 0.3 for d in dist)}/{len(dist)} boundaries within 0.3 s of a true pause (max "
                  f"{max(dist):.2f} s)") if dist else ""
-        rows.append((name, s.word.rate, s.char.rate, seconds / audio_s, peak, len(segs) or 1, where))
+        words = rec.get("words", [])
+        inside = sum(any(p["speech_start"] - 0.1 <= w["start"] <= w["end"] <= p["speech_end"] + 0.1 for p in placed)
+                     for w in words)
+        rows.append((name, s.word.rate, s.char.rate, seconds / audio_s, peak, len(segs) or 1, where,
+                     f"{inside} of {len(words)}"))
 
-    print("\n| transcription | WER | CER | RTF (2 cores) | peak memory | pieces | segment boundaries |")
-    print("|---|---|---|---|---|---|---|")
-    for name, wer, cer, rtf, peak, n, where in rows:
+    print("\n| transcription | WER | CER | RTF (2 cores) | peak memory | pieces | segment boundaries | "
+          "words within an utterance's speech (±0.1 s) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, wer, cer, rtf, peak, n, where, inside in rows:
         mem = f"{peak:.2f} GB" if peak is not None else ""
-        print(f"| {name} | {wer:.1f}% | {cer:.1f}% | {rtf:.4f} ({1 / rtf:.0f}x real time) | {mem} | {n} | {where} |")
+        print(f"| {name} | {wer:.1f}% | {cer:.1f}% | {rtf:.4f} ({1 / rtf:.0f}x real time) | {mem} | {n} | {where} | {inside} |")
 
 
 if __name__ == "__main__":

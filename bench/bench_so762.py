@@ -17,7 +17,7 @@ runs once per seed (`bash egs/child/run.sh ... --seed S`) with its defaults for 
 minutes a seed on 2 CPU cores after the feature dump. --recipe_args adds or overrides options, e.g.
 the light model trained from scratch: --recipe_args "--ssl_layer all --token_type char
 --train_config conf/train_conformer_small.yaml --decode_config conf/decode.yaml". Work is kept in
---work: a rerun skips what is done.
+--work: a rerun skips what is done and reports what an earlier run measured (each experiment's bench_row.json).
 """
 from __future__ import annotations
 
@@ -66,18 +66,28 @@ def score(refs: list[dict], hyps: dict[str, str], normalizer: str) -> tuple[floa
     return total(scores, "word").rate, total(scores, "char").rate
 
 
-def zero_shot(refs: list[dict], model: str, work: Path, beams: int, normalizer: str) -> tuple[float, float, float]:
+def zero_shot(refs: list[dict], model: str, work: Path, beams: int, normalizer: str) -> tuple[float, float, float | None]:
+    """(WER, CER, seconds) of Whisper zero-shot: the seconds of the run that decoded them (kept in
+    seconds.json; None when that run did not keep them)."""
+    out = work / f"zero_shot_beam{beams}_fallback"
+    timing, decoded = out / "seconds.json", (out / "hyp.tsv").is_file()
     t0 = time.perf_counter()
-    hyps = transcribe(refs, model, work / f"zero_shot_beam{beams}_fallback" / "hyp.tsv", num_beams=beams,
-                      progress=False)
-    seconds = time.perf_counter() - t0
+    hyps = transcribe(refs, model, out / "hyp.tsv", num_beams=beams, progress=False)
+    if not decoded:
+        timing.write_text(json.dumps(time.perf_counter() - t0))
+    seconds = json.loads(timing.read_text()) if timing.is_file() else None
     return (*score(refs, {u: h for u, (h, _) in hyps.items()}, normalizer), seconds)
 
 
 def recipe(manifest: Path, model: str, lists: dict[str, Path], work: Path, seed: int, extra: list[str],
            normalizer: str, tag: str) -> dict:
     """egs/child with this front end, seed and options, as experiment `tag`: WER, CER, seconds, the
-    mean seconds per training epoch, the peak memory of the recipe's processes, the parameters trained."""
+    mean seconds per training epoch, the peak memory of the recipe's processes, the parameters trained.
+    The row is kept in the experiment (bench_row.json): a rerun with the same options reports it as measured."""
+    kept = work / "exp" / tag / "bench_row.json"
+    if kept.is_file() and (row := json.loads(kept.read_text()))["args"] == extra:
+        print(f"{tag}: measured {row['date']}, kept in {kept}", flush=True)
+        return {k: v for k, v in row.items() if k not in ("args", "date")}
     cmd = ["bash", str(REPO / "egs" / "child" / "run.sh"), "--raw_data", str(manifest),
            "--split_lists", ",".join(f"{k}={v}" for k, v in lists.items()), "--ssl_model", model,
            "--seed", str(seed), "--tag", tag, "--datadir", str(work / "data"), "--dumpdir", str(work / "dump"),
@@ -95,8 +105,10 @@ def recipe(manifest: Path, model: str, lists: dict[str, Path], work: Path, seed:
     epochs = [r["time_s"] for r in load_jsonl(exp / "train_log.jsonl") if r.get("kind") == "epoch"]
     trained = re.search(r"\(([\d.]+)M trained\)", (exp / "train.log").read_text())
     wer, cer = score(refs, hyps, normalizer)
-    return dict(wer=wer, cer=cer, seconds=seconds, epoch_s=float(np.mean(epochs)) if epochs else float("nan"),
-                peak_gb=usage.ru_maxrss / 1e6, trained_m=float(trained.group(1)) if trained else float("nan"))
+    row = dict(wer=wer, cer=cer, seconds=seconds, epoch_s=float(np.mean(epochs)) if epochs else float("nan"),
+               peak_gb=usage.ru_maxrss / 1e6, trained_m=float(trained.group(1)) if trained else float("nan"))
+    kept.write_text(json.dumps({**row, "args": extra, "date": time.strftime("%Y-%m-%d %H:%M")}))
+    return row
 
 
 def main() -> None:
@@ -139,7 +151,8 @@ def main() -> None:
         print(f"| {r['system']} | {r['seed']} | {r['wer']:.1f}% | {r['cer']:.1f}% | {r['seconds']:.0f} | "
               f"{r['epoch_s']:.0f} | {r['peak_gb']:.1f} GB | {r['trained_m']:.2f}M |")
     for r in zero:
-        print(f"| {r['system']} | | {r['wer']:.1f}% | {r['cer']:.1f}% | {r['seconds']:.0f} | | | |")
+        seconds = f"{r['seconds']:.0f}" if r["seconds"] is not None else ""
+        print(f"| {r['system']} | | {r['wer']:.1f}% | {r['cer']:.1f}% | {seconds} | | | |")
     for name, _ in variants:
         mine = [r for r in rows if r["system"] == name.strip()]
         if len(mine) > 1:

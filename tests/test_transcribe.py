@@ -9,7 +9,7 @@ import torch
 from asrkit.bin import decode, transcribe
 from asrkit.decode import DecodeOptions
 from asrkit.fileio import load_jsonl, write_jsonl
-from asrkit.transcribe import word_timings
+from asrkit.timing import attention_word_timings, clip_to_speech, ctc_word_timings, dtw, onsets
 from conftest import write_tone
 
 
@@ -112,7 +112,7 @@ def test_word_timings_from_forced_alignment():
     logp = torch.full((10, 5), -8.0)
     logp[torch.arange(10), torch.tensor(path)] = -0.01
     ids = [1, 2, 3, 4]
-    words = word_timings(logp.log_softmax(-1), ids, [tokens[i] for i in ids], "char", 0.04)
+    words = ctc_word_timings(logp.log_softmax(-1), ids, [tokens[i] for i in ids], "char", 0.04)
     assert [w["word"] for w in words] == ["ab", "c"]
     assert [(w["start"], w["end"]) for w in words] == [(0.0, 0.16), (0.28, 0.36)]
 
@@ -125,11 +125,86 @@ def test_word_timings_of_whisper_tokens():
     logp = torch.full((5, 4), -8.0)
     logp[torch.arange(5), torch.tensor(path)] = -0.01
     ids = [1, 2, 3]
-    words = word_timings(logp.log_softmax(-1), ids, [tokens[i] for i in ids], "whisper", 0.02)
+    words = ctc_word_timings(logp.log_softmax(-1), ids, [tokens[i] for i in ids], "whisper", 0.02)
     assert [(w["word"], w["start"], w["end"]) for w in words] == [("The", 0.0, 0.02), ("café", 0.04, 0.08)]
     # more tokens than the frames can hold (a repeat needs a blank between): not aligned, no error
-    assert word_timings(logp.log_softmax(-1), [1, 1, 2], [tokens[i] for i in [1, 1, 2]], "whisper", 0.02) is not None
-    assert word_timings(logp.log_softmax(-1), [1, 1, 2, 2], [tokens[i] for i in [1, 1, 2, 2]], "whisper", 0.02) is None
+    assert ctc_word_timings(logp.log_softmax(-1), [1, 1, 2], [tokens[i] for i in [1, 1, 2]], "whisper", 0.02) is not None
+    assert ctc_word_timings(logp.log_softmax(-1), [1, 1, 2, 2], [tokens[i] for i in [1, 1, 2, 2]], "whisper", 0.02) is None
+
+
+def test_dtw_finds_the_cheapest_monotonic_path():
+    """The row-at-once recurrence against the plain cell-by-cell one, on random costs."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for n, t in [(1, 5), (4, 4), (5, 30), (9, 40)]:
+        cost = rng.normal(size=(n, t))
+        rows, frames = dtw(cost)
+        steps = set(zip(np.diff(rows), np.diff(frames)))
+        assert (rows[0], frames[0], rows[-1], frames[-1]) == (0, 0, n - 1, t - 1) and steps <= {(0, 1), (1, 0), (1, 1)}
+        best = np.full((n, t), np.inf)
+        for i in range(n):
+            for j in range(t):
+                before = [best[a, b] for a, b in ((i - 1, j - 1), (i - 1, j), (i, j - 1)) if a >= 0 and b >= 0]
+                best[i, j] = cost[i, j] + (min(before) if before else 0.0)
+        assert cost[rows, frames].sum() == pytest.approx(best[-1, -1])
+
+
+def test_each_token_starts_at_the_onset_its_row_looks_at():
+    """Rows that look most at frames 5, 20, 35, 50 (broadly): the path changes rows midway, the onsets
+    are the peaks."""
+    import numpy as np
+
+    frames = np.arange(60)
+    weights = np.stack([np.exp(-((frames - p) / 6.0) ** 2) for p in (5, 20, 35, 50)])
+    assert onsets(weights).tolist() == [5, 20, 35, 50]
+
+
+def test_word_timings_from_a_decoders_cross_attention():
+    """Whisper pieces (Ġ starts a word; a bare Ġ is the space before one) timed by where the alignment
+    heads look: a word runs from its first token's onset to the next word's; the confidence is the
+    decoder's probability of the tokens."""
+    from types import SimpleNamespace
+
+    tokens = ["\u0120The", "\u0120", "caf", "\u00c3\u00a9", "\u0120ok"]  # The | café | ok, then <eos>
+    att = torch.full((6, 100), 0.01)
+    for row, onset in enumerate([10, 30, 40, 50, 70, 90]):  # each row looks at 6 frames from its onset
+        att[row, onset: onset + 6] = 1.0
+    att = (att / att.sum(-1, keepdim=True))[None, None, None].expand(2, 1, 2, -1, -1)  # (B, layers, heads, rows, T)
+    logits = torch.zeros(2, 6, 10)
+    logits[0, torch.arange(5), torch.arange(2, 7)] = 5.0  # token i+2 at row i
+    decoder = SimpleNamespace(alignment_heads=((0, 0), (0, 1)), cross_attention=lambda *a: (logits, att))
+    model = SimpleNamespace(sos=9, eos=9, decoder=decoder)
+    words, none = attention_word_timings(model, [torch.zeros(100, 4), torch.zeros(50, 4)], [[2, 3, 4, 5, 6], []],
+                                         [tokens, []], "whisper", 0.02)
+    assert none == []
+    p = float(logits[0, 0].softmax(-1)[2])
+    assert [(w["word"], w["start"], w["end"]) for w in words] == [("The", 0.2, 0.6), ("café", 0.8, 1.4), ("ok", 1.4, 1.8)]
+    assert words[0]["confidence"] == pytest.approx(p, abs=1e-4)
+
+
+def test_cross_attention_is_the_decoders_own():
+    """The probabilities kept are those the decoder used: rows sum to 1 over an utterance's frames, none
+    past its end, and keeping them changes nothing of the output."""
+    from asrkit.nets.decoder import TransformerDecoder
+
+    torch.manual_seed(0)
+    dec = TransformerDecoder(12, 16, attention_heads=2, linear_units=32, num_blocks=3).eval()
+    memory, memory_lens = torch.randn(2, 9, 16), torch.tensor([9, 6])
+    ys, ys_lens = torch.randint(1, 11, (2, 4)), torch.tensor([4, 3])
+    logits, att = dec.cross_attention(ys, ys_lens, memory, memory_lens)
+    assert att.shape == (2, 3, 2, 4, 9) and dec.alignment_heads == ((1, 0), (1, 1), (2, 0), (2, 1))
+    assert torch.allclose(logits, dec(ys, ys_lens, memory, memory_lens))
+    assert torch.allclose(att.sum(-1), torch.ones(2, 3, 2, 4)) and float(att[1, ..., 6:].abs().max()) == 0.0
+
+
+def test_word_edges_on_silence_move_to_the_speech():
+    probs = [0.1] * 10 + [0.9] * 10 + [0.1] * 5 + [0.9] * 5  # 32 ms chunks: speech 0.32-0.64 s, 0.8-0.96 s
+    words = [{"word": "a", "start": 0.1, "end": 0.7}, {"word": "b", "start": 0.7, "end": 0.9},
+             {"word": "c", "start": 0.65, "end": 0.75}]
+    out = clip_to_speech(words, probs, 0.032)
+    assert [(w["start"], w["end"]) for w in out] == [(0.32, 0.64), (0.8, 0.9), (0.65, 0.75)]
+    assert clip_to_speech(words, None, 0.032) == words
 
 
 def test_subtitle_cues_break_at_pauses_and_line_length():
@@ -174,8 +249,8 @@ def test_transcribe_writes_a_file_per_input(tmp_path, tiny_corpus, tiny_wavlm, c
 @pytest.mark.parametrize("ctc_weight", [0.0, 0.3])
 def test_a_whisper_decoder_model_transcribes_like_stage_4(ctc_weight, tmp_path, tiny_corpus, tiny_whisper, capsys):
     """egs/child's model for a Whisper front end (decoder whisper). Without a CTC head the default joint
-    search is its attention search, in stage 4 and in transcribe alike, and a file's timing is one span;
-    with a CTC head on Whisper's tokens, joint decoding, and a timing for each word (CTC alignment)."""
+    search is its attention search, in stage 4 and in transcribe alike; with a CTC head on Whisper's
+    tokens, joint decoding. Either way a timing for each word, from the decoder's cross-attention."""
     from asrkit.features.dump import dump
     from asrkit.features.extractors import ExtractorSpec
     from asrkit.features.store import FeatureReader
@@ -209,15 +284,9 @@ def test_a_whisper_decoder_model_transcribes_like_stage_4(ctc_weight, tmp_path, 
     assert [o["text"] for o in out] == [hyps[r["utt_id"]] for r in records] and any(o["text"] for o in out)
     from asrkit.audio import audio_info
 
-    for r, o in zip(records, out):
-        sr, frames, _ = audio_info(r["audio"])
-        if not ctc_weight:
-            assert o["words"] == ([{"word": o["text"], "start": 0.0, "end": pytest.approx(frames / sr, abs=0.05),
-                                    "confidence": None}] if o["text"] else [])
-            continue
-        words = o["words"]  # each word its own span, in order, within the file, spelling the text
-        tokens = next(h["tokens"] for h in load_jsonl(tmp_path / "dec" / "hyp.jsonl") if h["utt_id"] == r["utt_id"])
-        assert len(words) == 1 + sum(t.startswith("\u0120") for t in tokens[1:])
+    for r, o in zip(records, out):  # with or without a CTC head, each word its own span from the decoder's
+        sr, frames, _ = audio_info(r["audio"])  # cross-attention: in order, within the file, spelling the text
+        words = o["words"]
         assert "".join(w["word"] for w in words) == o["text"].replace(" ", "")
         assert all(0 <= a["start"] <= a["end"] <= b["start"] <= frames / sr + 0.05 for a, b in zip(words, words[1:]))
         assert all(w["confidence"] is not None for w in words)

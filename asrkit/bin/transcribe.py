@@ -4,7 +4,7 @@
     python -m asrkit.bin.transcribe --model model/ a.flac         # a shared model: a folder, archive or Hub id
 
 Prints one line per file, `<file>\\t<text>`; with --json one JSON object per file, with word timings
-from CTC forced alignment. With --output_dir, also a file per input named after it, in each of
+(a Whisper decoder's from its cross-attention, another model's from CTC forced alignment: asrkit/timing.py). With --output_dir, also a file per input named after it, in each of
 --output_format's formats: txt (the text), srt and vtt (subtitles from the word timings), json.
 A file that cannot be read is reported and the others go on (exit code 1). A file longer than
 --max_segment seconds (a lesson, a session) is cut at its pauses into segments decoded as utterances

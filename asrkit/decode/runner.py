@@ -57,17 +57,18 @@ def longest_first(utts: list, batch_size: int, frames: Callable = lambda u: u.fr
 
 
 def decode_utterances(model, utts: list[Utterance], load: Callable[[str], np.ndarray], opts: DecodeOptions,
-                      batch_size: int, device: torch.device, skipped: list,
-                      progress: bool = True, where: str = "") -> Iterator[tuple[Utterance, list[Hyp], float]]:
+                      batch_size: int, device: torch.device, skipped: list, progress: bool = True,
+                      where: str = "", encoded: dict | None = None) -> Iterator[tuple[Utterance, list[Hyp], float]]:
     """(utterance, n-best, seconds of its batch's search) per utterance, batch by batch, longest first.
     `load(utt_id)` gives its features (T, D) or (L, T, D). A batch that fails is decoded again one
     utterance at a time; one that fails alone is skipped: (utt_id, reason) appended to `skipped`.
-    Failures that hit most utterances stop the run (failures.check_failures)."""
+    Failures that hit most utterances stop the run (failures.check_failures). `encoded`: a dict that
+    gets each decoded utterance's encoder output (T', D'), for word timings."""
     tried, first_skipped = 0, len(skipped)
     for batch in tqdm(longest_first(utts, batch_size), desc="decode", unit="batch", dynamic_ncols=True,
                       disable=not progress):
         t0 = time.perf_counter()
-        nbests = batch_or_one_by_one(lambda us: _decode(model, us, load, opts, device), batch,
+        nbests = batch_or_one_by_one(lambda us: _decode(model, us, load, opts, device, encoded), batch,
                                      lambda u: u.utt_id, skipped, "decoding failed")
         seconds = (time.perf_counter() - t0) / len(batch)  # (a failed batch's time included)
         yield from ((u, nbest, seconds) for u, nbest in zip(batch, nbests) if nbest is not None)
@@ -75,12 +76,16 @@ def decode_utterances(model, utts: list[Utterance], load: Callable[[str], np.nda
         check_failures(tried, skipped[first_skipped:], "decoding", where)
 
 
-def _decode(model, batch: list[Utterance], load, opts, device) -> list[list[Hyp]]:
-    """The n-best of each utterance of one batch."""
+def _decode(model, batch: list[Utterance], load, opts, device, encoded: dict | None = None) -> list[list[Hyp]]:
+    """The n-best of each utterance of one batch (and its encoder output into `encoded`)."""
     feats, lens = pad_feats([load(u.utt_id) for u in batch])
-    nbests = decode_batch(model, feats.to(device).float(), lens.to(device), opts)
+    kept = [] if encoded is not None else None
+    nbests = decode_batch(model, feats.to(device).float(), lens.to(device), opts, kept)
     if device.type == "cuda":
         torch.cuda.synchronize()  # (for the timing)
+    if kept:
+        rows = [enc[i, : int(enc_lens[i])] for enc, enc_lens in kept for i in range(enc.size(0))]
+        encoded.update((u.utt_id, row) for u, row in zip(batch, rows))
     return nbests
 
 

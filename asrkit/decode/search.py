@@ -125,11 +125,16 @@ def _is_oom(e: BaseException) -> bool:
 
 
 @torch.no_grad()
-def decode_batch(model, feats: torch.Tensor, feat_lens: torch.Tensor, opts: DecodeOptions) -> list[list[Hyp]]:
-    """Encode and search a padded batch; on out-of-memory, split the batch in halves and retry."""
+def decode_batch(model, feats: torch.Tensor, feat_lens: torch.Tensor, opts: DecodeOptions,
+                 keep: list | None = None) -> list[list[Hyp]]:
+    """Encode and search a padded batch; on out-of-memory, split the batch in halves and retry. `keep`:
+    a list that gets the encoder output (enc, enc_lens) of the batch (or of its halves, in order)."""
     try:
         enc, enc_lens = model.encode(feats, feat_lens)
-        return decode_encoded(model, enc, enc_lens, opts)
+        nbests = decode_encoded(model, enc, enc_lens, opts)
+        if keep is not None:
+            keep.append((enc, enc_lens))
+        return nbests
     except (RuntimeError, MemoryError) as e:
         if not _is_oom(e) or feats.size(0) == 1:
             raise
@@ -141,7 +146,7 @@ def decode_batch(model, feats: torch.Tensor, feat_lens: torch.Tensor, opts: Deco
     out = []
     for sl in (slice(0, half), slice(half, None)):
         lens = feat_lens[sl]
-        out += decode_batch(model, feats[sl, : int(lens.max())], lens, opts)
+        out += decode_batch(model, feats[sl, : int(lens.max())], lens, opts, keep)
     return out
 
 

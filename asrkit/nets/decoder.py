@@ -95,6 +95,9 @@ class TransformerDecoder(nn.Module):
                          src_attention_dropout_rate, activation) for _ in range(num_blocks))
         self.after_norm = nn.LayerNorm(dim)
         self.output_layer = nn.Linear(dim, vocab_size)
+        # (layer, head) of the cross-attentions that follow the audio, for word timings (asrkit/timing.py):
+        # without a list of them, every head of the upper half of the layers (openai-whisper's default)
+        self.alignment_heads = tuple((i, h) for i in range(num_blocks // 2, num_blocks) for h in range(attention_heads))
 
     def memories(self, memory, memory_lens, rows_per_utt: int | None = None) -> tuple[MemoryKV, ...]:
         if self.memory_proj is not None:
@@ -116,6 +119,26 @@ class TransformerDecoder(nn.Module):
         for layer, mem in zip(self.decoders, self.memories(memory, memory_lens)):
             x, _ = layer(x, tgt_mask, mem)
         return self.output_layer(self.after_norm(x))
+
+    @torch.no_grad()
+    def cross_attention(self, ys_in, ys_lens, memory, memory_lens) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher forcing that keeps the attention probabilities of each layer's cross-attention:
+        (logits (B, L, V), probabilities (B, layers, heads, L, T)), row i being where the decoder
+        looked to write the token after ys_in[:, :i+1]."""
+        kept = []
+
+        def keep(att, args, _):
+            x, mem = args
+            scores = att.split(x, att.linear_q) @ mem.keys.transpose(-1, -2) * att.d_k ** -0.5
+            kept.append((scores + mem.mask).softmax(-1))
+
+        hooks = [layer.src_attn.register_forward_hook(keep) for layer in self.decoders]
+        try:
+            logits = self(ys_in, ys_lens, memory, memory_lens)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return logits, torch.stack(kept, 1)[..., -logits.size(1):, :]  # (a prompt's rows left out)
 
     def init_state(self, memory, memory_lens, rows_per_utt: int, merge_every: int = 16) -> DecoderState:
         """The state before the first step of a search with rows_per_utt rows per utterance."""
@@ -189,6 +212,8 @@ class WhisperDecoder(TransformerDecoder):
         self.positions = nn.Parameter(dec.embed_positions.weight.detach().clone())
         self.prompt = nn.Parameter(table[prompt].clone())
         self.max_tokens = self.positions.size(0) - len(prompt)  # hypothesis tokens that fit, with <eos>
+        if heads := getattr(hf.generation_config, "alignment_heads", None):  # the checkpoint's own list
+            self.alignment_heads = tuple((int(i), int(h)) for i, h in heads)
         pairs = [(self.after_norm, dec.layer_norm)]
         for ours, theirs in zip(self.decoders, dec.layers):
             pairs += [(ours.norm1, theirs.self_attn_layer_norm), (ours.norm2, theirs.encoder_attn_layer_norm),
