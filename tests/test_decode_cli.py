@@ -163,7 +163,7 @@ def test_a_decoding_that_fails_for_every_utterance_stops_with_the_cause(tmp_path
     exp, data, feats, _ = make_exp_dir(tmp_path, n_test=12)
     real, calls = runner.decode_batch, []
 
-    def broken(model, feats, lens, opts):
+    def broken(model, feats, lens, opts, keep=None):
         calls.append(len(feats))
         raise RuntimeError("expected scalar type Float but found Half")
 
@@ -174,10 +174,10 @@ def test_a_decoding_that_fails_for_every_utterance_stops_with_the_cause(tmp_path
     assert len(calls) == 10 and not (tmp_path / "a" / "hyp.jsonl").exists()
     first = sorted(r["utt_id"] for r in load_jsonl(data))[0]
 
-    def one_bad(model, feats, lens, opts):  # one utterance's features break the search: it alone is skipped
+    def one_bad(model, feats, lens, opts, keep=None):  # one utterance's features break the search: it alone is skipped
         if lens.tolist() == [lens_of[first]]:
             raise RuntimeError("this one is bad")
-        return real(model, feats, lens, opts)
+        return real(model, feats, lens, opts, keep)
 
     lens_of = {k: FeatureReader(feats).num_frames(k) for k in FeatureReader(feats).keys()}
     assert list(lens_of.values()).count(lens_of[first]) == 1
