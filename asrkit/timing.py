@@ -7,12 +7,12 @@
   (the checkpoint's list for a Whisper decoder, generation_config.alignment_heads) are standardised
   over the tokens, median-filtered over 7 frames and averaged; dynamic time warping finds the
   monotonic path of tokens through frames that follows them most closely, and each token starts at
-  the frame its row looks at most within its stretch of that path (`onsets`). A word starts where
-  its first token does and ends where the next word (or <eos>) starts;
+  the frame where its row stands out most within its stretch of that path (`onsets`). A word starts
+  where its first token does and ends where the next word (or <eos>) starts.
 
-and `clip_to_speech` moves word edges that lie on silence (the voice activity detector's) to the speech.
 Both give [{"word", "start", "end", "confidence"}]: for CTC the mean probability of the word's
-aligned frames, for attention the mean probability the decoder gave its tokens.
+aligned frames, for attention the mean probability the decoder gave its tokens. `clip_to_speech`
+then moves word edges that lie on silence (the voice activity detector's) to the speech.
 """
 from __future__ import annotations
 
