@@ -9,6 +9,7 @@ asrkit/random_models.py saved, through the very same `from_pretrained` path.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from asrkit.errors import DataError
@@ -65,10 +66,59 @@ def load_whisper_tokenizer(ssl_model: str):
     from transformers import WhisperTokenizer
 
     try:  # (a token dir holds the tokenizer's files and no model config)
-        return WhisperTokenizer.from_pretrained(ssl_model if Path(ssl_model).is_dir() else hf_source(ssl_model))
+        tok = WhisperTokenizer.from_pretrained(ssl_model if Path(ssl_model).is_dir() else hf_source(ssl_model))
     except (OSError, ValueError) as e:
         raise DataError(f"cannot load a Whisper tokenizer: {str(e).splitlines()[0]}", ssl_model,
                         "give a Whisper checkpoint dir or model id (run.sh: --ssl_model)") from None
+    restore_missing_merges(tok)
+    return tok
+
+
+def restore_missing_merges(tok) -> list[tuple[str, str]]:
+    """Put back the merges a byte-level BPE tokenizer lost; returns them (none for a sound one).
+
+    In Whisper's (GPT-2's) byte-level BPE, tokens 0-255 are the bytes and merge r makes token 256 + r, so the
+    vocab says which merges there must be. A tokenizer.json converted from a merges.txt whose first merge was
+    taken for its "#version" header lacks merge 0, "Ġ t": every word starting with t then splits into "Ġ" and
+    the rest ("Ġ", "the" instead of "Ġthe"), spellings Whisper never learnt, and a decoder fine-tuned on such
+    targets must learn the commonest English words anew. A lost merge is the token's bytes merged by the
+    lower-ranked merges: two parts are left.
+    """
+    from tokenizers.models import BPE
+
+    backend = tok.backend_tokenizer
+    state = json.loads(backend.to_str())["model"]
+    if state.get("type") != "BPE" or not state.get("merges"):
+        return []
+    vocab = state["vocab"]
+    pairs = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
+    made = {vocab.get(a + b) for a, b in pairs}
+    if None in made or len(made) != len(pairs) or min(made) < 256:
+        return []  # not a byte-level BPE in vocab order: nothing to say which merge is lost
+    token = {i: t for t, i in vocab.items()}
+    lost = [i for i in range(256, max(made)) if i not in made and i in token]
+    if not lost:
+        return []
+    rank = {p: vocab[p[0] + p[1]] for p in pairs}
+    restored = []
+    for i in lost:
+        parts = list(token[i])
+        while len(parts) > 2:
+            best = min(zip(parts, parts[1:]), key=lambda p: rank.get(p, i))
+            if rank.get(best, i) >= i:
+                break
+            j = list(zip(parts, parts[1:])).index(best)
+            parts[j:j + 2] = [best[0] + best[1]]
+        if len(parts) != 2:
+            return []  # not recoverable: leave the tokenizer as it came
+        rank[tuple(parts)] = i
+        restored.append(tuple(parts))
+    merges = sorted(rank, key=rank.get)
+    backend.model = BPE(vocab=vocab, merges=merges, dropout=state.get("dropout"), unk_token=state.get("unk_token"),
+                        continuing_subword_prefix=state.get("continuing_subword_prefix") or "",
+                        end_of_word_suffix=state.get("end_of_word_suffix") or "", fuse_unk=state.get("fuse_unk", False),
+                        byte_fallback=state.get("byte_fallback", False), ignore_merges=state.get("ignore_merges", False))
+    return restored
 
 
 def load_whisper_processor(ssl_model: str):
@@ -76,9 +126,11 @@ def load_whisper_processor(ssl_model: str):
     from transformers import WhisperProcessor
 
     try:
-        return WhisperProcessor.from_pretrained(hf_source(ssl_model))
+        processor = WhisperProcessor.from_pretrained(hf_source(ssl_model))
     except (OSError, ValueError) as e:
         raise load_error(e, ssl_model) from None
+    restore_missing_merges(processor.tokenizer)
+    return processor
 
 
 def load_whisper_encoder(ssl_model: str, device: str = "cpu"):

@@ -163,3 +163,44 @@ def test_whisper_targets_can_be_written_as_sentences(train_list, tmp_path, tiny_
     info.write_text(json.dumps({k: v for k, v in json.loads(info.read_text()).items() if k != "text_style"}))
     old = Tokenizer.load(tmp_path / "whisper")
     assert old.decode(old.encode("i saw rex")) == "i saw rex"
+
+
+def test_a_whisper_tokenizer_that_lost_its_first_merge_is_repaired(fsdd, tmp_path):
+    """The shared Whisper-base's tokenizer.json lacks merge 0 ("Ġ t"), so that "two" is written "Ġ", "two":
+    asrkit puts the merge back (token 256 + r is made by merge r again), its token lists keep the repair,
+    and the repaired spelling is the one the pretrained Whisper predicts from the recording."""
+    import torch
+    from transformers import WhisperTokenizer
+
+    from asrkit.audio import load_audio
+    from asrkit.ssl import load_whisper, load_whisper_processor, restore_missing_merges
+
+    base = fsdd.parent.parent / "models" / "whisper-base"
+    if not (base / "tokenizer.json").is_file():
+        pytest.skip(f"no Whisper-base at {base}")
+    raw = WhisperTokenizer.from_pretrained(str(base))
+    lost = raw.encode(" two", add_special_tokens=False)
+    assert raw.convert_ids_to_tokens(lost) == ["Ġ", "two"]
+    assert restore_missing_merges(raw) == [("Ġ", "t")]
+    model = json.loads(raw.backend_tokenizer.to_str())["model"]
+    assert [model["vocab"]["".join(m)] for m in model["merges"]] == list(range(256, 256 + len(model["merges"])))
+    assert restore_missing_merges(raw) == []  # a sound tokenizer is left as it is
+
+    tok = make(fsdd / "manifest.jsonl", tmp_path / "whisper", "--token_type", "whisper", "--ssl_model", str(base))
+    fixed = [i - 2 for i in tok.encode("two")]
+    assert raw.convert_ids_to_tokens(fixed) == ["Ġtwo"]
+    assert WhisperTokenizer.from_pretrained(str(tmp_path / "whisper")).encode(" two", add_special_tokens=False) == fixed
+
+    processor, whisper = load_whisper_processor(str(base)), load_whisper(str(base)).eval()
+    rec = next(r for r in load_jsonl(fsdd / "manifest.jsonl") if r["text"] == "two")
+    feats = processor.feature_extractor(load_audio(str(fsdd / rec["audio"])), sampling_rate=16000,
+                                        return_tensors="pt").input_features
+    prompt = raw.convert_tokens_to_ids(["<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>"])
+
+    def log_prob(ids):
+        seq = torch.tensor([prompt + ids])
+        with torch.no_grad():
+            logp = whisper(input_features=feats, decoder_input_ids=seq[:, :-1]).logits.log_softmax(-1)
+        return logp[0, len(prompt) - 1:].gather(-1, seq[0, len(prompt):, None]).sum().item()
+
+    assert log_prob(fixed) > log_prob(lost) + 5  # the lost merge's spelling is one Whisper never writes
