@@ -95,6 +95,27 @@ def test_lora_starts_exact_and_its_adapters_are_in_the_path(kind, tmp_path, tiny
         assert (lora(x, lens) - full(x, lens)).abs().max() > 1e-3
 
 
+def test_layer_wise_decay_slows_the_lower_layers(tiny_whisper):
+    """ssl_top.lr_decay: the top layer (and the final norm) at lr x lr_scale, each layer below at the one
+    above's x lr_decay; every trainable parameter in one group, once."""
+    from transformers import AutoConfig
+
+    from asrkit.train.optim import build_optimizer
+
+    with pytest.raises(ValueError, match="lr_decay"):
+        SSLTop(str(tiny_whisper), 0, AutoConfig.from_pretrained(str(tiny_whisper)).d_model, lr_decay=0)
+    model = torch.nn.ModuleDict({"ssl_top": SSLTop(str(tiny_whisper), 0, AutoConfig.from_pretrained(str(tiny_whisper)).d_model,
+                                                   lr_scale=0.5, lr_decay=0.5), "head": torch.nn.Linear(3, 3)})
+    groups = build_optimizer("adam", model, {"lr": 0.004}).param_groups
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    layers = model["ssl_top"].layers
+    assert len(layers) >= 2 and len(lr_of) == sum(1 for _ in model.parameters())
+    for depth, layer in enumerate(reversed(layers)):
+        assert {lr_of[id(p)] for p in layer.parameters()} == {0.004 * 0.5 * 0.5 ** depth}
+    assert {lr_of[id(p)] for p in model["ssl_top"].final_norm.parameters()} == {0.002}
+    assert {lr_of[id(p)] for p in model["head"].parameters()} == {0.004}
+
+
 def test_a_model_with_the_top_trains_and_transcribes(tmp_path, tiny_corpus, tiny_whisper, capsys):
     """Stage 3 with ssl_top on a tiny Whisper's stored layer 1 (trimmed): the exp dir records the
     checkpoint and the split point, the top learns at lr x lr_scale, and transcribe (stored layer's

@@ -37,13 +37,18 @@ class SSLTop(nn.Module):
     on stored layer-`from_layer` states (B, T, D) -> (B, T, D). `adapter`: full (every weight of
     those layers trains) or lora (low-rank adapters through the peft package, the pretrained weights
     frozen; LoRA's B starts at zero, so the start is exact either way). `lr_scale`: their learning
-    rate as a share of the model's (train/optim.py param_groups)."""
+    rate as a share of the model's (train/optim.py param_groups); `lr_decay`: each layer's is the one
+    above it times this (layer-wise decay, as in fine-tuning BERT or wav2vec2: the lower a layer, the
+    more general what it computes, the less it moves); 1: the same for all."""
 
     def __init__(self, ssl_model: str, from_layer: int, input_dim: int, adapter: str = "full",
-                 lora_rank: int = 8, lora_alpha: float = 16.0, lora_dropout: float = 0.0, lr_scale: float = 0.1):
+                 lora_rank: int = 8, lora_alpha: float = 16.0, lora_dropout: float = 0.0, lr_scale: float = 0.1,
+                 lr_decay: float = 1.0):
         super().__init__()
         if adapter not in ("full", "lora"):
             raise ValueError(f"ssl_top.adapter must be full or lora, not {adapter!r}")
+        if not 0 < lr_decay <= 1:
+            raise ValueError(f"ssl_top.lr_decay must be in (0, 1], got {lr_decay}")
         self.lr_scale = lr_scale
         from asrkit.ssl import load_config
 
@@ -64,6 +69,9 @@ class SSLTop(nn.Module):
                              "the features with the same checkpoint")
         self.from_layer, self.num_layers = from_layer, len(layers)
         self.layers = nn.ModuleList(layers[from_layer:])
+        if lr_decay != 1.0:
+            for depth, layer in enumerate(reversed(self.layers)):  # the top layer at lr_scale
+                layer.lr_scale = lr_scale * lr_decay ** depth
         stable = self.kind == "whisper" or getattr(config, "do_stable_layer_norm", False)
         self.final_norm = encoder.layer_norm if stable else None
         # WavLM: layer 0's attention computes the relative position bias of every layer

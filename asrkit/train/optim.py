@@ -16,19 +16,20 @@ def build_optimizer(name: str, model: torch.nn.Module, conf: dict) -> torch.opti
 
 def param_groups(model: torch.nn.Module, lr: float) -> list[dict]:
     """The trainable parameters: those of a submodule with an `lr_scale` (the pretrained top layers,
-    model.ssl_top; a CTC head over a pretrained decoder's tokens, model_conf.ctc_lr_scale) at lr x it, the
-    rest at lr. (The schedule scales every group alike: they warm up together.)"""
-    groups, taken = [], set()
+    model.ssl_top, and each of its layers under ssl_top.lr_decay; a CTC head over a pretrained decoder's
+    tokens, model_conf.ctc_lr_scale) at lr x it, the innermost such module's, the rest at lr. (The schedule
+    scales every group alike: they warm up together.)"""
+    scale_of = {}  # id(param) -> scale; modules() lists a parent before its children: the innermost wins
     for module in model.modules():
         scale = getattr(module, "lr_scale", None)
-        if module is model or scale is None:
-            continue
-        params = [p for p in module.parameters() if p.requires_grad and id(p) not in taken]
-        taken |= {id(p) for p in module.parameters()}
-        if params:
-            groups.append({"params": params, "lr": lr * scale})
-    rest = [p for p in model.parameters() if id(p) not in taken]  # (frozen ones too: the optimizer skips them)
-    return [{"params": rest}] + groups
+        if module is not model and scale is not None:
+            scale_of.update({id(p): scale for p in module.parameters()})
+    rest = [p for p in model.parameters() if id(p) not in scale_of]  # (frozen ones too: the optimizer skips them)
+    groups: dict[float, list] = {}
+    for p in model.parameters():
+        if id(p) in scale_of and p.requires_grad:
+            groups.setdefault(scale_of[id(p)], []).append(p)
+    return [{"params": rest}] + [{"params": params, "lr": lr * scale} for scale, params in groups.items()]
 
 
 def warmuplr(warmup_steps: int = 25000):
