@@ -116,6 +116,24 @@ def test_layer_wise_decay_slows_the_lower_layers(tiny_whisper):
     assert {lr_of[id(p)] for p in model["head"].parameters()} == {0.004}
 
 
+@pytest.mark.parametrize("kind", ["wavlm", "whisper"])
+def test_dropout_in_the_top_while_training_only(kind, tmp_path, tiny_wavlm, tiny_whisper):
+    """ssl_top.dropout: two training passes differ, eval is the checkpoint's encoder as without it."""
+    from transformers import AutoConfig
+
+    checkpoint = str(checkpoint_of(kind, tmp_path, tiny_wavlm, tiny_whisper))
+    c = AutoConfig.from_pretrained(checkpoint)
+    dim = c.d_model if kind == "whisper" else c.hidden_size
+    plain, dropped = SSLTop(checkpoint, 0, dim, dropout=0.0), SSLTop(checkpoint, 0, dim, dropout=0.3)
+    x, lens = torch.randn(2, 17, dim), torch.tensor([17, 11])
+    with torch.no_grad():
+        torch.testing.assert_close(plain.train()(x, lens), plain(x, lens))
+        assert (dropped.train()(x, lens) - dropped(x, lens)).abs().max() > 1e-3
+        torch.testing.assert_close(dropped.eval()(x, lens), plain.eval()(x, lens))
+    with pytest.raises(ValueError, match="dropout"):
+        SSLTop(checkpoint, 0, dim, dropout=1.0)
+
+
 def test_a_model_with_the_top_trains_and_transcribes(tmp_path, tiny_corpus, tiny_whisper, capsys):
     """Stage 3 with ssl_top on a tiny Whisper's stored layer 1 (trimmed): the exp dir records the
     checkpoint and the split point, the top learns at lr x lr_scale, and transcribe (stored layer's

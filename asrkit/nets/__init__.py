@@ -6,7 +6,7 @@
     decoder: transformer | whisper | null     decoder_conf: {...}   (whisper: the checkpoint's own decoder)
     model_conf: {ctc_weight, lsm_weight, length_normalized_loss, ctc_dropout_rate, ctc_lr_scale, ctc_detach,
                  ctc_vocab (all; train: a head over the training text's tokens only)}
-    ssl_top: {checkpoint, from_layer, adapter, lora_rank, lora_alpha, lr_scale, lr_decay} | null
+    ssl_top: {checkpoint, from_layer, adapter, lora_rank, lora_alpha, lr_scale, lr_decay, dropout} | null
         the stage-1 checkpoint's layers above the stored one, trained with the model (nets/ssl_top.py;
         stage 3 fills in checkpoint and from_layer from the features)
 """

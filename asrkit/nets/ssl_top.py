@@ -39,11 +39,14 @@ class SSLTop(nn.Module):
     frozen; LoRA's B starts at zero, so the start is exact either way). `lr_scale`: their learning
     rate as a share of the model's (train/optim.py param_groups); `lr_decay`: each layer's is the one
     above it times this (layer-wise decay, as in fine-tuning BERT or wav2vec2: the lower a layer, the
-    more general what it computes, the less it moves); 1: the same for all."""
+    more general what it computes, the less it moves); 1: the same for all. `dropout`: the layers' dropout
+    while training (every dropout in them: attention, feed-forward, residual; None: the checkpoint's own, 0
+    for Whisper),
+    against overfitting a small corpus."""
 
     def __init__(self, ssl_model: str, from_layer: int, input_dim: int, adapter: str = "full",
                  lora_rank: int = 8, lora_alpha: float = 16.0, lora_dropout: float = 0.0, lr_scale: float = 0.1,
-                 lr_decay: float = 1.0):
+                 lr_decay: float = 1.0, dropout: float | None = None):
         super().__init__()
         if adapter not in ("full", "lora"):
             raise ValueError(f"ssl_top.adapter must be full or lora, not {adapter!r}")
@@ -69,6 +72,15 @@ class SSLTop(nn.Module):
                              "the features with the same checkpoint")
         self.from_layer, self.num_layers = from_layer, len(layers)
         self.layers = nn.ModuleList(layers[from_layer:])
+        if dropout is not None:
+            if not 0 <= dropout < 1:
+                raise ValueError(f"ssl_top.dropout must be in [0, 1), got {dropout}")
+            for m in self.layers.modules():  # nn.Dropout modules, and the rates passed to functional dropout
+                if isinstance(m, nn.Dropout):
+                    m.p = dropout
+                for name in ("dropout", "activation_dropout"):
+                    if isinstance(getattr(m, name, None), float):
+                        setattr(m, name, dropout)
         if lr_decay != 1.0:
             for depth, layer in enumerate(reversed(self.layers)):  # the top layer at lr_scale
                 layer.lr_scale = lr_scale * lr_decay ** depth
