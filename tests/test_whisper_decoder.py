@@ -91,3 +91,21 @@ def test_a_wrong_token_list_or_checkpoint_is_named(pair, tiny_whisper, tmp_path)
     # a model dir written before the checkpoint came from the features: its decoder_conf names it
     legacy = {**conf, "decoder_conf": {"pretrained": str(tiny_whisper)}}
     assert build_model(legacy, hf.config.d_model, 1, tok.vocab_size).decoder.prompt.numel() > 0
+
+
+def test_a_frozen_embedding_leaves_the_tied_output_layer_whispers(pair, tmp_path):
+    """decoder_conf.freeze_embed: the token embedding and the output layer tied to it are not trained
+    (no gradient, so the optimizer leaves them); the layers are."""
+    model, hf, tok = pair
+    conf = {"frontend_conf": {"layer_norm": False}, "encoder": "identity", "decoder": "whisper",
+            "decoder_conf": {"freeze_embed": True}, "model_conf": {"ctc_weight": 0.0}}
+    whisper = hf.name_or_path
+    frozen = build_model(conf, hf.config.d_model, 1, tok.vocab_size, ssl_model=whisper)
+    assert frozen.decoder.output_layer.weight is frozen.decoder.embed.weight
+    ys = torch.tensor([tok.encode(TEXTS[0]) + [tok.eos]])
+    out = frozen(torch.randn(1, 20, hf.config.d_model), torch.tensor([20]), ys, torch.tensor([ys.size(1)]))
+    out["loss"].backward()
+    assert frozen.decoder.embed.weight.grad is None
+    assert frozen.decoder.decoders[0].feed_forward[0].weight.grad.abs().sum() > 0
+    trained = sum(p.numel() for p in frozen.parameters() if p.requires_grad)
+    assert trained == sum(p.numel() for p in model.parameters() if p.requires_grad) - frozen.decoder.embed.weight.numel()

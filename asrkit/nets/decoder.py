@@ -174,12 +174,13 @@ class WhisperDecoder(TransformerDecoder):
     encoder's states of the whole 30 s window it gives Whisper's own hypotheses (tested). The weights
     come from the checkpoint `ssl_model` (the one whose encoder made the features) whenever the model
     is built (a model dir needs the checkpoint, as stage 1 and transcribe do), then the trained ones
-    replace them.
+    replace them. `freeze_embed`: the token embedding (tied to the output layer: 26 M of Whisper-base's
+    parameters) keeps Whisper's weights, and only the layers learn from a small corpus.
     """
 
     def __init__(self, vocab_size: int, encoder_output_size: int, ssl_model: str | None = None, language: str = "en",
                  dropout_rate: float = 0.1, self_attention_dropout_rate: float = 0.0,
-                 src_attention_dropout_rate: float = 0.0):
+                 src_attention_dropout_rate: float = 0.0, freeze_embed: bool = False):
         from asrkit.ssl import load_whisper, load_whisper_tokenizer
 
         if not ssl_model:
@@ -209,6 +210,7 @@ class WhisperDecoder(TransformerDecoder):
             self.output_layer.weight = self.embed.weight  # tied, as Whisper's
             self.output_layer.bias.zero_()[:WHISPER_OFFSET] = -1e4  # <blank> and <unk> are never emitted
         self.output_layer.bias.requires_grad_(False)
+        self.embed.weight.requires_grad_(not freeze_embed)
         self.positions = nn.Parameter(dec.embed_positions.weight.detach().clone())
         self.prompt = nn.Parameter(table[prompt].clone())
         self.max_tokens = self.positions.size(0) - len(prompt)  # hypothesis tokens that fit, with <eos>
