@@ -14,10 +14,11 @@ repetition and low log-probability; the Whisper filter's decoding). Both are sco
 asrkit's scoring on the same references under the same normalizer (egs/child's `child`); the recipe
 runs once per seed (`bash egs/child/run.sh ... --seed S`) with its defaults for a Whisper checkpoint
 (every layer of Whisper's encoder and its decoder fine-tuned on the stored output of the encoder's
-convolution stem: conf/train_whisper_top.yaml), about 9 minutes a seed on 2 CPU cores. --recipe_args adds or overrides options, e.g.
-the light model trained from scratch: --recipe_args "--ssl_layer all --token_type char
---train_config conf/train_conformer_small.yaml --decode_config conf/decode.yaml". Work is kept in
---work: a rerun skips what is done and reports what an earlier run measured (each experiment's bench_row.json).
+convolution stem: conf/train_whisper_top.yaml), about 9 minutes a seed on 2 CPU cores. --recipe_args
+adds or overrides options, e.g. the light model trained from scratch: --recipe_args "--ssl_layer all
+--token_type char --train_config conf/train_conformer_small.yaml --decode_config conf/decode.yaml".
+Work is kept in --work: a rerun skips what is done and reports what an earlier run measured (each
+experiment's bench_row.json).
 """
 from __future__ import annotations
 
