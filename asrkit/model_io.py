@@ -82,12 +82,13 @@ def load_feats_attrs(exp_dir: str | Path) -> dict:
     return attrs
 
 
-def build_from_config(config: dict, feats_attrs: dict):
+def build_from_config(config: dict, feats_attrs: dict, pretrained: bool = True):
     """The model of a config (config.yaml), for the features a store's attrs describe (feats_attrs.json):
-    a Whisper decoder or an encoder's top layers are those of the features' own checkpoint."""
+    a Whisper decoder or an encoder's top layers are those of the features' own checkpoint, with its
+    weights (pretrained False: its config alone, for trained weights to replace: load_model)."""
     spec = ExtractorSpec.from_attrs(feats_attrs)
     return build_model(config, config["input_dim"], config["input_layers"], config["vocab_size"],
-                       ssl_model=spec.ssl_model or None, stored_layer=spec.stored_layer)
+                       ssl_model=spec.ssl_model or None, stored_layer=spec.stored_layer, pretrained=pretrained)
 
 
 def weights_path(exp_dir: str | Path, checkpoint: str = AVERAGE) -> Path:
@@ -116,7 +117,7 @@ def load_model(exp_dir: str | Path, checkpoint: str = AVERAGE, device: str | tor
     tokenizer = Tokenizer.load(exp_dir / TOKENS_DIR)
     feats_attrs = load_feats_attrs(exp_dir)
     path = weights_path(exp_dir, checkpoint)
-    model = build_from_config(config, feats_attrs)
+    model = build_from_config(config, feats_attrs, pretrained=False)  # every weight comes from `path`
     try:
         model.load_state_dict(model_state(path))
     except RuntimeError as e:

@@ -47,18 +47,40 @@ def model_type(ssl_model: str) -> str:
     return load_config(ssl_model).model_type
 
 
-def load_whisper(ssl_model: str, dtype=None):
-    """The whole Whisper checkpoint (encoder and decoder: WhisperForConditionalGeneration), in float32
-    unless `dtype` says otherwise, whatever the file stores."""
-    import torch
-    from transformers import WhisperForConditionalGeneration
+def from_pretrained(cls, ssl_model: str, weights: bool = True, **kw):
+    """`cls.from_pretrained` of a checkpoint (friendly errors; no progress bar). weights=False: the same
+    model from the checkpoint's config alone, its weights left uninitialized, in milliseconds: for a
+    trained model's weights to replace (model_io.load_model), where reading the checkpoint's would be
+    wasted. A Whisper skeleton gets the checkpoint's generation config too (its prompt tokens)."""
+    from transformers import AutoConfig, GenerationConfig
+    from transformers.initialization import no_init_weights
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    src = hf_source(ssl_model)
     try:
-        return WhisperForConditionalGeneration.from_pretrained(hf_source(ssl_model), dtype=dtype or torch.float32)
+        if weights:
+            return cls.from_pretrained(src, **kw)
+        config = AutoConfig.from_pretrained(src)
+        with no_init_weights():  # (AutoModel has from_config, a model class _from_config)
+            model = cls.from_config(config, **kw) if hasattr(cls, "from_config") else cls._from_config(config, **kw)
     except (OSError, ValueError) as e:
         raise load_error(e, ssl_model) from None
+    if model.can_generate():
+        try:
+            model.generation_config = GenerationConfig.from_pretrained(src)
+        except OSError:  # none saved: the one from the config stays
+            pass
+    return model
+
+
+def load_whisper(ssl_model: str, dtype=None, weights: bool = True):
+    """The whole Whisper checkpoint (encoder and decoder: WhisperForConditionalGeneration), in float32
+    unless `dtype` says otherwise, whatever the file stores (weights=False: see from_pretrained)."""
+    import torch
+    from transformers import WhisperForConditionalGeneration
+
+    return from_pretrained(WhisperForConditionalGeneration, ssl_model, weights, dtype=dtype or torch.float32)
 
 
 def load_whisper_tokenizer(ssl_model: str):
@@ -133,20 +155,17 @@ def load_whisper_processor(ssl_model: str):
     return processor
 
 
-def load_whisper_encoder(ssl_model: str, device: str = "cpu"):
+def load_whisper_encoder(ssl_model: str, device: str = "cpu", weights: bool = True):
     """(Whisper's encoder in eval mode on `device`, its WhisperFeatureExtractor): the decoder is dropped.
-    The weights are loaded in float32 whatever dtype the file stores (see load_ssl_model)."""
+    The weights are loaded in float32 whatever dtype the file stores (see load_ssl_model; weights=False:
+    see from_pretrained)."""
     import torch
     from transformers import WhisperFeatureExtractor, WhisperModel
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
+    # sdpa: the encoder's layers are given a boolean padding mask (see WhisperExtractor)
+    encoder = from_pretrained(WhisperModel, ssl_model, weights, attn_implementation="sdpa",
+                              dtype=torch.float32).get_encoder()
     src = hf_source(ssl_model)
-    try:
-        # sdpa: the encoder's layers are given a boolean padding mask (see WhisperExtractor)
-        encoder = WhisperModel.from_pretrained(src, attn_implementation="sdpa", dtype=torch.float32).get_encoder()
-    except OSError as e:
-        raise load_error(e, ssl_model) from None
     try:
         fe = WhisperFeatureExtractor.from_pretrained(src)
     except OSError:
@@ -154,26 +173,21 @@ def load_whisper_encoder(ssl_model: str, device: str = "cpu"):
                         "save the checkpoint's WhisperFeatureExtractor (or WhisperProcessor) into it") from None
     return encoder.eval().requires_grad_(False).to(device), fe
 
-def load_ssl_model(ssl_model: str, device: str = "cpu"):
+
+def load_ssl_model(ssl_model: str, device: str = "cpu", weights: bool = True):
     """(model in eval mode on `device`, do_normalize) for an HF model id or a local dir.
 
     `do_normalize`: whether the checkpoint expects each waveform scaled to zero mean and unit
     variance (its feature extractor's setting; WavLM Base(+) does not, the Large models do).
     The weights are loaded in float32 whatever dtype the file stores (float16 for whisper-large-v3,
     say): the compute dtype is the device's choice (autocast), never the file's, and float16
-    weights would fail on a CPU ("mixed dtype").
+    weights would fail on a CPU ("mixed dtype"). weights=False: see from_pretrained.
     """
     import torch
-    from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
-    from transformers.utils import logging as hf_logging
+    from transformers import AutoFeatureExtractor, AutoModel
 
-    hf_logging.disable_progress_bar()
-    src = hf_source(ssl_model)
-    try:
-        config = AutoConfig.from_pretrained(src)
-        model = AutoModel.from_pretrained(src, dtype=torch.float32)
-    except OSError as e:
-        raise load_error(e, ssl_model) from None
+    model = from_pretrained(AutoModel, ssl_model, weights, dtype=torch.float32)
+    config, src = model.config, hf_source(ssl_model)
     if not hasattr(model, "feature_extractor") or not hasattr(model, "encoder"):
         raise DataError(f"{type(model).__name__} is not a speech encoder with a convolutional front end",
                         ssl_model, "use a WavLM, wav2vec2 or HuBERT checkpoint")

@@ -72,3 +72,26 @@ def fsdd() -> Path:
     if not (FSDD / "manifest.jsonl").is_file():
         pytest.skip(f"FSDD not found at {FSDD} (set ASRKIT_FSDD to its folder)")
     return FSDD
+
+
+def load_trained_only(exp_dir, monkeypatch):
+    """load_model(exp_dir)'s model, with every transformers `from_pretrained` of a model refused: a
+    trained model is built from the checkpoint's config alone and given its own weights."""
+    from transformers import PreTrainedModel
+
+    from asrkit.model_io import load_model
+
+    def refuse(cls, *args, **kwargs):
+        raise AssertionError(f"load_model read the weights of a {cls.__name__} checkpoint")
+
+    with monkeypatch.context() as m:
+        m.setattr(PreTrainedModel, "from_pretrained", classmethod(refuse))
+        return load_model(exp_dir)[0]
+
+
+def same_tensors(a, b) -> bool:
+    """Whether two models hold equal parameters and buffers (those a state dict leaves out included)."""
+    import torch
+
+    ta, tb = ({**dict(m.named_parameters()), **dict(m.named_buffers())} for m in (a, b))
+    return ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta)

@@ -8,7 +8,7 @@ import torch
 
 from asrkit.features.extractors import ExtractorSpec
 from asrkit.nets.ssl_top import SSLTop
-from conftest import write_tone
+from conftest import load_trained_only, same_tensors, write_tone
 
 
 def utterances(tmp_path, n=3):
@@ -134,7 +134,7 @@ def test_dropout_in_the_top_while_training_only(kind, tmp_path, tiny_wavlm, tiny
         SSLTop(checkpoint, 0, dim, dropout=1.0)
 
 
-def test_a_model_with_the_top_trains_and_transcribes(tmp_path, tiny_corpus, tiny_whisper, capsys):
+def test_a_model_with_the_top_trains_and_transcribes(tmp_path, tiny_corpus, tiny_whisper, capsys, monkeypatch):
     """Stage 3 with ssl_top on a tiny Whisper's stored layer 1 (trimmed): the exp dir records the
     checkpoint and the split point, the top learns at lr x lr_scale, and transcribe (stored layer's
     extractor, the trained top, the light model) gives stage 4's text."""
@@ -170,10 +170,13 @@ def test_a_model_with_the_top_trains_and_transcribes(tmp_path, tiny_corpus, tiny
     pretrained = SSLTop(str(tiny_whisper), 1, state["ssl_top.final_norm.weight"].numel()).state_dict()
     assert any(not torch.equal(state[f"ssl_top.{k}"], v) for k, v in pretrained.items())  # the top learned
 
-    from asrkit.model_io import load_model
+    from asrkit.model_io import build_from_config
     from asrkit.train.optim import build_optimizer
 
-    model = load_model(exp)[0]
+    model = load_trained_only(exp, monkeypatch)  # the top's shapes from the checkpoint's config, no weights read
+    reference = build_from_config(config, json.loads((exp / "feats_attrs.json").read_text()))
+    reference.load_state_dict(state)
+    assert same_tensors(model, reference.eval())
     lrs = [g["lr"] for g in build_optimizer("adam", model, {"lr": 0.002}).param_groups]
     assert lrs == [0.002, 0.001]
     out = tmp_path / "dec"

@@ -10,7 +10,7 @@ from asrkit.bin import decode, transcribe
 from asrkit.decode import DecodeOptions
 from asrkit.fileio import load_jsonl, write_jsonl
 from asrkit.timing import attention_word_timings, clip_to_speech, ctc_word_timings, dtw, onsets
-from conftest import write_tone
+from conftest import load_trained_only, same_tensors, write_tone
 
 
 ENCODERS = {
@@ -247,10 +247,12 @@ def test_transcribe_writes_a_file_per_input(tmp_path, tiny_corpus, tiny_wavlm, c
 
 
 @pytest.mark.parametrize("ctc_weight", [0.0, 0.3])
-def test_a_whisper_decoder_model_transcribes_like_stage_4(ctc_weight, tmp_path, tiny_corpus, tiny_whisper, capsys):
+def test_a_whisper_decoder_model_transcribes_like_stage_4(ctc_weight, tmp_path, tiny_corpus, tiny_whisper, capsys,
+                                                          monkeypatch):
     """egs/child's model for a Whisper front end (decoder whisper). Without a CTC head the default joint
     search is its attention search, in stage 4 and in transcribe alike; with a CTC head on Whisper's
-    tokens, joint decoding. Either way a timing for each word, from the decoder's cross-attention."""
+    tokens, joint decoding. Either way a timing for each word, from the decoder's cross-attention.
+    Loading the model dir reads none of the checkpoint's weights, and gives the model that was saved."""
     from asrkit.features.dump import dump
     from asrkit.features.extractors import ExtractorSpec
     from asrkit.features.store import FeatureReader
@@ -270,7 +272,9 @@ def test_a_whisper_decoder_model_transcribes_like_stage_4(ctc_weight, tmp_path, 
     exp = tmp_path / "exp"
     save_exp_files(exp, config, tmp_path / "tokens", attrs)
     torch.manual_seed(0)
-    save_weights(build_from_config(config, attrs).state_dict(), exp / "model.avg.safetensors")
+    saved = build_from_config(config, attrs)
+    save_weights(saved.state_dict(), exp / "model.avg.safetensors")
+    assert same_tensors(load_trained_only(exp, monkeypatch), saved)
     decode.main([f"--model_dir={exp}", f"--data={data}", f"--feats={store}", f"--out={tmp_path / 'dec'}",
                  "--beam=2", "--maxlenratio=-6"])
     info = json.loads((tmp_path / "dec" / "decode_info.json").read_text())

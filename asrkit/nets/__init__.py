@@ -59,10 +59,11 @@ _LEGACY = {"decoder_conf": ("pretrained",), "ssl_top": ("checkpoint", "from_laye
 
 
 def build_model(conf: dict[str, Any], input_dim: int, input_layers: int, vocab_size: int,
-                ssl_model: str | None = None, stored_layer: int | None = None) -> ASRModel:
+                ssl_model: str | None = None, stored_layer: int | None = None, pretrained: bool = True) -> ASRModel:
     """The model a config describes, for features of `input_layers` x `input_dim` and a token list.
     `ssl_model` and `stored_layer`: the checkpoint (and its layer) that the features came from, whose
-    decoder (decoder: whisper) and top layers (ssl_top) a model takes."""
+    decoder (decoder: whisper) and top layers (ssl_top) a model takes: with their pretrained weights,
+    or (`pretrained` False) their shapes alone, for a trained model's weights to replace."""
     top_conf = conf.get("ssl_top")
     legacy = {k: v for section, keys in _LEGACY.items() for k, v in (conf.get(section) or {}).items() if k in keys}
     conf = {**conf, **{s: {k: v for k, v in (conf.get(s) or {}).items() if k not in keys}
@@ -85,7 +86,7 @@ def build_model(conf: dict[str, Any], input_dim: int, input_layers: int, vocab_s
     dec_cls = _choice(conf, "decoder", DECODERS, "transformer")
     if model_conf.get("ctc_weight", 0.3) == 1.0:
         dec_cls = None  # CTC only: a decoder would get no gradient
-    whisper = {"ssl_model": ssl_model} if dec_cls is WhisperDecoder else {}
+    whisper = {"ssl_model": ssl_model, "pretrained": pretrained} if dec_cls is WhisperDecoder else {}
     decoder = (_make(dec_cls, "decoder_conf", conf.get("decoder_conf"), vocab_size=vocab_size,
                      encoder_output_size=encoder.output_size, **whisper) if dec_cls else None)
     top = None
@@ -97,6 +98,6 @@ def build_model(conf: dict[str, Any], input_dim: int, input_layers: int, vocab_s
             raise DataError("ssl_top needs the checkpoint and the layer the features came from", "ssl_top",
                             "build the model with the store's extractor (model_io.build_from_config)")
         top = _make(SSLTop, "ssl_top", conf["ssl_top"], ssl_model=ssl_model, from_layer=stored_layer,
-                    input_dim=input_dim)
+                    input_dim=input_dim, pretrained=pretrained)
     return _make(ASRModel, "model_conf", model_conf, frontend=frontend, specaug=specaug, encoder=encoder,
                  decoder=decoder, vocab_size=vocab_size, ssl_top=top)

@@ -172,33 +172,39 @@ class WhisperDecoder(TransformerDecoder):
     token in <sos>'s place. The tokens are the checkpoint's own (token_type whisper: our id = Whisper's
     + 2, <sos/eos> = <|endoftext|>, asrkit.tokenizer), so the decoder starts as Whisper's: on the
     encoder's states of the whole 30 s window it gives Whisper's own hypotheses (tested). The weights
-    come from the checkpoint `ssl_model` (the one whose encoder made the features) whenever the model
-    is built (a model dir needs the checkpoint, as stage 1 and transcribe do), then the trained ones
-    replace them. `freeze_embed`: the token embedding (tied to the output layer: 26 M of Whisper-base's
+    come from the checkpoint `ssl_model` (the one whose encoder made the features) when the model is
+    built to train; a trained model is built with `pretrained` False, from the checkpoint's config alone,
+    and its own weights are loaded (model_io.load_model: a model dir needs the checkpoint, as stage 1
+    and transcribe do). `freeze_embed`: the token embedding (tied to the output layer: 26 M of Whisper-base's
     parameters) keeps Whisper's weights, and only the layers learn from a small corpus.
     """
 
     def __init__(self, vocab_size: int, encoder_output_size: int, ssl_model: str | None = None, language: str = "en",
                  dropout_rate: float = 0.1, self_attention_dropout_rate: float = 0.0,
-                 src_attention_dropout_rate: float = 0.0, freeze_embed: bool = False):
-        from asrkit.ssl import load_whisper, load_whisper_tokenizer
+                 src_attention_dropout_rate: float = 0.0, freeze_embed: bool = False, pretrained: bool = True):
+        from asrkit.ssl import load_whisper
 
         if not ssl_model:
             raise ValueError("decoder whisper needs the Whisper checkpoint whose encoder made the features")
-        hf, tok = load_whisper(str(ssl_model)), load_whisper_tokenizer(str(ssl_model))
-        c, dec = hf.config, hf.model.decoder
+        hf = load_whisper(str(ssl_model), weights=pretrained)  # (pretrained False: shapes alone, see ssl.from_pretrained)
+        c, dec, gen = hf.config, hf.model.decoder, hf.generation_config
         text_tokens = c.eos_token_id  # Whisper's ids below <|endoftext|>
         if vocab_size != text_tokens + WHISPER_OFFSET + 1:
             raise ValueError(f"the token list has {vocab_size} tokens, the Whisper checkpoint {text_tokens} text "
                              f"tokens: make the token list with --token_type whisper from the same checkpoint")
-        prompt = tok.convert_tokens_to_ids(["<|startoftranscript|>", f"<|{language}|>", "<|transcribe|>",
-                                            "<|notimestamps|>"])
-        if not getattr(hf.generation_config, "is_multilingual", True):  # *.en: no language or task tokens
-            if language != "en":
-                raise ValueError(f"{ssl_model} is an English-only Whisper: it has no language {language!r}")
-            prompt = [prompt[0], prompt[-1]]
-        if tok.unk_token_id in prompt:
-            raise ValueError(f"the checkpoint has no language token <|{language}|>")
+        prompt = [c.decoder_start_token_id, gen.no_timestamps_token_id]  # as generate() builds it
+        if getattr(gen, "is_multilingual", True):  # *.en: no language or task tokens
+            lang, task = (getattr(gen, "lang_to_id", None) or {}).get(f"<|{language}|>"), \
+                (getattr(gen, "task_to_id", None) or {}).get("transcribe")
+            if lang is None or task is None:
+                raise ValueError(f"the checkpoint's generation_config.json has no language <|{language}|> "
+                                 f"(lang_to_id) or no transcribe task (task_to_id)")
+            prompt[1:1] = [lang, task]
+        elif language != "en":
+            raise ValueError(f"{ssl_model} is an English-only Whisper: it has no language {language!r}")
+        if None in prompt:
+            raise ValueError("the checkpoint's config names no decoder_start_token_id or its generation_config.json "
+                             "no no_timestamps_token_id")
         super().__init__(vocab_size, encoder_output_size, c.decoder_attention_heads, c.decoder_ffn_dim,
                          c.decoder_layers, dropout_rate, 0.0, self_attention_dropout_rate,
                          src_attention_dropout_rate, attention_dim=c.d_model, activation="gelu")

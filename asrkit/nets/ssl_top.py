@@ -42,11 +42,12 @@ class SSLTop(nn.Module):
     more general what it computes, the less it moves); 1: the same for all. `dropout`: the layers' dropout
     while training (every dropout in them: attention, feed-forward, residual; None: the checkpoint's own, 0
     for Whisper),
-    against overfitting a small corpus."""
+    against overfitting a small corpus. `pretrained` False: the layers' shapes alone, without reading the
+    checkpoint's weights, for a trained model's to replace (model_io.load_model)."""
 
     def __init__(self, ssl_model: str, from_layer: int, input_dim: int, adapter: str = "full",
                  lora_rank: int = 8, lora_alpha: float = 16.0, lora_dropout: float = 0.0, lr_scale: float = 0.1,
-                 lr_decay: float = 1.0, dropout: float | None = None):
+                 lr_decay: float = 1.0, dropout: float | None = None, pretrained: bool = True):
         super().__init__()
         if adapter not in ("full", "lora"):
             raise ValueError(f"ssl_top.adapter must be full or lora, not {adapter!r}")
@@ -60,7 +61,7 @@ class SSLTop(nn.Module):
             raise ValueError(f"the encoder's top layers can be trained for {', '.join(sorted(KINDS))} checkpoints; "
                              f"{ssl_model} is a {config.model_type}: store its last layer instead (no top layers)")
         self.kind = KINDS[config.model_type]
-        encoder = self._load(str(ssl_model))
+        encoder = self._load(str(ssl_model), pretrained)
         self.config = encoder.config  # (with the attention implementation the layers were loaded with)
         layers = encoder.layers
         if not 0 <= from_layer < len(layers):
@@ -97,15 +98,15 @@ class SSLTop(nn.Module):
             inject_adapter_in_model(LoraConfig(r=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
                                                target_modules=LORA_TARGETS[self.kind]), self.layers)
 
-    def _load(self, ssl_model: str):
+    def _load(self, ssl_model: str, pretrained: bool):
         if self.kind == "whisper":
             from asrkit.ssl import load_whisper_encoder
 
-            encoder = load_whisper_encoder(ssl_model)[0]
+            encoder = load_whisper_encoder(ssl_model, weights=pretrained)[0]
         else:
             from asrkit.ssl import load_ssl_model
 
-            encoder = load_ssl_model(ssl_model)[0].encoder
+            encoder = load_ssl_model(ssl_model, weights=pretrained)[0].encoder
         return encoder.train().requires_grad_(True)
 
     def forward(self, x: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
