@@ -62,6 +62,9 @@ def test_the_top_on_stored_states_is_the_encoder_output(kind, tmp_path, tiny_wav
             np.testing.assert_allclose(batched[i, :s.shape[1]], want, atol=2e-4 * np.abs(want).max())
     assert sum(p.numel() for p in SSLTop(str(checkpoint), last - 1, stored[0].shape[-1]).parameters()
                if p.requires_grad) > 0
+    shell = SSLTop(str(checkpoint), k, stored[0].shape[-1], pretrained=False)  # the shapes alone, as for
+    shell.load_state_dict(top.state_dict())                                 # a trained model's weights
+    assert same_tensors(shell, top)
 
 
 def test_a_wrong_layer_or_checkpoint_is_named(tiny_wavlm, tmp_path):

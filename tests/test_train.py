@@ -84,6 +84,24 @@ def test_experiment_dir_is_enough_to_decode(data, tmp_path):
     assert model.ctc_log_probs(enc).shape[-1] == tok.vocab_size
 
 
+def test_the_ctc_head_fitted_after_training(data, tmp_path):
+    """--ctc_head_epochs: after training, the head alone learns on the averaged model's encoder output:
+    the rest of model.avg stays the average, each epoch is recorded, the head of the lowest validation
+    CER is kept; a rerun fits it again, the same, recorded once."""
+    exp = tmp_path / "exp"
+    argv = train_argv(data, exp, "--model_conf.ctc_detach=true", "--ctc_head_epochs=3", "--ctc_head_lr=0.01")
+    train.main(argv)
+    avg = average_states([exp / f"epoch{e}.safetensors" for e in best_epochs(records(exp, "epoch"), "acc", 2)])
+    fitted = weights(exp / "model.avg.safetensors")
+    assert all(torch.equal(fitted[k], avg[k]) for k in avg if not k.startswith("ctc."))
+    cers = [r["valid_cer"] for r in records(exp, "ctc_head")]
+    assert [r["epoch"] for r in records(exp, "ctc_head")] == [0, 1, 2, 3] and min(cers[1:]) < cers[0]
+    assert not torch.equal(fitted["ctc.weight"], avg["ctc.weight"])
+    train.main(argv)
+    again = weights(exp / "model.avg.safetensors")
+    assert all(torch.equal(again[k], v) for k, v in fitted.items()) and len(records(exp, "ctc_head")) == 4
+
+
 def test_nonfinite_step_is_skipped_and_early_stop(tmp_path):
     data = make_experiment(tmp_path, n_train=12, n_valid=4)
     # one utterance of inf features (more than SpecAugment can mask): a non-finite gradient norm

@@ -135,6 +135,18 @@ class ASRModel(nn.Module):
         out = logp.new_full((*logp.shape[:-1], self.vocab_size), CTC_FLOOR)
         return out.index_copy_(-1, self.ctc_token_ids, logp)
 
+    def ctc_loss(self, enc, enc_lens, ys, ys_lens) -> torch.Tensor:
+        """The CTC loss of the head on encoder output enc (B, T, D), summed over tokens, per utterance."""
+        logp = self.ctc_log_probs(enc, full=False).transpose(0, 1)  # (T, B, V)
+        ys = ys[:, : int(ys_lens.max())]
+        targets = ys.masked_fill(ys == self.ignore_id, 0)
+        if self.ctc_token_ids is not None:  # our ids -> the head's columns; a token it lacks: <unk>
+            column = torch.full((self.vocab_size,), 1, dtype=torch.long, device=ys.device)
+            column[self.ctc_token_ids] = torch.arange(self.ctc_token_ids.numel(), device=ys.device)
+            targets = column[targets]
+        return F.ctc_loss(logp, targets, enc_lens, ys_lens, blank=self.blank, reduction="sum",
+                          zero_infinity=True) / ys.size(0)
+
     def forward(self, feats, feat_lens, ys, ys_lens, return_encoder: bool = False) -> dict[str, torch.Tensor]:
         """The losses and attention accuracy of a batch; with return_encoder also its `enc`, `enc_lens`."""
         enc, enc_lens = self.encode(feats, feat_lens)
@@ -142,14 +154,7 @@ class ASRModel(nn.Module):
         zero = enc.new_zeros((), dtype=torch.float32)
         loss_ctc = loss_att = acc = zero
         if self.ctc is not None:
-            logp = self.ctc_log_probs(enc.detach() if self.ctc_detach else enc, full=False).transpose(0, 1)
-            targets = ys.masked_fill(ys == self.ignore_id, 0)  # (logp: (T, B, V))
-            if self.ctc_token_ids is not None:  # our ids -> the head's columns; a token it lacks: <unk>
-                column = torch.full((self.vocab_size,), 1, dtype=torch.long, device=ys.device)
-                column[self.ctc_token_ids] = torch.arange(self.ctc_token_ids.numel(), device=ys.device)
-                targets = column[targets]
-            loss_ctc = F.ctc_loss(logp, targets, enc_lens, ys_lens, blank=self.blank, reduction="sum",
-                                  zero_infinity=True) / ys.size(0)
+            loss_ctc = self.ctc_loss(enc.detach() if self.ctc_detach else enc, enc_lens, ys, ys_lens)
         if self.decoder is not None:
             ys_in, ys_out, ys_in_lens = add_sos_eos(ys, self.sos, self.eos, self.ignore_id)
             logits = self.decoder(ys_in, ys_in_lens, enc, enc_lens)

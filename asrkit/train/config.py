@@ -60,6 +60,10 @@ class TrainOptions:
     amp: str = option("auto", "mixed precision on GPU: auto is bf16 where supported, else fp16 with loss scaling",
                       choices=("auto", "bf16", "fp16", "none"), group=TRAIN)
     num_workers: int = option(2, "DataLoader workers per process", group=TRAIN)
+    ctc_head_epochs: int = option(0, "after training, the CTC head alone trains this many epochs more on the "
+                                     "averaged model's encoder output, kept in memory (asrkit/train/ctc_head.py); "
+                                     "for a head beside pretrained layers, with model_conf.ctc_detach", group=TRAIN)
+    ctc_head_lr: float = option(1e-3, "its learning rate (Adam)", group=TRAIN)
     preflight_batches: int = option(2, "run the largest batches first, so an out-of-memory shows at once (0: off)",
                                     group=TRAIN)
     keep_nbest_models: int = option(10, "best epochs kept, averaged into model.avg.safetensors", group=SAVE)

@@ -20,7 +20,7 @@ class Reporter:
         self.path = exp_dir / "train_log.jsonl"
         self.curves = exp_dir / "curves.png"
         old = load_jsonl(self.path) if self.path.is_file() else []
-        kept = [r for r in old if r["step"] <= resume_step
+        kept = [r for r in old if r["step"] <= resume_step and r["kind"] != "ctc_head"  # (fitted again at the end)
                 and not (r["kind"] == "epoch" and r["epoch"] >= resume_epoch)]
         if len(kept) != len(old):
             write_jsonl(self.path, kept)

@@ -19,17 +19,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torchaudio.functional as AF
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from asrkit import model_io
 from asrkit.data import BucketBatchSampler, SpeechDataset, collate
-from asrkit.decode.ctc import ctc_greedy_search
 from asrkit.distributed import DistInfo, all_gather_objects, all_reduce_sum, barrier
 from asrkit.errors import DataError
 from asrkit.train.config import TrainOptions
+from asrkit.train.ctc_head import char_edits, fit_ctc_head
 from asrkit.train.optim import build_optimizer, build_scheduler
 from asrkit.train.reporter import Reporter
 
@@ -326,11 +325,9 @@ class Trainer:
             total["utts"] += n
             total["tokens"] += tokens
             if has_ctc:
-                hyps = ctc_greedy_search(logp, out["enc_lens"], self.module.blank)
-                for (hyp, _), ys, ylen in zip(hyps, batch["ys"], batch["ys_lens"]):
-                    ref = self.tokenizer.decode(ys[:ylen].tolist())
-                    total["char_edits"] += AF.edit_distance(list(ref), list(self.tokenizer.decode(hyp)))
-                    total["chars"] += len(ref)
+                edits, chars = char_edits(self.module, logp, out["enc_lens"], batch["ys"], batch["ys_lens"],
+                                          self.tokenizer)
+                total["char_edits"], total["chars"] = total["char_edits"] + edits, total["chars"] + chars
         sums = all_reduce_sum(torch.tensor([total[k] for k in VALID_KEYS], dtype=torch.float64, device=self.device))
         total = dict(zip(VALID_KEYS, sums.cpu().tolist()))
         nan = float("nan")  # no readable validation utterance
@@ -385,6 +382,11 @@ class Trainer:
                     break
         if self.dist.is_main:
             model_io.average_best(self.exp_dir, st.history, self.opts.best_model_criterion, self.opts.keep_nbest_models)
+            if self.opts.ctc_head_epochs and getattr(self.module, "ctc", None) is not None:
+                fit_ctc_head(self.module, self.train_set, self.valid_set, self.tokenizer, self.exp_dir,
+                             self.opts.ctc_head_epochs, self.opts.ctc_head_lr,
+                             self.opts.valid_batch_bins or self.opts.batch_bins, self.opts.seed, self.device,
+                             self.reporter)
             if lines := model_io.write_layer_weights(self.exp_dir):  # which layers the model uses (slice_store keeps fewer)
                 log.info("learned weights of the feature layers (%s):\n%s", model_io.AVERAGE, "\n".join(lines))
             self.reporter.plot()
