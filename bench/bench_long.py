@@ -128,8 +128,9 @@ def main() -> None:
     for name, wer, cer, rtf, peak, n, where, inside in rows:
         mem = f"{peak:.2f} GB" if peak is not None else ""
         print(f"| {name} | {wer:.1f}% | {cer:.1f}% | {rtf:.4f} ({1 / rtf:.0f}x real time) | {mem} | {n} | {where} | {inside} |")
-    print(f"\nIn these times: importing transformers {import_s:.1f} s, loading the model {load_s:.1f} s (measured in "
-          f"this process; the long file's command starts, imports and loads alike).")
+    print(f"\nIn these times: importing transformers {import_s:.1f} s, loading the model {load_s:.1f} s (with the "
+          f"imports its classes need; measured in this process; the long file's command starts, "
+          f"imports and loads alike).")
 
 
 if __name__ == "__main__":
