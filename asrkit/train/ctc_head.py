@@ -60,8 +60,9 @@ def pad(items: list[tuple[torch.Tensor, torch.Tensor]], device):
     """enc (B, T, D) float32, enc_lens, ys (B, U) padded with IGNORE_ID, ys_lens."""
     enc = pad_sequence([e for e, _ in items], batch_first=True).to(device, torch.float32)
     ys = pad_sequence([y for _, y in items], batch_first=True, padding_value=IGNORE_ID).to(device)
-    lens = [torch.tensor([len(t) for t in ts], device=device) for ts in zip(*items)]
-    return enc, lens[0], ys, lens[1]
+    enc_lens = torch.tensor([len(e) for e, _ in items], device=device)
+    ys_lens = torch.tensor([len(y) for _, y in items], device=device)
+    return enc, enc_lens, ys, ys_lens
 
 
 def valid_cer(model, items, batch_bins: int, tokenizer, device) -> float:
